@@ -1,0 +1,135 @@
+"""Gateway-side COSE_Sign1 parsing and verification: cbor2 + PyNaCl (libsodium).
+
+The same rules as the portable ``firmware_shim.cose`` (and the same reason
+codes), at C speed.  One extra rule both sides share: the payload must be in
+deterministic encoding (RFC 8949 §4.2.1), checked by re-encoding the decoded
+claims and comparing bytes.  That rejects duplicate keys and alternative
+encodings which different CBOR libraries would read differently; the
+signature itself is always checked over the bytes as received.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from firmware_shim import cbor as portable_cbor
+from firmware_shim.cose import COSE_SIGN1_TAG, EDDSA, KID, COSEError
+
+_SIG1_CONTEXT = b"\x8aSignature1"  # text string "Signature1" (0x6a + 10 bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A structurally valid COSE_Sign1 whose signature has not been checked yet."""
+
+    protected: bytes
+    kid: bytes | None
+    payload: bytes
+    signature: bytes
+    claims: dict[Any, Any]
+
+    def to_be_signed(self) -> bytes:
+        # Sig_structure = ["Signature1", protected, h'', payload] (RFC 9052 §4.4),
+        # assembled around the received bytes rather than re-encoding them.
+        return b"".join((
+            b"\x84\x6aSignature1",
+            _bstr_head(len(self.protected)), self.protected,
+            b"\x40",
+            _bstr_head(len(self.payload)), self.payload,
+        ))
+
+
+def _bstr_head(n: int) -> bytes:
+    if n < 24:
+        return bytes((0x40 | n,))
+    if n < 0x100:
+        return bytes((0x58, n))
+    if n < 0x10000:
+        return b"\x59" + n.to_bytes(2, "big")
+    return b"\x5a" + n.to_bytes(4, "big")
+
+
+def _loads(data: bytes, what: str) -> Any:
+    try:
+        return cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several types, RecursionError included
+        raise COSEError("malformed_cbor", "%s: %s" % (what, exc)) from None
+
+
+def parse(data: bytes) -> Envelope:
+    """Check structure and decode claims; raises ``COSEError`` with a reason code."""
+    obj = _loads(data, "envelope")
+    if isinstance(obj, cbor2.CBORTag):
+        if obj.tag != COSE_SIGN1_TAG:
+            raise COSEError("not_cose_sign1", "tag %d, expected 18 (COSE_Sign1)" % obj.tag)
+        obj = obj.value
+    if not isinstance(obj, list) or len(obj) != 4:
+        raise COSEError("not_cose_sign1", "expected an array of 4 items")
+    protected, unprotected, payload, signature = obj
+    if not isinstance(protected, bytes):
+        raise COSEError("bad_header", "protected header is not a byte string")
+    if not isinstance(unprotected, dict):
+        raise COSEError("bad_header", "unprotected header is not a map")
+    if not isinstance(payload, bytes):
+        raise COSEError("bad_payload", "payload is not a byte string (detached payloads are not used)")
+    if not isinstance(signature, bytes) or len(signature) != 64:
+        raise COSEError("bad_signature", "signature is not 64 bytes")
+    header = _loads(protected, "protected header") if protected else {}
+    if not isinstance(header, dict):
+        raise COSEError("bad_header", "protected header is not a map")
+    if header.get(1) != EDDSA:
+        raise COSEError("unsupported_alg", "alg %r, expected -8 (EdDSA)" % (header.get(1),))
+    if 1 in unprotected:
+        raise COSEError("bad_header", "alg must be in the protected header only")
+    if 2 in header:
+        raise COSEError("bad_header", "critical header parameters are not supported")
+    claims = decode_claims(payload)
+    kid = header.get(KID, unprotected.get(KID))
+    if kid is not None and not isinstance(kid, bytes):
+        raise COSEError("bad_header", "kid is not a byte string")
+    return Envelope(protected, kid, payload, signature, claims)
+
+
+def decode_claims(payload: bytes) -> dict[Any, Any]:
+    """The claims map, provided the payload is deterministic CBOR of the protocol subset."""
+    claims = _loads(payload, "claims")
+    if not isinstance(claims, dict):
+        raise COSEError("bad_payload", "claims are not a map")
+    try:
+        canonical = portable_cbor.dumps(_from_cbor2(claims))
+    except (portable_cbor.CBORError, TypeError) as exc:
+        raise COSEError("bad_payload", "claims outside the protocol subset: %s" % exc) from None
+    if canonical != payload:
+        raise COSEError("not_deterministic",
+                        "claims are not in deterministic encoding (RFC 8949 §4.2.1)")
+    return claims
+
+
+def _from_cbor2(v: Any) -> Any:
+    if isinstance(v, cbor2.CBORTag):
+        return portable_cbor.Tag(v.tag, _from_cbor2(v.value))
+    if isinstance(v, dict):
+        for k in v:
+            # cbor2 turns array keys into tuples; the protocol allows scalar keys only.
+            if not isinstance(k, (int, bytes, str)) and k is not None:
+                raise TypeError("map key of type %s" % type(k).__name__)
+        return {k: _from_cbor2(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_from_cbor2(x) for x in v]
+    if isinstance(v, (int, bytes, str, bool)) or v is None:
+        return v
+    raise TypeError("unsupported %s" % type(v).__name__)
+
+
+def verify(env: Envelope, public: bytes) -> bool:
+    """True when the signature is valid for ``public`` (32 bytes)."""
+    try:
+        VerifyKey(public).verify(env.to_be_signed(), env.signature)
+    except BadSignatureError:
+        return False
+    return True
