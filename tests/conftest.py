@@ -48,3 +48,14 @@ def run_micropython(micropython: str) -> MicroRun:
         return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A running Mosquitto on a free loopback port; stopped after the test."""
+    from broker import Mosquitto
+
+    b = Mosquitto(tmp_path / "mosquitto")
+    b.start()
+    yield b
+    b.stop()
