@@ -21,7 +21,12 @@ system-deps:
 	@command -v npm >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; }
 
-test: $(STAMP) system-deps
+# solc (recompiles the contract), hardhat and Node.js 22 for the JSON-RPC tests.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(STAMP) system-deps node_modules/.installed
 	$(BIN)/python -m pytest
 
 clean:

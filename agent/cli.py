@@ -85,10 +85,11 @@ def decode_report(data: bytes, pubkey: bytes | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "size": len(data),
         "header": {
-            "protected": {"alg": "EdDSA" if msg.header.get(cose.ALG) == cose.EDDSA else msg.header.get(cose.ALG)},
-            "unprotected": {"kid": kid.hex() if isinstance(kid, bytes) else kid},
+            "protected": {"alg": "EdDSA" if msg.header.get(cose.ALG) == cose.EDDSA else msg.header.get(cose.ALG),
+                          "kid": msg.header[cose.KID].hex() if isinstance(msg.header.get(cose.KID), bytes) else None},
+            "unprotected": {str(k): v.hex() if isinstance(v, bytes) else v for k, v in msg.unprotected.items()},
         },
-        "device_id": kid.hex() if isinstance(kid, bytes) else None,
+        "device": kid.hex() if isinstance(kid, bytes) else None,
         "claims": C.named(claims),
     }
     if pubkey is None:

@@ -1,11 +1,13 @@
 """Gateway-side COSE_Sign1 parsing and verification: cbor2 + PyNaCl (libsodium).
 
 The same rules as the portable ``firmware_shim.cose`` (and the same reason
-codes), at C speed.  One extra rule both sides share: the payload must be in
-deterministic encoding (RFC 8949 §4.2.1), checked by re-encoding the decoded
-claims and comparing bytes.  That rejects duplicate keys and alternative
-encodings which different CBOR libraries would read differently; the
-signature itself is always checked over the bytes as received.
+codes), at C speed, plus the stricter form docs/protocol.md requires of Surge
+messages: tag 18, protected header exactly {1: -8, 4: kid}, empty unprotected
+header, and the whole message and its claims in deterministic encoding
+(RFC 8949 §4.2.1; the claims are checked by re-encoding them and comparing
+bytes).  That rejects duplicate keys and every alternative encoding of the
+same signed content; the signature itself is always checked over the bytes
+as received.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Envelope:
     """A structurally valid COSE_Sign1 whose signature has not been checked yet."""
 
     protected: bytes
-    kid: bytes | None
+    kid: bytes
     payload: bytes
     signature: bytes
     claims: dict[Any, Any]
@@ -63,7 +65,7 @@ def _loads(data: bytes, what: str) -> Any:
 
 def parse(data: bytes) -> Envelope:
     """Check structure and decode claims; raises ``COSEError`` with a reason code."""
-    obj = _loads(data, "envelope")
+    obj = obj_tagged = _loads(data, "envelope")
     if isinstance(obj, cbor2.CBORTag):
         if obj.tag != COSE_SIGN1_TAG:
             raise COSEError("not_cose_sign1", "tag %d, expected 18 (COSE_Sign1)" % obj.tag)
@@ -88,10 +90,22 @@ def parse(data: bytes) -> Envelope:
         raise COSEError("bad_header", "alg must be in the protected header only")
     if 2 in header:
         raise COSEError("bad_header", "critical header parameters are not supported")
+    kid = header.get(KID)
+    if not isinstance(kid, bytes) or len(kid) != 8:
+        raise COSEError("bad_header", "protected header must carry an 8-byte kid")
+    # Exactly one encoding of a report is valid, so nobody can turn one signed
+    # report into different leaf bytes (untagged, extra unprotected headers,
+    # reordered or longer-than-needed encodings).
+    if protected != b"\xa2\x01\x27\x04\x48" + kid:
+        raise COSEError("bad_header", "protected header is not exactly {1: -8, 4: kid}")
+    if unprotected:
+        raise COSEError("bad_header", "unprotected header must be empty")
+    if not isinstance(obj_tagged, cbor2.CBORTag):
+        raise COSEError("not_cose_sign1", "COSE_Sign1 tag 18 is missing")
+    if data != b"".join((b"\xd2\x84", _bstr_head(len(protected)), protected, b"\xa0",
+                         _bstr_head(len(payload)), payload, b"\x58\x40", signature)):
+        raise COSEError("not_deterministic", "envelope is not in deterministic encoding")
     claims = decode_claims(payload)
-    kid = header.get(KID, unprotected.get(KID))
-    if kid is not None and not isinstance(kid, bytes):
-        raise COSEError("bad_header", "kid is not a byte string")
     return Envelope(protected, kid, payload, signature, claims)
 
 

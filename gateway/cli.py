@@ -1,0 +1,277 @@
+"""`surge gateway ...`, `surge proof` and `surge verify` (CPython, gateway extra)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import sys
+import time
+from typing import Any
+
+import boards
+from agent import claims as C
+from agent import keyfile
+from agent.cli import CLIError
+from gateway import config as gwconfig
+from gateway import receipts
+from gateway.store import Store, StoreError
+
+FLEET_RE = re.compile(r"^[a-z0-9-]{1,32}$")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: what log shippers expect."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str, as_json: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if as_json else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _open_store(path: str) -> Store:
+    try:
+        return Store(path)
+    except StoreError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = {k: getattr(args, k) for k in ("broker", "db", "chain", "contract", "keystore", "gateway_id",
+                                               "batch_size", "batch_seconds", "confirmations", "metrics_port",
+                                               "share_group", "log_level")}
+    try:
+        cfg = gwconfig.load(args.config, overrides)
+    except gwconfig.ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    setup_logging(cfg.log_level, args.log_json)
+    from gateway.chain import ChainError
+    from gateway.service import Gateway
+
+    try:
+        gw = Gateway(cfg)
+    except (ChainError, StoreError) as exc:
+        raise CLIError(str(exc)) from None
+
+    def stop(signum: int, frame: Any) -> None:
+        gw.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    gw.run(args.duration)
+    return 0
+
+
+def _pubkey_from(args: argparse.Namespace) -> bytes:
+    if args.pubkey:
+        try:
+            pub = bytes.fromhex(args.pubkey)
+        except ValueError:
+            raise CLIError("--pubkey must be hex") from None
+        if len(pub) != 32:
+            raise CLIError("--pubkey must be 32 bytes (64 hex characters)")
+        return pub
+    if args.key_file:
+        return keyfile.load_public(args.key_file)
+    raise CLIError("give --pubkey HEX, --key-file FILE or --from FILE")
+
+
+def enroll_one(store: Store, pub: bytes, board: str, fleet: str, owner: str) -> str:
+    try:
+        boards.load(board)
+    except boards.BoardError as exc:
+        raise CLIError("--board: %s (see `surge boards list`)" % exc) from None
+    if not FLEET_RE.match(fleet):
+        raise CLIError("--fleet must be 1-32 characters of a-z, 0-9 and '-', got %r" % fleet)
+    try:
+        dev = store.enroll(C.device_id(pub), pub, board, fleet, owner)
+    except StoreError as exc:
+        raise CLIError(str(exc)) from None
+    return dev.device_id
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    store = _open_store(args.db)
+    if args.from_file:
+        try:
+            with open(args.from_file) as f:
+                doc = json.load(f)
+            entries = doc if isinstance(doc, list) else [doc]
+            todo = [(bytes.fromhex(e["public_key"]), e.get("board") or args.board, e.get("fleet") or args.fleet,
+                     e.get("owner", args.owner or "")) for e in entries]
+        except OSError as exc:
+            raise CLIError("cannot read %s: %s" % (args.from_file, exc.strerror)) from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CLIError("%s is not an enrollment file (%s)" % (args.from_file, exc)) from None
+    else:
+        if not args.board or not args.fleet:
+            raise CLIError("--board and --fleet are required")
+        todo = [(_pubkey_from(args), args.board, args.fleet, args.owner or "")]
+    for pub, board, fleet, owner in todo:
+        if len(pub) != 32 or not board or not fleet:
+            raise CLIError("enrollment entries need a 32-byte public_key, a board and a fleet")
+        device_id = enroll_one(store, pub, board, fleet, owner)
+        print("enrolled %s (board %s, fleet %s)" % (device_id, board, fleet))
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    store = _open_store(args.db)
+    stats = store.device_stats()
+    rows = []
+    for d in store.devices():
+        reports, gaps, seen = stats.get(d.device_id, (0, 0, None))
+        rows.append({"device_id": d.device_id, "board": d.board, "fleet": d.fleet, "owner": d.owner,
+                     "public_key": d.pubkey.hex(), "status": "active" if d.active else "revoked",
+                     "reports": reports, "gaps": gaps, "last_seen": seen})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("%-16s  %-13s  %-12s  %-7s  %8s  %5s  %s" % ("DEVICE", "BOARD", "FLEET", "STATUS", "REPORTS", "GAPS", "LAST SEEN"))
+    for r in rows:
+        seen = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["last_seen"])) if r["last_seen"] else "-"
+        print("%-16s  %-13s  %-12s  %-7s  %8d  %5d  %s" % (r["device_id"], r["board"], r["fleet"], r["status"],
+                                                            r["reports"], r["gaps"], seen))
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    try:
+        dev = _open_store(args.db).revoke(args.device)
+    except StoreError as exc:
+        raise CLIError(str(exc)) from None
+    print("revoked %s" % dev.device_id)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from gateway.service import status
+
+    st = status(_open_store(args.db))
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    print("gateway %s  (db %s)" % (st["gateway_id"] or "-", st["db"]))
+    d = st["devices"]
+    print("devices:    %d enrolled, %d active, %d revoked" % (d["enrolled"], d["active"], d["revoked"]))
+    print("reports:    %d accepted, %d waiting for a batch" % (st["reports"]["accepted"], st["reports"]["unbatched"]))
+    rej = st["rejections"]
+    print("rejected:   %s" % (", ".join("%s %d" % kv for kv in sorted(rej.items())) or "none"))
+    b = st["batches"]
+    print("batches:    %d (%s)" % (b["total"], ", ".join("%s %d" % kv for kv in sorted(b["by_state"].items())) or "none"))
+    a = st["last_confirmed_anchor"]
+    print("anchored:   %s" % ("batch %d in block %s, tx %s" % (a["batch_seq"], a["block_number"], a["tx_hash"])
+                              if a else "nothing yet"))
+    return 0
+
+
+def _proof(args: argparse.Namespace) -> int:
+    store = _open_store(args.db)
+    try:
+        doc = receipts.build_bundle(store, args.device, args.boot, args.seq)
+    except receipts.BundleError as exc:
+        raise CLIError(str(exc)) from None
+    text = json.dumps(doc, indent=2) + "\n"
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        try:
+            with open(args.out, "w") as f:
+                f.write(text)
+        except OSError as exc:
+            raise CLIError("cannot write %s: %s" % (args.out, exc.strerror)) from None
+        print("wrote %s (batch %d, leaf %d of %d)" % (args.out, doc["batch"]["batch_seq"], doc["leaf_index"],
+                                                     doc["tree_size"]))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    try:
+        doc = receipts.load_bundle(args.file)
+        summary = receipts.verify_bundle(doc)
+        if args.rpc:
+            receipts.check_on_chain(doc, args.rpc)
+            summary["on_chain"] = "root matches rootOf(gateway, batch) at %s" % args.rpc
+    except receipts.BundleError as exc:
+        print("INVALID: %s" % exc)
+        return 1
+    print("VALID: report %s boot %s seq %s is leaf %d of %d in batch %s (root %s), anchored in tx %s on chain %s"
+          % (summary["device_id"], summary["boot"], summary["seq"], summary["leaf_index"], summary["tree_size"],
+             summary["batch_seq"], summary["root"], summary["tx_hash"], summary["chain_id"]))
+    if "on_chain" in summary:
+        print(summary["on_chain"])
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    gw = sub.add_parser("gateway", help="run and administer a gateway").add_subparsers(dest="gateway_command",
+                                                                                     metavar="ACTION")
+    run = gw.add_parser("run", help="verify, store, batch and anchor reports")
+    run.add_argument("--config", metavar="FILE", help="TOML config; flags override it")
+    run.add_argument("--broker", metavar="URL", help="mqtt://host:port (default mqtt://127.0.0.1:1883)")
+    run.add_argument("--db", metavar="FILE", help="SQLite database (default surge-gateway.db)")
+    run.add_argument("--chain", metavar="memory|URL", help="'memory' (in-process EVM) or a JSON-RPC URL")
+    run.add_argument("--contract", metavar="ADDR", help="SurgeAnchor address on a JSON-RPC chain")
+    run.add_argument("--keystore", metavar="FILE", help="encrypted chain key (password in $SURGE_KEYSTORE_PASSWORD)")
+    run.add_argument("--gateway-id", dest="gateway_id", metavar="ID")
+    run.add_argument("--batch-size", dest="batch_size", type=int, metavar="N")
+    run.add_argument("--batch-seconds", dest="batch_seconds", type=float, metavar="S")
+    run.add_argument("--confirmations", type=int, metavar="K")
+    run.add_argument("--metrics-port", dest="metrics_port", type=int, metavar="P")
+    run.add_argument("--share-group", dest="share_group", metavar="NAME",
+                     help="subscribe through $share/NAME/ so several gateways split a fleet")
+    run.add_argument("--log-level", dest="log_level", metavar="LEVEL")
+    run.add_argument("--log-json", action="store_true", help="JSON log lines")
+    run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until signalled)")
+    run.set_defaults(func=_run)
+
+    en = gw.add_parser("enroll", help="enroll a device's public key")
+    en.add_argument("--db", required=True, metavar="FILE")
+    en.add_argument("--pubkey", metavar="HEX")
+    en.add_argument("--key-file", dest="key_file", metavar="FILE", help="read the public key from an agent key file")
+    en.add_argument("--from", dest="from_file", metavar="FILE", help="enrollment file written by `surge flash`")
+    en.add_argument("--board", metavar="BOARD")
+    en.add_argument("--fleet", metavar="NAME")
+    en.add_argument("--owner", metavar="LABEL", help="owner label or address")
+    en.set_defaults(func=_enroll)
+
+    dv = gw.add_parser("devices", help="list enrolled devices")
+    dv.add_argument("--db", required=True, metavar="FILE")
+    dv.add_argument("--json", action="store_true")
+    dv.set_defaults(func=_devices)
+
+    rv = gw.add_parser("revoke", help="revoke a device: its reports are rejected from now on")
+    rv.add_argument("--db", required=True, metavar="FILE")
+    rv.add_argument("device", metavar="DEVICE_ID")
+    rv.set_defaults(func=_revoke)
+
+    st = gw.add_parser("status", help="summary of a gateway database")
+    st.add_argument("--db", required=True, metavar="FILE")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_status)
+
+    pr = sub.add_parser("proof", help="export the proof bundle of one report")
+    pr.add_argument("--db", required=True, metavar="FILE")
+    pr.add_argument("--device", required=True, metavar="ID")
+    pr.add_argument("--boot", required=True, type=int, metavar="B")
+    pr.add_argument("--seq", required=True, type=int, metavar="S")
+    pr.add_argument("--out", required=True, metavar="FILE", help="- for stdout")
+    pr.set_defaults(func=_proof)
+
+    vf = sub.add_parser("verify", help="check a proof bundle offline (and on chain with --rpc)")
+    vf.add_argument("file", metavar="FILE")
+    vf.add_argument("--rpc", metavar="URL", help="also read the root back from the contract")
+    vf.set_defaults(func=_verify)

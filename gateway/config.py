@@ -1,0 +1,114 @@
+"""Gateway configuration: a TOML file, every option also a command-line flag.
+
+Precedence: flag > file > default.  Defaults run a complete gateway on one
+machine: a local SQLite file, the in-process EVM, a broker on localhost.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names the field."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    broker: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    db: str = "surge-gateway.db"
+    chain: str = "memory"
+    contract: str | None = None
+    keystore: str | None = None
+    gateway_id: str | None = None
+    batch_size: int = 1000
+    batch_seconds: float = 10.0
+    confirmations: int = 2
+    metrics_port: int = 0
+    share_group: str | None = None
+    max_report_bytes: int = 1024
+    rate_limit_per_s: float = 5.0
+    rate_burst: int = 50
+    commit_group: int = 500
+    republish: bool = True
+    log_level: str = "info"
+
+    def broker_host_port(self) -> tuple[str, int, bool]:
+        return parse_broker(self.broker)
+
+
+def parse_broker(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of ``mqtt://host:port`` or ``mqtts://host:port``."""
+    parts = urlsplit(url if "://" in url else "mqtt://" + url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ConfigError("broker: scheme %r is not mqtt:// or mqtts://" % parts.scheme)
+    tls = parts.scheme in ("mqtts", "ssl")
+    if not parts.hostname:
+        raise ConfigError("broker: no host in %r" % url)
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ConfigError("broker: bad port in %r" % url) from None
+    return parts.hostname, port, tls
+
+
+_POSITIVE = ("batch_size", "commit_group", "max_report_bytes", "rate_burst")
+
+
+def validate(cfg: GatewayConfig) -> GatewayConfig:
+    for name in _POSITIVE:
+        if getattr(cfg, name) < 1:
+            raise ConfigError("%s must be at least 1, got %r" % (name, getattr(cfg, name)))
+    if cfg.batch_seconds <= 0:
+        raise ConfigError("batch_seconds must be positive, got %r" % cfg.batch_seconds)
+    if cfg.confirmations < 1:
+        raise ConfigError("confirmations must be at least 1, got %r" % cfg.confirmations)
+    if not 0 <= cfg.metrics_port <= 65535:
+        raise ConfigError("metrics_port must be 0 (off) or a TCP port, got %r" % cfg.metrics_port)
+    if cfg.rate_limit_per_s <= 0:
+        raise ConfigError("rate_limit_per_s must be positive, got %r" % cfg.rate_limit_per_s)
+    if cfg.chain != "memory" and not cfg.chain.startswith(("http://", "https://")):
+        raise ConfigError("chain must be 'memory' or an http(s):// JSON-RPC URL")
+    parse_broker(cfg.broker)
+    return cfg
+
+
+def load(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
+    """Read ``path`` (TOML, optional), apply non-None ``overrides``, validate."""
+    values: dict[str, Any] = {}
+    known = {f.name: f for f in fields(GatewayConfig)}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError("cannot read config %s: %s" % (path, exc.strerror)) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config %s is not valid TOML: %s" % (path, exc)) from None
+        section = doc.get("gateway", doc)
+        for key, value in section.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError("config %s: unknown field %r" % (path, key))
+            values[name] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    base = GatewayConfig()
+    for name, value in values.items():
+        default = getattr(base, name)
+        expected = type(default) if default is not None else str
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError("field %r must be %s, got %r" % (name, expected.__name__, value))
+        values[name] = value
+    if path is not None:
+        db = values.get("db")
+        if db is not None and overrides.get("db") is None and not Path(db).is_absolute():
+            values["db"] = str(Path(path).parent / db)
+    return validate(replace(base, **values))

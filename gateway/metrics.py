@@ -1,0 +1,37 @@
+"""Prometheus metrics of one gateway process (own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.accepted = Counter("surge_reports_accepted", "Reports verified and durably stored", registry=r)
+        self.duplicates = Counter("surge_reports_duplicate", "Resent reports acknowledged again, not stored twice",
+                                  registry=r)
+        self.rejected = Counter("surge_reports_rejected", "Reports rejected, by reason", ["reason"], registry=r)
+        self.gaps = Counter("surge_report_gaps", "Accepted reports that follow a gap in seq or prev", registry=r)
+        self.births = Counter("surge_births", "Birth messages, by outcome", ["outcome"], registry=r)
+        self.queue_depth = Gauge("surge_ingest_queue_depth", "Messages received and not yet committed", registry=r)
+        self.commit_errors = Counter("surge_commit_errors", "Failed store commits (messages kept unacknowledged)",
+                                     registry=r)
+        self.unbatched = Gauge("surge_unbatched_reports", "Accepted reports waiting for a batch", registry=r)
+        self.batch_size = Histogram("surge_batch_size", "Reports per closed batch", registry=r,
+                                    buckets=(1, 10, 100, 1000, 10_000, 100_000))
+        self.batches = Counter("surge_batches_closed", "Batches closed", registry=r)
+        self.anchors_confirmed = Counter("surge_anchors_confirmed", "Anchors confirmed on chain", registry=r)
+        self.anchors_resubmitted = Counter("surge_anchors_resubmitted",
+                                           "Anchors sent again after a drop or reorg", registry=r)
+        self.pending_anchors = Gauge("surge_pending_anchors", "Batches closed and not yet confirmed", registry=r)
+        self.time_to_anchor = Histogram("surge_time_to_anchor_seconds", "Batch close to confirmation", registry=r,
+                                        buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600))
+        self.gas_used = Counter("surge_gas_used", "Gas used by confirmed anchoring transactions", registry=r)
+        self.chain_errors = Counter("surge_chain_errors", "Chain calls that failed (endpoint unreachable etc.)",
+                                    registry=r)
+        self.receipts = Counter("surge_receipts_published", "Receipts published to devices", registry=r)
+
+    def serve(self, port: int) -> None:
+        """Expose /metrics on 127.0.0.1:port (bind elsewhere behind a proxy)."""
+        start_http_server(port, addr="127.0.0.1", registry=self.registry)

@@ -1,0 +1,237 @@
+"""Receipts and self-contained proof bundles.
+
+A receipt tells a device where its report sits in an anchored batch.  A proof
+bundle carries everything needed to check one report without trusting the
+gateway: the exact COSE bytes, the device's public key, the RFC 9162 inclusion
+proof, the batch record and where the root was anchored.  ``verify_bundle``
+is the offline check; with an RPC endpoint it also reads the root back from
+the contract.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterator
+
+from agent import claims as C
+from gateway import envelope, merkle
+from gateway.store import Anchor, Batch, Store, StoredReport
+from firmware_shim.cose import COSEError
+
+BUNDLE_FORMAT = "surge-proof-bundle/1"
+
+Publish = Callable[[str, bytes], None]
+
+
+class BundleError(Exception):
+    """A bundle that does not verify; the message says which check failed."""
+
+
+def anchor_fields(anchor: Anchor) -> dict[str, Any]:
+    """Where a batch was anchored: the ``chain`` object of receipts and bundles."""
+    return {"chain_id": anchor.chain_id, "contract": anchor.contract, "gateway_address": anchor.gateway_address,
+            "tx_hash": anchor.tx_hash.hex() if anchor.tx_hash else None, "block_number": anchor.block_number}
+
+
+def attestation_message(batch: Batch, chain: dict[str, Any]) -> bytes:
+    """What the gateway signs at confirmation: canonical JSON of batch record and chain fields.
+
+    The report, proof and tree size are checked by hashes and the device's
+    signature; this signature covers the rest of a bundle, so no byte of it
+    can change unnoticed.
+    """
+    return canonical({"batch": batch.record(), "chain": chain})
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _receipt(rep: StoredReport, batch: Batch, anchor: Anchor, proof: list[bytes]) -> dict[str, Any]:
+    assert anchor.tx_hash is not None
+    return {
+        "v": 1, "device": rep.device_id, "boot": rep.boot, "seq": rep.seq,
+        "leaf_hash": merkle.leaf_hash(rep.cose).hex(),
+        "batch_seq": batch.seq, "leaf_index": rep.leaf_index, "tree_size": batch.size,
+        "proof": [p.hex() for p in proof], "root": batch.root.hex(),
+        "gateway_id": batch.gateway_id, "chain": anchor_fields(anchor),
+        "gateway_signature": anchor.attestation.hex() if anchor.attestation else None,
+    }
+
+
+def receipts(store: Store, batch: Batch, anchor: Anchor) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(device fleet, receipt) for every report of a confirmed batch, in leaf order."""
+    leaves = store.batch_leaves(batch.seq)
+    tree = merkle.MerkleTree([merkle.leaf_hash(r.cose) for r in leaves])
+    if tree.root != batch.root:
+        raise RuntimeError("batch %d: stored reports do not hash to the recorded root" % batch.seq)
+    fleets: dict[str, str] = {}
+    for rep, proof in zip(leaves, tree.proofs()):
+        if rep.device_id not in fleets:
+            dev = store.device(rep.device_id)
+            fleets[rep.device_id] = dev.fleet if dev else "unknown"
+        yield fleets[rep.device_id], _receipt(rep, batch, anchor, proof)
+
+
+def publish_confirmed(store: Store, batch: Batch, anchor: Anchor, publish: Publish) -> int:
+    """Send each device its receipt and the fleet a batch event; returns receipts sent."""
+    n = 0
+    fleets: set[str] = set()
+    for fleet, rec in receipts(store, batch, anchor):
+        publish("surge/v1/%s/%s/receipt" % (fleet, rec["device"]), json.dumps(rec, separators=(",", ":")).encode())
+        fleets.add(fleet)
+        n += 1
+    event = {"v": 1, "event": "confirmed", "batch": batch.record(), "chain": anchor_fields(anchor),
+             "gateway_signature": anchor.attestation.hex() if anchor.attestation else None}
+    for fleet in sorted(fleets):
+        publish("surge/v1/%s/batches" % fleet, json.dumps(event, separators=(",", ":")).encode())
+    return n
+
+
+def build_bundle(store: Store, device_id: str, boot: int, seq: int) -> dict[str, Any]:
+    """The proof bundle of one report; raises BundleError if it is not anchored yet."""
+    rep = store.report(device_id, boot, seq)
+    if rep is None:
+        raise BundleError("no accepted report from device %s with boot %d seq %d" % (device_id, boot, seq))
+    if rep.batch_seq is None or rep.leaf_index is None:
+        raise BundleError("report is not in a batch yet; try again after the next batch closes")
+    batch = store.batch(rep.batch_seq)
+    anchor = store.confirmed_anchor(rep.batch_seq)
+    if batch is None or anchor is None or anchor.tx_hash is None:
+        raise BundleError("batch %d is not confirmed on chain yet" % rep.batch_seq)
+    dev = store.device(device_id)
+    assert dev is not None
+    tree = merkle.MerkleTree([merkle.leaf_hash(r.cose) for r in store.batch_leaves(batch.seq)])
+    return {
+        "format": BUNDLE_FORMAT,
+        "report": rep.cose.hex(),
+        "device_id": device_id,
+        "public_key": dev.pubkey.hex(),
+        "leaf_index": rep.leaf_index,
+        "tree_size": batch.size,
+        "proof": [p.hex() for p in tree.proof(rep.leaf_index)],
+        "batch": batch.record(),
+        "chain": anchor_fields(anchor),
+        "gateway_signature": anchor.attestation.hex() if anchor.attestation else None,
+    }
+
+
+def _hex(doc: dict[str, Any], key: str, size: int | None = None) -> bytes:
+    try:
+        raw = bytes.fromhex(doc[key])
+    except (KeyError, TypeError, ValueError):
+        raise BundleError("field %r missing or not hex" % key) from None
+    if size is not None and len(raw) != size:
+        raise BundleError("field %r must be %d bytes" % (key, size))
+    return raw
+
+
+def verify_bundle(doc: Any) -> dict[str, Any]:
+    """Check a bundle offline; returns a summary or raises BundleError naming the failed check."""
+    if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
+        raise BundleError("not a %s file" % BUNDLE_FORMAT)
+    report = _hex(doc, "report")
+    public = _hex(doc, "public_key", 32)
+    if C.device_id(public) != doc.get("device_id"):
+        raise BundleError("device_id %r is not derived from public_key" % doc.get("device_id"))
+    try:
+        env = envelope.parse(report)
+    except COSEError as exc:
+        raise BundleError("report: %s" % exc) from None
+    if env.kid != C.kid(public):
+        raise BundleError("report kid does not belong to public_key")
+    if not envelope.verify(env, public):
+        raise BundleError("report signature does not verify with public_key")
+    batch = doc.get("batch")
+    if not isinstance(batch, dict):
+        raise BundleError("field 'batch' missing")
+    root = _hex(batch, "root", 32)
+    index, size = doc.get("leaf_index"), doc.get("tree_size")
+    if not isinstance(index, int) or not isinstance(size, int) or size != batch.get("size"):
+        raise BundleError("leaf_index/tree_size missing or tree_size differs from the batch size")
+    proof_hex = doc.get("proof")
+    if not isinstance(proof_hex, list):
+        raise BundleError("field 'proof' missing")
+    try:
+        proof = [bytes.fromhex(p) for p in proof_hex]
+    except (TypeError, ValueError):
+        raise BundleError("proof entries must be hex") from None
+    if not merkle.verify_inclusion(merkle.leaf_hash(report), index, size, proof, root):
+        raise BundleError("inclusion proof does not lead from the report to the batch root")
+    chain = doc.get("chain")
+    if not isinstance(chain, dict) or not isinstance(chain.get("chain_id"), int):
+        raise BundleError("field 'chain' missing")
+    signer = _recover(canonical({"batch": batch, "chain": chain}), _hex(doc, "gateway_signature", 65))
+    if signer is None or signer.lower() != str(chain.get("gateway_address", "")).lower():
+        raise BundleError("gateway signature over the batch record and chain fields does not match "
+                          "gateway_address")
+    extra = set(doc) - {"format", "report", "device_id", "public_key", "leaf_index", "tree_size", "proof",
+                        "batch", "chain", "gateway_signature"}
+    if extra:
+        raise BundleError("unknown fields %s" % ", ".join(sorted(extra)))
+    claims = C.named(env.claims)
+    return {"device_id": doc["device_id"], "boot": claims.get("bootcount"), "seq": claims.get("seq"),
+            "batch_seq": batch.get("batch_seq"), "root": root.hex(), "leaf_index": index, "tree_size": size,
+            "chain_id": chain["chain_id"], "contract": chain.get("contract"), "tx_hash": chain.get("tx_hash")}
+
+
+def _recover(message: bytes, signature: bytes) -> str | None:
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
+    try:
+        return str(Account.recover_message(encode_defunct(primitive=message), signature=signature))
+    except Exception:  # malformed signature values: the check fails, not the program
+        return None
+
+
+def check_on_chain(doc: dict[str, Any], rpc: str) -> None:
+    """Read the batch root back from the contract over JSON-RPC."""
+    from web3 import Web3
+    from web3.providers.rpc import HTTPProvider
+
+    from gateway.chain.artifacts import load_artifact
+
+    chain, batch = doc["chain"], doc["batch"]
+    try:
+        w3 = Web3(HTTPProvider(rpc, request_kwargs={"timeout": 10}))
+        if int(w3.eth.chain_id) != chain["chain_id"]:
+            raise BundleError("RPC endpoint is chain %d, the bundle says %d" % (w3.eth.chain_id, chain["chain_id"]))
+        contract = w3.eth.contract(address=Web3.to_checksum_address(chain["contract"]),
+                                   abi=load_artifact("SurgeAnchor").abi)
+        onchain = bytes(contract.functions.rootOf(Web3.to_checksum_address(chain["gateway_address"]),
+                                                  batch["batch_seq"]).call())
+    except BundleError:
+        raise
+    except Exception as exc:
+        raise BundleError("cannot read the root from %s: %s" % (rpc, type(exc).__name__)) from None
+    if onchain != bytes.fromhex(batch["root"]):
+        raise BundleError("root on chain (%s) differs from the bundle's batch root" % onchain.hex())
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise BundleError("duplicate field %r" % k)
+        out[k] = v
+    return out
+
+
+def parse_bundle(raw: bytes, name: str = "bundle") -> dict[str, Any]:
+    try:
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BundleError("%s is not JSON: %s" % (name, exc)) from None
+    if not isinstance(doc, dict):
+        raise BundleError("%s is not a proof bundle" % name)
+    return doc
+
+
+def load_bundle(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise BundleError("cannot read %s: %s" % (path, exc.strerror)) from None
+    return parse_bundle(raw, path)

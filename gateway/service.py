@@ -1,0 +1,163 @@
+"""The gateway process: ingest, batcher and anchorer wired together.
+
+Each stage has its own database connection and hands off through the store,
+so the process can be killed at any instant and restarted: ingest resumes
+from the broker's persistent session, the batcher from unbatched reports, the
+anchorer from its pending records and the chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from typing import Any
+
+from gateway import receipts
+from gateway.anchorer import Anchorer
+from gateway.batcher import Batcher
+from gateway.chain import ChainBackend, Web3Chain, load_chain_key, load_keystore, open_chain
+from gateway.config import GatewayConfig
+from gateway.ingest import Ingest
+from gateway.metrics import Metrics
+from gateway.store import Anchor, Batch, Store
+
+log = logging.getLogger("surge.gateway")
+
+TICK_S = 0.2
+
+
+def gateway_id(store: Store, configured: str | None) -> str:
+    """The configured id, else one generated once and kept in the database."""
+    if configured:
+        return configured
+    existing = store.meta("gateway_id")
+    if existing:
+        return existing
+    new = "gw-" + secrets.token_hex(4)
+    store.set_meta("gateway_id", new)
+    return new
+
+
+def open_gateway_chain(cfg: GatewayConfig, store: Store) -> Web3Chain:
+    """The chain backend; for JSON-RPC the contract is deployed once and remembered."""
+    if cfg.chain == "memory":
+        return open_chain("memory")
+    key = load_keystore(cfg.keystore) if cfg.keystore else load_chain_key()
+    remembered = store.meta("contract:" + cfg.chain)
+    chain = open_chain(cfg.chain, key=key, contract=cfg.contract or remembered)
+    if not cfg.contract and not remembered:
+        store.set_meta("contract:" + cfg.chain, chain.contract_address)
+        log.info("deployed SurgeAnchor at %s on chain %d", chain.contract_address, chain.chain_id)
+    return chain
+
+
+class Gateway:
+    def __init__(self, cfg: GatewayConfig, chain: ChainBackend | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.store = Store(cfg.db)
+        self.gateway_id = gateway_id(self.store, cfg.gateway_id)
+        self.chain: ChainBackend = chain if chain is not None else open_gateway_chain(cfg, self.store)
+        self.ingest = Ingest(cfg, Store(cfg.db), self.metrics, self.gateway_id)
+        self.batcher = Batcher(Store(cfg.db), self.gateway_id, cfg.batch_size, cfg.batch_seconds)
+        self.anchor_store = Store(cfg.db)
+        self.anchorer = Anchorer(self.anchor_store, self.chain, cfg.confirmations, self.metrics, self._confirmed)
+        self.stop_event = threading.Event()
+        self.mine_blocks = cfg.chain == "memory" and isinstance(self.chain, Web3Chain)
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        self.ingest.client.publish(topic, payload, qos=1)
+
+    def _confirmed(self, batch: Batch, anchor: Anchor) -> None:
+        sent = receipts.publish_confirmed(self.anchor_store, batch, anchor, self._publish)
+        self.anchor_store.set_batch_state(batch.seq, "receipted")
+        self.metrics.receipts.inc(sent)
+        if self.cfg.republish:
+            from gateway.republish import republish_anchored
+            republish_anchored(self.anchor_store, batch, anchor, self._publish)
+
+    def _resend_receipts(self) -> None:
+        # Confirmed before a crash, receipts possibly unsent: send them (again).
+        for b in self.anchor_store.batches("confirmed"):
+            a = self.anchor_store.confirmed_anchor(b.seq)
+            if a is not None:
+                self._confirmed(b, a)
+
+    def start(self) -> None:
+        if self.cfg.metrics_port:
+            self.metrics.serve(self.cfg.metrics_port)
+        log.info("gateway %s: broker %s, db %s, chain %s (id %d, contract %s), batches of %d or %.0f s, "
+                 "%d confirmations", self.gateway_id, self.cfg.broker, self.cfg.db, getattr(self.chain, "endpoint", "?"),
+                 self.chain.chain_id, self.chain.contract_address, self.cfg.batch_size, self.cfg.batch_seconds,
+                 self.cfg.confirmations)
+        self.ingest.start()
+
+    def step(self) -> None:
+        now = time.time()
+        for b in self.batcher.step(now):
+            self.metrics.batches.inc()
+            self.metrics.batch_size.observe(b.size)
+        if self.mine_blocks:
+            # The in-process chain makes blocks only for transactions; one empty
+            # block per pass stands in for block time so confirmations advance.
+            assert isinstance(self.chain, Web3Chain)
+            self.chain.mine(1)
+        self.anchorer.step(now)
+        self.metrics.unbatched.set(self.batcher.store.unbatched_count())
+
+    def run(self, duration: float | None = None) -> None:
+        self.start()
+        self._resend_receipts()
+        deadline = None if duration is None else time.monotonic() + duration
+        last_prune = 0.0
+        while not self.stop_event.is_set():
+            try:
+                self.step()
+            except Exception:
+                # A stage bug must not take ingest down with it; it is retried next pass.
+                log.exception("batcher/anchorer pass failed")
+            if time.monotonic() - last_prune > 60:
+                self.anchor_store.prune_rejections()
+                last_prune = time.monotonic()
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            self.stop_event.wait(TICK_S)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.ingest.stop()
+        log.info("gateway %s stopped", self.gateway_id)
+
+
+def status(store: Store) -> dict[str, Any]:
+    """What `surge gateway status` prints."""
+    devices = store.devices()
+    batches = store.batches()
+    by_state: dict[str, int] = {}
+    for b in batches:
+        by_state[b.state] = by_state.get(b.state, 0) + 1
+    last = batches[-1] if batches else None
+    last_anchor = None
+    for b in reversed(batches):
+        a = store.confirmed_anchor(b.seq)
+        if a is not None:
+            last_anchor = {"batch_seq": b.seq, "tx_hash": a.tx_hash.hex() if a.tx_hash else None,
+                           "block_number": a.block_number, "chain_id": a.chain_id, "contract": a.contract}
+            break
+    return {
+        "db": store.path,
+        "gateway_id": store.meta("gateway_id"),
+        "devices": {"enrolled": len(devices), "active": sum(1 for d in devices if d.active),
+                    "revoked": sum(1 for d in devices if not d.active)},
+        "reports": {"accepted": store.report_count(), "unbatched": store.unbatched_count()},
+        "rejections": store.rejection_counts(),
+        "batches": {"total": len(batches), "by_state": by_state,
+                    "last": last.record() if last else None},
+        "last_confirmed_anchor": last_anchor,
+        "recent_rejections": [{"at": r.at, "device": r.device_id, "reason": r.reason, "detail": r.detail}
+                              for r in store.recent_rejections(10)],
+        "pid": os.getpid(),
+    }

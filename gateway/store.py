@@ -1,0 +1,492 @@
+"""Durable state of the gateway: SQLite in WAL mode with versioned migrations.
+
+One file holds everything a restarted gateway needs: the device registry, the
+exact COSE bytes of every accepted report, a bounded audit trail of
+rejections, batches with their Merkle roots, and anchoring attempts.  Every
+stage hands off to the next through these tables, so a crash at any point
+resumes from what was committed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+SCHEMA_VERSION = 1
+
+# Each entry moves the schema from version i to i + 1.  Never edit a shipped
+# migration: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE devices (
+        device_id   TEXT PRIMARY KEY,
+        pubkey      BLOB NOT NULL UNIQUE,
+        board       TEXT NOT NULL,
+        fleet       TEXT NOT NULL,
+        owner       TEXT NOT NULL DEFAULT '',
+        enrolled_at REAL NOT NULL,
+        revoked_at  REAL,
+        next_pubkey BLOB
+    );
+    CREATE TABLE device_state (
+        device_id  TEXT PRIMARY KEY REFERENCES devices(device_id),
+        boot       INTEGER NOT NULL,
+        seq        INTEGER NOT NULL,
+        last_hash  BLOB NOT NULL,
+        reports    INTEGER NOT NULL DEFAULT 0,
+        gaps       INTEGER NOT NULL DEFAULT 0,
+        last_seen  REAL NOT NULL
+    );
+    CREATE TABLE reports (
+        id          INTEGER PRIMARY KEY,
+        device_id   TEXT NOT NULL,
+        boot        INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        cose        BLOB NOT NULL,
+        gap         INTEGER NOT NULL DEFAULT 0,
+        batch_seq   INTEGER,
+        leaf_index  INTEGER,
+        UNIQUE (device_id, boot, seq)
+    );
+    CREATE INDEX reports_unbatched ON reports(id) WHERE batch_seq IS NULL;
+    CREATE INDEX reports_batch ON reports(batch_seq, leaf_index);
+    CREATE TABLE rejections (
+        id          INTEGER PRIMARY KEY,
+        at          REAL NOT NULL,
+        topic       TEXT NOT NULL,
+        device_id   TEXT,
+        reason      TEXT NOT NULL,
+        detail      TEXT NOT NULL,
+        payload     BLOB
+    );
+    CREATE TABLE rejection_counts (
+        reason TEXT PRIMARY KEY,
+        count  INTEGER NOT NULL
+    );
+    CREATE TABLE batches (
+        seq         INTEGER PRIMARY KEY,
+        gateway_id  TEXT NOT NULL,
+        root        BLOB NOT NULL,
+        size        INTEGER NOT NULL,
+        first_at    REAL NOT NULL,
+        last_at     REAL NOT NULL,
+        prev_root   BLOB NOT NULL,
+        closed_at   REAL NOT NULL,
+        state       TEXT NOT NULL DEFAULT 'closed'
+    );
+    CREATE TABLE anchors (
+        id           INTEGER PRIMARY KEY,
+        batch_seq    INTEGER NOT NULL REFERENCES batches(seq),
+        chain_id     INTEGER NOT NULL,
+        contract     TEXT NOT NULL,
+        gateway_address TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        tx_hash      BLOB,
+        block_number INTEGER,
+        block_hash   BLOB,
+        gas_used     INTEGER,
+        attestation  BLOB,
+        created_at   REAL NOT NULL,
+        updated_at   REAL NOT NULL
+    );
+    CREATE INDEX anchors_batch ON anchors(batch_seq);
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+)
+
+# Audit rows kept per rejection table; counts are kept forever.
+MAX_REJECTIONS = 10_000
+
+
+class StoreError(Exception):
+    """The database cannot be opened or is from an unknown schema version."""
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    device_id: str
+    pubkey: bytes
+    board: str
+    fleet: str
+    owner: str
+    enrolled_at: float
+    revoked_at: float | None
+    next_pubkey: bytes | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    boot: int
+    seq: int
+    last_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReport:
+    id: int
+    device_id: str
+    boot: int
+    seq: int
+    received_at: float
+    cose: bytes
+    batch_seq: int | None
+    leaf_index: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    seq: int
+    gateway_id: str
+    root: bytes
+    size: int
+    first_at: float
+    last_at: float
+    prev_root: bytes
+    closed_at: float
+    state: str
+
+    def record(self) -> dict[str, Any]:
+        """The batch record as it appears in receipts and proof bundles.
+
+        Times are integer milliseconds: floats print differently across JSON
+        libraries, and this record is signed in canonical JSON form.
+        """
+        return {
+            "gateway_id": self.gateway_id, "batch_seq": self.seq, "root": self.root.hex(),
+            "size": self.size, "first_at": round(self.first_at * 1000), "last_at": round(self.last_at * 1000),
+            "prev_root": self.prev_root.hex(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    id: int
+    batch_seq: int
+    chain_id: int
+    contract: str
+    gateway_address: str
+    state: str  # submitting | submitted | mined | confirmed | dropped
+    tx_hash: bytes | None
+    block_number: int | None
+    block_hash: bytes | None
+    gas_used: int | None
+    attestation: bytes | None  # gateway signature over the anchored batch (receipts.attestation_message)
+    created_at: float
+    updated_at: float
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate the gateway database."""
+    try:
+        db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before the broker sees the acknowledgement.
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise StoreError("cannot open gateway database %s: %s" % (path, exc)) from None
+    if version > SCHEMA_VERSION:
+        raise StoreError("database %s has schema version %d, newer than this gateway (%d); "
+                         "upgrade Surge" % (path, version, SCHEMA_VERSION))
+    for target in range(version, SCHEMA_VERSION):
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for statement in MIGRATIONS[target].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("PRAGMA user_version=%d" % (target + 1))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise StoreError("migrating %s to schema %d failed: %s" % (path, target + 1, exc)) from None
+    return db
+
+
+def _device(row: Sequence[Any]) -> Device:
+    return Device(row[0], bytes(row[1]), row[2], row[3], row[4], row[5], row[6],
+                  bytes(row[7]) if row[7] is not None else None)
+
+
+_DEVICE_COLS = "device_id, pubkey, board, fleet, owner, enrolled_at, revoked_at, next_pubkey"
+_ANCHOR_COLS = ("id, batch_seq, chain_id, contract, gateway_address, state, tx_hash, block_number, "
+                "block_hash, gas_used, attestation, created_at, updated_at")
+_BATCH_COLS = "seq, gateway_id, root, size, first_at, last_at, prev_root, closed_at, state"
+
+
+def _anchor(row: Sequence[Any]) -> Anchor:
+    return Anchor(row[0], row[1], row[2], row[3], row[4], row[5],
+                  bytes(row[6]) if row[6] is not None else None, row[7],
+                  bytes(row[8]) if row[8] is not None else None, row[9],
+                  bytes(row[10]) if row[10] is not None else None, row[11], row[12])
+
+
+def _batch(row: Sequence[Any]) -> Batch:
+    return Batch(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], bytes(row[6]), row[7], row[8])
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedRow:
+    device_id: str
+    boot: int
+    seq: int
+    received_at: float
+    cose: bytes
+    gap: bool
+    report_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    at: float
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    payload: bytes | None
+
+
+class Store:
+    """Typed access to the gateway database; one instance per thread."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.db = connect(path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _tx(self) -> "_Tx":
+        return _Tx(self.db)
+
+    # -- meta ---------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx():
+            self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                            "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
+    # -- registry -----------------------------------------------------------
+    def enroll(self, device_id: str, pubkey: bytes, board: str, fleet: str, owner: str) -> Device:
+        with self._tx():
+            row = self.db.execute("SELECT %s FROM devices WHERE device_id=? OR pubkey=?" % _DEVICE_COLS,
+                                  (device_id, pubkey)).fetchone()
+            if row is not None:
+                existing = _device(row)
+                if existing.pubkey == pubkey and existing.device_id == device_id and existing.active:
+                    return existing  # enrolling twice is harmless
+                if existing.pubkey == pubkey and not existing.active:
+                    raise StoreError("device %s was revoked; a revoked key cannot be enrolled again "
+                                     "(generate a new key)" % device_id)
+                raise StoreError("device id %s is already enrolled with a different key" % device_id)
+            self.db.execute("INSERT INTO devices(device_id, pubkey, board, fleet, owner, enrolled_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (device_id, pubkey, board, fleet, owner, time.time()))
+        dev = self.device(device_id)
+        assert dev is not None
+        return dev
+
+    def revoke(self, device_id: str) -> Device:
+        with self._tx():
+            cur = self.db.execute("UPDATE devices SET revoked_at=? WHERE device_id=? AND revoked_at IS NULL",
+                                  (time.time(), device_id))
+            if cur.rowcount == 0 and self.device(device_id) is None:
+                raise StoreError("no device %s is enrolled" % device_id)
+        dev = self.device(device_id)
+        assert dev is not None
+        return dev
+
+    def device(self, device_id: str) -> Device | None:
+        row = self.db.execute("SELECT %s FROM devices WHERE device_id=?" % _DEVICE_COLS, (device_id,)).fetchone()
+        return None if row is None else _device(row)
+
+    def devices(self) -> list[Device]:
+        return [_device(r) for r in self.db.execute("SELECT %s FROM devices ORDER BY enrolled_at" % _DEVICE_COLS)]
+
+    def device_state(self, device_id: str) -> DeviceState | None:
+        row = self.db.execute("SELECT boot, seq, last_hash FROM device_state WHERE device_id=?",
+                              (device_id,)).fetchone()
+        return None if row is None else DeviceState(row[0], row[1], bytes(row[2]))
+
+    def device_stats(self) -> dict[str, tuple[int, int, float]]:
+        """device id -> (reports, gaps, last seen)."""
+        return {r[0]: (r[1], r[2], r[3]) for r in
+                self.db.execute("SELECT device_id, reports, gaps, last_seen FROM device_state")}
+
+    # -- ingest -------------------------------------------------------------
+    def seen(self, device_id: str, boot: int, seq: int) -> bytes | None:
+        row = self.db.execute("SELECT cose FROM reports WHERE device_id=? AND boot=? AND seq=?",
+                              (device_id, boot, seq)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def commit_outcomes(self, accepted: Iterable[AcceptedRow], rejected: Iterable[RejectedRow]) -> None:
+        """Store a group of verification outcomes in one transaction."""
+        with self._tx():
+            for a in accepted:
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO reports(device_id, boot, seq, received_at, cose, gap) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", (a.device_id, a.boot, a.seq, a.received_at, a.cose, int(a.gap)))
+                if cur.rowcount == 0:
+                    continue
+                self.db.execute(
+                    "INSERT INTO device_state(device_id, boot, seq, last_hash, reports, gaps, last_seen) "
+                    "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
+                    "boot=excluded.boot, seq=excluded.seq, last_hash=excluded.last_hash, "
+                    "reports=reports+1, gaps=gaps+excluded.gaps, last_seen=excluded.last_seen",
+                    (a.device_id, a.boot, a.seq, a.report_hash, int(a.gap), a.received_at))
+            for r in rejected:
+                self.db.execute("INSERT INTO rejections(at, topic, device_id, reason, detail, payload) "
+                                "VALUES (?, ?, ?, ?, ?, ?)",
+                                (r.at, r.topic, r.device_id, r.reason, r.detail, r.payload))
+                self.db.execute("INSERT INTO rejection_counts(reason, count) VALUES (?, 1) "
+                                "ON CONFLICT(reason) DO UPDATE SET count=count+1", (r.reason,))
+
+    def prune_rejections(self, keep: int = MAX_REJECTIONS) -> None:
+        with self._tx():
+            self.db.execute("DELETE FROM rejections WHERE id <= (SELECT MAX(id) FROM rejections) - ?", (keep,))
+
+    def rejection_counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute("SELECT reason, count FROM rejection_counts")}
+
+    def recent_rejections(self, limit: int = 20) -> list[RejectedRow]:
+        return [RejectedRow(r[0], r[1], r[2], r[3], r[4], None) for r in self.db.execute(
+            "SELECT at, topic, device_id, reason, detail FROM rejections ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def report_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
+
+    # -- batching -----------------------------------------------------------
+    def unbatched(self, limit: int) -> list[tuple[int, bytes, float]]:
+        """(row id, COSE bytes, received_at) of accepted reports not yet in a batch, in order."""
+        return [(r[0], bytes(r[1]), r[2]) for r in self.db.execute(
+            "SELECT id, cose, received_at FROM reports WHERE batch_seq IS NULL ORDER BY id LIMIT ?", (limit,))]
+
+    def unbatched_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM reports WHERE batch_seq IS NULL").fetchone()[0])
+
+    def oldest_unbatched_at(self) -> float | None:
+        row = self.db.execute("SELECT MIN(received_at) FROM reports WHERE batch_seq IS NULL").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def last_batch(self) -> Batch | None:
+        row = self.db.execute("SELECT %s FROM batches ORDER BY seq DESC LIMIT 1" % _BATCH_COLS).fetchone()
+        return None if row is None else _batch(row)
+
+    def batch(self, seq: int) -> Batch | None:
+        row = self.db.execute("SELECT %s FROM batches WHERE seq=?" % _BATCH_COLS, (seq,)).fetchone()
+        return None if row is None else _batch(row)
+
+    def batches(self, state: str | None = None) -> list[Batch]:
+        if state is None:
+            rows = self.db.execute("SELECT %s FROM batches ORDER BY seq" % _BATCH_COLS)
+        else:
+            rows = self.db.execute("SELECT %s FROM batches WHERE state=? ORDER BY seq" % _BATCH_COLS, (state,))
+        return [_batch(r) for r in rows]
+
+    def add_batch(self, batch: Batch, report_ids: Sequence[int]) -> None:
+        """Record a closed batch and place its reports at their leaf indices, atomically."""
+        with self._tx():
+            self.db.execute("INSERT INTO batches(%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)" % _BATCH_COLS,
+                            (batch.seq, batch.gateway_id, batch.root, batch.size, batch.first_at,
+                             batch.last_at, batch.prev_root, batch.closed_at, batch.state))
+            self.db.executemany("UPDATE reports SET batch_seq=?, leaf_index=? WHERE id=? AND batch_seq IS NULL",
+                                ((batch.seq, i, rid) for i, rid in enumerate(report_ids)))
+
+    def batch_leaves(self, seq: int) -> list[StoredReport]:
+        return [self._report(r) for r in self.db.execute(
+            "SELECT id, device_id, boot, seq, received_at, cose, batch_seq, leaf_index FROM reports "
+            "WHERE batch_seq=? ORDER BY leaf_index", (seq,))]
+
+    def report(self, device_id: str, boot: int, seq: int) -> StoredReport | None:
+        row = self.db.execute(
+            "SELECT id, device_id, boot, seq, received_at, cose, batch_seq, leaf_index FROM reports "
+            "WHERE device_id=? AND boot=? AND seq=?", (device_id, boot, seq)).fetchone()
+        return None if row is None else self._report(row)
+
+    @staticmethod
+    def _report(r: Sequence[Any]) -> StoredReport:
+        return StoredReport(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6], r[7])
+
+    def set_batch_state(self, seq: int, state: str) -> None:
+        with self._tx():
+            self.db.execute("UPDATE batches SET state=? WHERE seq=?", (state, seq))
+
+    # -- anchoring ----------------------------------------------------------
+    def anchors(self, batch_seq: int | None = None) -> list[Anchor]:
+        if batch_seq is None:
+            rows = self.db.execute("SELECT %s FROM anchors ORDER BY id" % _ANCHOR_COLS)
+        else:
+            rows = self.db.execute("SELECT %s FROM anchors WHERE batch_seq=? ORDER BY id" % _ANCHOR_COLS,
+                                   (batch_seq,))
+        return [_anchor(r) for r in rows]
+
+    def anchor(self, anchor_id: int) -> Anchor:
+        row = self.db.execute("SELECT %s FROM anchors WHERE id=?" % _ANCHOR_COLS, (anchor_id,)).fetchone()
+        return _anchor(row)
+
+    def live_anchor(self, batch_seq: int) -> Anchor | None:
+        """The attempt that is not dropped, if any (there is at most one)."""
+        row = self.db.execute("SELECT %s FROM anchors WHERE batch_seq=? AND state != 'dropped' "
+                              "ORDER BY id DESC LIMIT 1" % _ANCHOR_COLS, (batch_seq,)).fetchone()
+        return None if row is None else _anchor(row)
+
+    def begin_anchor(self, batch_seq: int, chain_id: int, contract: str, gateway_address: str) -> int:
+        """Write the pending record; called *before* the transaction is sent."""
+        now = time.time()
+        with self._tx():
+            cur = self.db.execute(
+                "INSERT INTO anchors(batch_seq, chain_id, contract, gateway_address, state, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 'submitting', ?, ?)", (batch_seq, chain_id, contract, gateway_address, now, now))
+            self.db.execute("UPDATE batches SET state='anchoring' WHERE seq=?", (batch_seq,))
+            return int(cur.lastrowid or 0)
+
+    def update_anchor(self, anchor_id: int, state: str, tx_hash: bytes | None = None,
+                      block_number: int | None = None, block_hash: bytes | None = None,
+                      gas_used: int | None = None, attestation: bytes | None = None) -> None:
+        with self._tx():
+            self.db.execute(
+                "UPDATE anchors SET state=?, tx_hash=COALESCE(?, tx_hash), block_number=?, block_hash=?, "
+                "gas_used=COALESCE(?, gas_used), attestation=?, updated_at=? WHERE id=?",
+                (state, tx_hash, block_number, block_hash, gas_used, attestation, time.time(), anchor_id))
+            row = self.db.execute("SELECT batch_seq FROM anchors WHERE id=?", (anchor_id,)).fetchone()
+            batch_state = {"confirmed": "confirmed", "dropped": "closed"}.get(state, "anchoring")
+            self.db.execute("UPDATE batches SET state=? WHERE seq=?", (batch_state, row[0]))
+
+    def confirmed_anchor(self, batch_seq: int) -> Anchor | None:
+        row = self.db.execute("SELECT %s FROM anchors WHERE batch_seq=? AND state='confirmed' "
+                              "ORDER BY id DESC LIMIT 1" % _ANCHOR_COLS, (batch_seq,)).fetchone()
+        return None if row is None else _anchor(row)
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.nested = False
+
+    def __enter__(self) -> None:
+        self.nested = self.db.in_transaction
+        if not self.nested:
+            self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.nested:
+            return
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        else:
+            self.db.execute("ROLLBACK")
