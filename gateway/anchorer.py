@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Callable
 
 from gateway.chain import AlreadyAnchored, AnchorReverted, ChainBackend, ChainError, ChainUnavailable
+from gateway.faults import crash_point
 from gateway.metrics import Metrics
 from gateway.receipts import anchor_fields, attestation_message
 from gateway.store import Anchor, Batch, Store
@@ -172,6 +173,8 @@ class Anchorer:
             tx = self.chain.submit(b.seq, b.root, b.size)
         except AlreadyAnchored:
             return False  # mined meanwhile; the next pass finds it via root_of
+        crash_point("anchor-submitted")
         self.store.update_anchor(a.id, "submitted", tx_hash=tx)
         log.info("batch %d submitted: tx %s", b.seq, tx.hex())
+        crash_point("anchor-recorded")
         return False

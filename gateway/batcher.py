@@ -11,6 +11,7 @@ import logging
 import time
 
 from gateway import merkle
+from gateway.faults import crash_point
 from gateway.store import Batch, Store
 
 log = logging.getLogger("surge.gateway.batcher")
@@ -44,6 +45,7 @@ class Batcher:
             size=len(rows), first_at=rows[0][2], last_at=rows[-1][2],
             prev_root=ZERO_ROOT if last is None else last.root, closed_at=now, state="closed")
         self.store.add_batch(batch, [rid for rid, _, _ in rows])
+        crash_point("batch-closed")
         log.info("closed batch %d: %d reports, root %s", batch.seq, batch.size, batch.root.hex())
         return batch
 

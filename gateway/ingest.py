@@ -31,6 +31,7 @@ from boards import BoardProfile
 from firmware_shim import cose
 from gateway import envelope
 from gateway.config import GatewayConfig
+from gateway.faults import crash_point
 from gateway.metrics import Metrics
 from gateway.store import AcceptedRow, Device, DeviceState, RejectedRow, Store
 from gateway.verify import Accepted, Duplicate, Limits, Outcome, Rejection, Verifier, parse_topic
@@ -256,6 +257,7 @@ class Ingest:
                     rejected.append(RejectedRow(now, msg.topic[:200], outcome.device_id, outcome.reason,
                                                 outcome.detail[:500], bytes(msg.payload[:2048])))
             self.store.commit_outcomes(rows, rejected)
+            crash_point("ingest-committed")
             self.states.update(self.pending_state)
         finally:
             self.pending_state.clear()
