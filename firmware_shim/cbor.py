@@ -221,10 +221,3 @@ def loads(data, max_depth=MAX_DEPTH):
                            % (len(dec.data) - dec.pos, dec.pos))
     return obj
 
-
-def head_length(data, pos=0):
-    """Length of the item starting at ``pos`` without decoding it fully."""
-    dec = _Decoder(bytes(data), MAX_DEPTH)
-    dec.pos = pos
-    dec.item(0)
-    return dec.pos - pos

@@ -131,7 +131,7 @@ def _enroll(args: argparse.Namespace) -> int:
 def _devices(args: argparse.Namespace) -> int:
     store = _open_store(args.db)
     stats = store.device_stats()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for d in store.devices():
         reports, gaps, seen = stats.get(d.device_id, (0, 0, None))
         rows.append({"device_id": d.device_id, "board": d.board, "fleet": d.fleet, "owner": d.owner,
@@ -142,9 +142,9 @@ def _devices(args: argparse.Namespace) -> int:
         return 0
     print("%-16s  %-13s  %-12s  %-7s  %8s  %5s  %s" % ("DEVICE", "BOARD", "FLEET", "STATUS", "REPORTS", "GAPS", "LAST SEEN"))
     for r in rows:
-        seen = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["last_seen"])) if r["last_seen"] else "-"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["last_seen"])) if r["last_seen"] else "-"
         print("%-16s  %-13s  %-12s  %-7s  %8d  %5d  %s" % (r["device_id"], r["board"], r["fleet"], r["status"],
-                                                            r["reports"], r["gaps"], seen))
+                                                            r["reports"], r["gaps"], when))
     return 0
 
 
@@ -175,6 +175,24 @@ def _status(args: argparse.Namespace) -> int:
     a = st["last_confirmed_anchor"]
     print("anchored:   %s" % ("batch %d in block %s, tx %s" % (a["batch_seq"], a["block_number"], a["tx_hash"])
                               if a else "nothing yet"))
+    return 0
+
+
+def _acl(args: argparse.Namespace) -> int:
+    from gateway import acl
+
+    tls = None
+    if args.certfile or args.keyfile or args.cafile:
+        if not (args.certfile and args.keyfile and args.cafile):
+            raise CLIError("TLS needs all three of --cafile, --certfile and --keyfile")
+        tls = acl.TLSFiles(args.cafile, args.certfile, args.keyfile)
+    try:
+        counts = acl.generate(_open_store(args.db).devices(), args.out, args.port, tls, args.bind)
+    except OSError as exc:
+        raise CLIError("cannot write %s: %s" % (args.out, exc.strerror)) from None
+    print("wrote %s/{passwords,acl,surge-broker.conf} for %d devices (%d revoked left out); "
+          "passwords to hand out are in %s/credentials/" % (args.out, counts["devices"], counts["revoked_skipped"],
+                                                             args.out))
     return 0
 
 
@@ -262,6 +280,16 @@ def add_parser(sub: Any) -> None:
     st.add_argument("--db", required=True, metavar="FILE")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_status)
+
+    ac = gw.add_parser("acl", help="write Mosquitto password file, ACL and listener config from the registry")
+    ac.add_argument("--db", required=True, metavar="FILE")
+    ac.add_argument("--out", required=True, metavar="DIR")
+    ac.add_argument("--port", type=int, default=8883, help="listener port (default 8883)")
+    ac.add_argument("--bind", default="0.0.0.0", help="listener address (default 0.0.0.0)")
+    ac.add_argument("--cafile", metavar="FILE", help="CA certificate (enables TLS with the two below)")
+    ac.add_argument("--certfile", metavar="FILE", help="broker certificate")
+    ac.add_argument("--keyfile", metavar="FILE", help="broker private key")
+    ac.set_defaults(func=_acl)
 
     pr = sub.add_parser("proof", help="export the proof bundle of one report")
     pr.add_argument("--db", required=True, metavar="FILE")

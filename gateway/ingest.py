@@ -151,7 +151,7 @@ class Ingest:
 
     # -- MQTT ---------------------------------------------------------------
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         # Bounds what the broker sends before we acknowledge: backpressure
         # when commits stall, instead of unbounded memory here.

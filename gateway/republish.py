@@ -6,7 +6,7 @@ from typing import Callable
 
 from agent import claims as C
 from gateway import envelope
-from gateway.store import Anchor, Batch, Store
+from gateway.store import Anchor, Batch, Device, Store
 from gateway.ingest import verified_json
 from gateway.verify import Accepted
 
@@ -15,7 +15,7 @@ def republish_anchored(store: Store, batch: Batch, anchor: Anchor, publish: Call
     """Each report of a confirmed batch again on its verified topic, now with ``batch`` filled in."""
     info = {"batch_seq": batch.seq, "root": batch.root.hex(), "tx_hash": anchor.tx_hash.hex() if anchor.tx_hash else None,
             "block_number": anchor.block_number, "chain_id": anchor.chain_id, "contract": anchor.contract}
-    devices = {}
+    devices: dict[str, Device] = {}
     for rep in store.batch_leaves(batch.seq):
         dev = devices.get(rep.device_id) or store.device(rep.device_id)
         if dev is None:
