@@ -175,4 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module, not this __main__ copy, so that CLIError
+    # raised by other modules (which import agent.cli) is the class caught here.
+    from agent.cli import main as _main
+
+    sys.exit(_main())

@@ -35,12 +35,14 @@ REORG_WINDOW = 16
 class Anchorer:
     def __init__(self, store: Store, chain: ChainBackend, confirmations: int, metrics: Metrics,
                  on_confirmed: Callable[[Batch, Anchor], None],
+                 on_reorged: Callable[[Batch, Anchor], None] | None = None,
                  drop_after_s: float = DROP_AFTER_S) -> None:
         self.store = store
         self.chain = chain
         self.confirmations = confirmations
         self.metrics = metrics
         self.on_confirmed = on_confirmed
+        self.on_reorged = on_reorged
         self.drop_after_s = drop_after_s
         self.chain_down = False
 
@@ -72,6 +74,8 @@ class Anchorer:
             for a in self.store.anchors(b.seq):
                 if a.state != "dropped":
                     self.store.update_anchor(a.id, "dropped", block_number=a.block_number, block_hash=a.block_hash)
+                    if a.state == "confirmed" and self.on_reorged is not None:
+                        self.on_reorged(b, a)
             if b.state != "closed":
                 self.store.set_batch_state(b.seq, "closed")
         log.warning("re-anchoring from batch %d: %s", seq, why)

@@ -50,9 +50,12 @@ def _open_store(path: str) -> Store:
 
 
 def _run(args: argparse.Namespace) -> int:
-    overrides = {k: getattr(args, k) for k in ("broker", "db", "chain", "contract", "keystore", "gateway_id",
-                                               "batch_size", "batch_seconds", "confirmations", "metrics_port",
-                                               "share_group", "log_level")}
+    overrides = {k: getattr(args, k) for k in ("broker", "username", "password_file", "broker_ca", "db", "chain",
+                                               "contract", "keystore", "gateway_id", "batch_size", "batch_seconds",
+                                               "confirmations", "metrics_port", "share_group", "max_report_bytes",
+                                               "rate_limit_per_s", "rate_burst", "commit_group", "log_level")}
+    if args.no_republish:
+        overrides["republish"] = False
     try:
         cfg = gwconfig.load(args.config, overrides)
     except gwconfig.ConfigError as exc:
@@ -227,7 +230,7 @@ def _verify(args: argparse.Namespace) -> int:
         print("INVALID: %s" % exc)
         return 1
     print("VALID: report %s boot %s seq %s is leaf %d of %d in batch %s (root %s), anchored in tx %s on chain %s"
-          % (summary["device_id"], summary["boot"], summary["seq"], summary["leaf_index"], summary["tree_size"],
+          % (summary["device"], summary["boot"], summary["seq"], summary["leaf_index"], summary["tree_size"],
              summary["batch_seq"], summary["root"], summary["tx_hash"], summary["chain_id"]))
     if "on_chain" in summary:
         print(summary["on_chain"])
@@ -240,15 +243,29 @@ def add_parser(sub: Any) -> None:
     run = gw.add_parser("run", help="verify, store, batch and anchor reports")
     run.add_argument("--config", metavar="FILE", help="TOML config; flags override it")
     run.add_argument("--broker", metavar="URL", help="mqtt://host:port (default mqtt://127.0.0.1:1883)")
+    run.add_argument("--username", metavar="USER", help="broker username")
+    run.add_argument("--password-file", dest="password_file", metavar="FILE",
+                     help="file whose first line is the broker password")
+    run.add_argument("--broker-ca", dest="broker_ca", metavar="FILE", help="CA certificate for mqtts:// brokers")
     run.add_argument("--db", metavar="FILE", help="SQLite database (default surge-gateway.db)")
     run.add_argument("--chain", metavar="memory|URL", help="'memory' (in-process EVM) or a JSON-RPC URL")
     run.add_argument("--contract", metavar="ADDR", help="SurgeAnchor address on a JSON-RPC chain")
     run.add_argument("--keystore", metavar="FILE", help="encrypted chain key (password in $SURGE_KEYSTORE_PASSWORD)")
-    run.add_argument("--gateway-id", dest="gateway_id", metavar="ID")
-    run.add_argument("--batch-size", dest="batch_size", type=int, metavar="N")
-    run.add_argument("--batch-seconds", dest="batch_seconds", type=float, metavar="S")
-    run.add_argument("--confirmations", type=int, metavar="K")
-    run.add_argument("--metrics-port", dest="metrics_port", type=int, metavar="P")
+    run.add_argument("--gateway-id", dest="gateway_id", metavar="ID", help="default: generated once, kept in the db")
+    run.add_argument("--batch-size", dest="batch_size", type=int, metavar="N", help="close a batch at N reports (1000)")
+    run.add_argument("--batch-seconds", dest="batch_seconds", type=float, metavar="S",
+                     help="or when its oldest report is S seconds old (10)")
+    run.add_argument("--confirmations", type=int, metavar="K", help="blocks before an anchor counts (2)")
+    run.add_argument("--metrics-port", dest="metrics_port", type=int, metavar="P",
+                     help="Prometheus /metrics on 127.0.0.1:P (0 = off)")
+    run.add_argument("--max-report-bytes", dest="max_report_bytes", type=int, metavar="N", help="(1024)")
+    run.add_argument("--rate-limit", dest="rate_limit_per_s", type=float, metavar="R",
+                     help="messages per second per device (5)")
+    run.add_argument("--rate-burst", dest="rate_burst", type=int, metavar="N", help="burst per device (50)")
+    run.add_argument("--commit-group", dest="commit_group", type=int, metavar="N",
+                     help="messages verified per store commit at most (500)")
+    run.add_argument("--no-republish", dest="no_republish", action="store_true",
+                     help="do not republish verified reports as JSON")
     run.add_argument("--share-group", dest="share_group", metavar="NAME",
                      help="subscribe through $share/NAME/ so several gateways split a fleet")
     run.add_argument("--log-level", dest="log_level", metavar="LEVEL")

@@ -22,6 +22,8 @@ class GatewayConfig:
     broker: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+    broker_ca: str | None = None
     db: str = "surge-gateway.db"
     chain: str = "memory"
     contract: str | None = None
@@ -59,6 +61,16 @@ def parse_broker(url: str) -> tuple[str, int, bool]:
 
 
 _POSITIVE = ("batch_size", "commit_group", "max_report_bytes", "rate_burst")
+
+
+def _read_password(cfg: GatewayConfig) -> GatewayConfig:
+    if cfg.password is None and cfg.password_file:
+        try:
+            with open(cfg.password_file) as f:
+                return replace(cfg, password=f.readline().rstrip("\n"))
+        except OSError as exc:
+            raise ConfigError("password_file %s: %s" % (cfg.password_file, exc.strerror)) from None
+    return cfg
 
 
 def validate(cfg: GatewayConfig) -> GatewayConfig:
@@ -111,4 +123,4 @@ def load(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
         db = values.get("db")
         if db is not None and overrides.get("db") is None and not Path(db).is_absolute():
             values["db"] = str(Path(path).parent / db)
-    return validate(replace(base, **values))
+    return validate(_read_password(replace(base, **values)))

@@ -11,6 +11,8 @@ them to the persistent session.
 
 from __future__ import annotations
 
+import hashlib
+import hashlib
 import json
 import logging
 import queue
@@ -72,7 +74,7 @@ def verified_json(acc: Accepted, fleet: str, received_at: float, batch: dict[str
     """The integrator-facing JSON of one accepted report (docs/protocol.md)."""
     return json.dumps({
         "v": 1, "device": acc.device.device_id, "fleet": fleet, "board": acc.device.board,
-        "boot": acc.boot, "seq": acc.seq, "received_at": received_at, "gap": acc.gap,
+        "boot": acc.boot, "seq": acc.seq, "received_at": round(received_at * 1000), "gap": acc.gap,
         "claims": C.named(acc.claims), "report": acc.cose.hex(), "batch": batch,
     }, separators=(",", ":")).encode()
 
@@ -102,7 +104,7 @@ class Ingest:
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password)
         if tls:
-            self.client.tls_set()
+            self.client.tls_set(ca_certs=cfg.broker_ca)
         self.client.max_queued_messages_set(0)
         self.client.max_inflight_messages_set(1000)
         # Retained gateway status with a last will, like devices have: operators
@@ -238,6 +240,7 @@ class Ingest:
         accepted: list[tuple[Accepted, str]] = []
         rows: list[AcceptedRow] = []
         rejected: list[RejectedRow] = []
+        told: list[tuple[str, Rejection, str]] = []  # rejections the device can be told about
         dupes = 0
         self.pending_state.clear()
         self.pending_seen.clear()
@@ -256,6 +259,8 @@ class Ingest:
                 elif outcome is not None:
                     rejected.append(RejectedRow(now, msg.topic[:200], outcome.device_id, outcome.reason,
                                                 outcome.detail[:500], bytes(msg.payload[:2048])))
+                    if outcome.device_id is not None and fleet:
+                        told.append((fleet, outcome, hashlib.sha256(msg.payload).hexdigest()))
             self.store.commit_outcomes(rows, rejected)
             crash_point("ingest-committed")
             self.states.update(self.pending_state)
@@ -273,6 +278,12 @@ class Ingest:
         for r in rejected:
             self.metrics.rejected.labels(r.reason).inc()
             log.info("rejected %s: %s (%s)", r.device_id or r.topic, r.reason, r.detail)
+            self._tell_device(r)
+        for fleet, rej, digest in told:
+            # docs/protocol.md §6: a rejection goes back on the device's receipt topic.
+            self.client.publish("surge/v1/%s/%s/receipt" % (fleet, rej.device_id), json.dumps(
+                {"v": 1, "status": "rejected", "device": rej.device_id, "reason": rej.reason,
+                 "detail": rej.detail[:500], "report_sha256": digest}, separators=(",", ":")).encode(), qos=1)
         for acc, fleet in accepted:
             if acc.gap:
                 self.metrics.gaps.inc()
@@ -280,6 +291,16 @@ class Ingest:
             if self.cfg.republish:
                 self.client.publish("surge/v1/%s/%s/verified" % (fleet, acc.device.device_id),
                                     verified_json(acc, fleet, now, None), qos=1)
+
+    def _tell_device(self, r: RejectedRow) -> None:
+        """A `rejected` receipt, so the device (and `surge flash`) learns why."""
+        parts = r.topic.split("/")
+        if r.reason == "rate_limited" or len(parts) != 5 or parts[4] != "report" or not r.payload:
+            return  # never answer floods, or topics that are not a device's report topic
+        body = {"v": 1, "status": "rejected", "device": parts[3], "reason": r.reason, "detail": r.detail,
+                "report_sha256": hashlib.sha256(r.payload).hexdigest()}
+        self.client.publish("surge/v1/%s/%s/receipt" % (parts[2], parts[3]),
+                            json.dumps(body, separators=(",", ":")).encode(), qos=1)
 
     def _verify_one(self, msg: mqtt.MQTTMessage, now: float) -> tuple[Outcome | None, str]:
         parsed = parse_topic(msg.topic)

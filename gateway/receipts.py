@@ -50,7 +50,7 @@ def canonical(obj: Any) -> bytes:
 def _receipt(rep: StoredReport, batch: Batch, anchor: Anchor, proof: list[bytes]) -> dict[str, Any]:
     assert anchor.tx_hash is not None
     return {
-        "v": 1, "device": rep.device_id, "boot": rep.boot, "seq": rep.seq,
+        "v": 1, "status": "confirmed", "device": rep.device_id, "boot": rep.boot, "seq": rep.seq,
         "leaf_hash": merkle.leaf_hash(rep.cose).hex(),
         "batch_seq": batch.seq, "leaf_index": rep.leaf_index, "tree_size": batch.size,
         "proof": [p.hex() for p in proof], "root": batch.root.hex(),
@@ -73,18 +73,32 @@ def receipts(store: Store, batch: Batch, anchor: Anchor) -> Iterator[tuple[str, 
         yield fleets[rep.device_id], _receipt(rep, batch, anchor, proof)
 
 
+def batch_event(store: Store, batch: Batch, event: str, publish: Publish, anchor: Anchor | None = None) -> None:
+    """A `closed`, `confirmed` or `reorged` event on the batches topic of each fleet in the batch."""
+    per_fleet: dict[str, int] = {}
+    fleets: dict[str, str] = {}
+    for rep in store.batch_leaves(batch.seq):
+        if rep.device_id not in fleets:
+            dev = store.device(rep.device_id)
+            fleets[rep.device_id] = dev.fleet if dev else "unknown"
+        f = fleets[rep.device_id]
+        per_fleet[f] = per_fleet.get(f, 0) + 1
+    body: dict[str, Any] = {"v": 1, "event": event, "batch": batch.record()}
+    if anchor is not None:
+        body["chain"] = anchor_fields(anchor)
+        if event == "confirmed":
+            body["gateway_signature"] = anchor.attestation.hex() if anchor.attestation else None
+    for fleet, n in sorted(per_fleet.items()):
+        publish("surge/v1/%s/batches" % fleet, json.dumps(dict(body, fleet_reports=n), separators=(",", ":")).encode())
+
+
 def publish_confirmed(store: Store, batch: Batch, anchor: Anchor, publish: Publish) -> int:
     """Send each device its receipt and the fleet a batch event; returns receipts sent."""
     n = 0
-    fleets: set[str] = set()
     for fleet, rec in receipts(store, batch, anchor):
         publish("surge/v1/%s/%s/receipt" % (fleet, rec["device"]), json.dumps(rec, separators=(",", ":")).encode())
-        fleets.add(fleet)
         n += 1
-    event = {"v": 1, "event": "confirmed", "batch": batch.record(), "chain": anchor_fields(anchor),
-             "gateway_signature": anchor.attestation.hex() if anchor.attestation else None}
-    for fleet in sorted(fleets):
-        publish("surge/v1/%s/batches" % fleet, json.dumps(event, separators=(",", ":")).encode())
+    batch_event(store, batch, "confirmed", publish, anchor)
     return n
 
 
@@ -105,7 +119,7 @@ def build_bundle(store: Store, device_id: str, boot: int, seq: int) -> dict[str,
     return {
         "format": BUNDLE_FORMAT,
         "report": rep.cose.hex(),
-        "device_id": device_id,
+        "device": device_id,
         "public_key": dev.pubkey.hex(),
         "leaf_index": rep.leaf_index,
         "tree_size": batch.size,
@@ -132,8 +146,8 @@ def verify_bundle(doc: Any) -> dict[str, Any]:
         raise BundleError("not a %s file" % BUNDLE_FORMAT)
     report = _hex(doc, "report")
     public = _hex(doc, "public_key", 32)
-    if C.device_id(public) != doc.get("device_id"):
-        raise BundleError("device_id %r is not derived from public_key" % doc.get("device_id"))
+    if C.device_id(public) != doc.get("device"):
+        raise BundleError("device %r is not derived from public_key" % doc.get("device"))
     try:
         env = envelope.parse(report)
     except COSEError as exc:
@@ -165,12 +179,12 @@ def verify_bundle(doc: Any) -> dict[str, Any]:
     if signer is None or signer.lower() != str(chain.get("gateway_address", "")).lower():
         raise BundleError("gateway signature over the batch record and chain fields does not match "
                           "gateway_address")
-    extra = set(doc) - {"format", "report", "device_id", "public_key", "leaf_index", "tree_size", "proof",
+    extra = set(doc) - {"format", "report", "device", "public_key", "leaf_index", "tree_size", "proof",
                         "batch", "chain", "gateway_signature"}
     if extra:
         raise BundleError("unknown fields %s" % ", ".join(sorted(extra)))
     claims = C.named(env.claims)
-    return {"device_id": doc["device_id"], "boot": claims.get("bootcount"), "seq": claims.get("seq"),
+    return {"device": doc["device"], "boot": claims.get("bootcount"), "seq": claims.get("seq"),
             "batch_seq": batch.get("batch_seq"), "root": root.hex(), "leaf_index": index, "tree_size": size,
             "chain_id": chain["chain_id"], "contract": chain.get("contract"), "tx_hash": chain.get("tx_hash")}
 

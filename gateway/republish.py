@@ -8,13 +8,14 @@ from agent import claims as C
 from gateway import envelope
 from gateway.store import Anchor, Batch, Device, Store
 from gateway.ingest import verified_json
+from gateway.receipts import anchor_fields
 from gateway.verify import Accepted
 
 
 def republish_anchored(store: Store, batch: Batch, anchor: Anchor, publish: Callable[[str, bytes], None]) -> None:
     """Each report of a confirmed batch again on its verified topic, now with ``batch`` filled in."""
-    info = {"batch_seq": batch.seq, "root": batch.root.hex(), "tx_hash": anchor.tx_hash.hex() if anchor.tx_hash else None,
-            "block_number": anchor.block_number, "chain_id": anchor.chain_id, "contract": anchor.contract}
+    info = {"status": "confirmed", "batch_seq": batch.seq, "tree_size": batch.size, "root": batch.root.hex(),
+            "gateway_id": batch.gateway_id, **anchor_fields(anchor)}
     devices: dict[str, Device] = {}
     for rep in store.batch_leaves(batch.seq):
         dev = devices.get(rep.device_id) or store.device(rep.device_id)

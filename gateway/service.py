@@ -64,7 +64,8 @@ class Gateway:
         self.ingest = Ingest(cfg, Store(cfg.db), self.metrics, self.gateway_id)
         self.batcher = Batcher(Store(cfg.db), self.gateway_id, cfg.batch_size, cfg.batch_seconds)
         self.anchor_store = Store(cfg.db)
-        self.anchorer = Anchorer(self.anchor_store, self.chain, cfg.confirmations, self.metrics, self._confirmed)
+        self.anchorer = Anchorer(self.anchor_store, self.chain, cfg.confirmations, self.metrics, self._confirmed,
+                                 self._reorged)
         self.stop_event = threading.Event()
         self.mine_blocks = cfg.chain == "memory" and isinstance(self.chain, Web3Chain)
 
@@ -78,6 +79,9 @@ class Gateway:
         if self.cfg.republish:
             from gateway.republish import republish_anchored
             republish_anchored(self.anchor_store, batch, anchor, self._publish)
+
+    def _reorged(self, batch: Batch, anchor: Anchor) -> None:
+        receipts.batch_event(self.anchor_store, batch, "reorged", self._publish, anchor)
 
     def _resend_receipts(self) -> None:
         # Confirmed before a crash, receipts possibly unsent: send them (again).
@@ -100,6 +104,7 @@ class Gateway:
         for b in self.batcher.step(now):
             self.metrics.batches.inc()
             self.metrics.batch_size.observe(b.size)
+            receipts.batch_event(self.batcher.store, b, "closed", self._publish)
         if self.mine_blocks:
             # The in-process chain makes blocks only for transactions; one empty
             # block per pass stands in for block time so confirmations advance.

@@ -96,10 +96,23 @@ class ChainKey:
         raise TypeError("ChainKey cannot be copied")
 
 
+def keystore_password(environ: Mapping[str, str]) -> str | None:
+    """``$SURGE_KEYSTORE_PASSWORD``, or the first line of ``$SURGE_KEYSTORE_PASSWORD_FILE``
+    (systemd credentials keep the password out of the unit and the environment)."""
+    password = environ.get(PASSWORD_ENV)
+    path = environ.get(PASSWORD_ENV + "_FILE")
+    if password is None and path:
+        try:
+            password = Path(path).read_text("utf-8").splitlines()[0]
+        except (OSError, IndexError):
+            raise ChainKeyError(f"{PASSWORD_ENV}_FILE: cannot read a password from it") from None
+    return password
+
+
 def load_keystore(path: str | Path, password: str | None = None) -> ChainKey:
     """Decrypt a keystore file; password defaults to ``$SURGE_KEYSTORE_PASSWORD``."""
     if password is None:
-        password = os.environ.get(PASSWORD_ENV)
+        password = keystore_password(os.environ)
     if password is None:
         raise ChainKeyError(f"keystore {Path(path).name}: {PASSWORD_ENV} is not set")
     try:
@@ -123,7 +136,7 @@ def load_chain_key(
     """The gateway key from ``keystore`` if given, else from ``$SURGE_CHAIN_KEY``."""
     environ = os.environ if env is None else env
     if keystore is not None:
-        password = environ.get(PASSWORD_ENV)
+        password = keystore_password(environ)
         if password is None:
             raise ChainKeyError(f"keystore {Path(keystore).name}: {PASSWORD_ENV} is not set")
         return load_keystore(keystore, password)
