@@ -12,7 +12,6 @@ them to the persistent session.
 from __future__ import annotations
 
 import hashlib
-import hashlib
 import json
 import logging
 import queue
@@ -240,7 +239,6 @@ class Ingest:
         accepted: list[tuple[Accepted, str]] = []
         rows: list[AcceptedRow] = []
         rejected: list[RejectedRow] = []
-        told: list[tuple[str, Rejection, str]] = []  # rejections the device can be told about
         dupes = 0
         self.pending_state.clear()
         self.pending_seen.clear()
@@ -259,8 +257,6 @@ class Ingest:
                 elif outcome is not None:
                     rejected.append(RejectedRow(now, msg.topic[:200], outcome.device_id, outcome.reason,
                                                 outcome.detail[:500], bytes(msg.payload[:2048])))
-                    if outcome.device_id is not None and fleet:
-                        told.append((fleet, outcome, hashlib.sha256(msg.payload).hexdigest()))
             self.store.commit_outcomes(rows, rejected)
             crash_point("ingest-committed")
             self.states.update(self.pending_state)
@@ -279,11 +275,6 @@ class Ingest:
             self.metrics.rejected.labels(r.reason).inc()
             log.info("rejected %s: %s (%s)", r.device_id or r.topic, r.reason, r.detail)
             self._tell_device(r)
-        for fleet, rej, digest in told:
-            # docs/protocol.md §6: a rejection goes back on the device's receipt topic.
-            self.client.publish("surge/v1/%s/%s/receipt" % (fleet, rej.device_id), json.dumps(
-                {"v": 1, "status": "rejected", "device": rej.device_id, "reason": rej.reason,
-                 "detail": rej.detail[:500], "report_sha256": digest}, separators=(",", ":")).encode(), qos=1)
         for acc, fleet in accepted:
             if acc.gap:
                 self.metrics.gaps.inc()

@@ -5,62 +5,14 @@ single-byte change."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from broker import Mosquitto
 from gateway import receipts
 from gw_helpers import Collector, Device, publisher
-
-
-def surge(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=120)
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-def start_gateway(db: Path, broker: Mosquitto, *extra: str) -> subprocess.Popen[str]:
-    log = open(db.with_suffix(".log"), "a")
-    return subprocess.Popen([sys.executable, "-m", "agent.cli", "gateway", "run", "--broker", broker.url,
-                             "--db", str(db), "--batch-size", "5", "--batch-seconds", "1",
-                             "--confirmations", "2", *extra], stdout=log, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_online(broker: Mosquitto, proc: subprocess.Popen[str], timeout: float = 30) -> None:
-    """Until the gateway announces it is subscribed (retained status 'online')."""
-    watch = Collector(broker.port, "surge/v1/_gateway/+/status")
-    try:
-        ok = watch.wait(lambda: any(p == b"online" for _, p in watch.messages) or proc.poll() is not None, timeout)
-        assert ok and proc.poll() is None, "gateway did not come online"
-    finally:
-        watch.close()
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def status(db: Path) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(surge("gateway", "status", "--db", str(db), "--json").stdout)
-    return out
-
-
-def enroll(db: Path, dev: Device) -> None:
-    surge("gateway", "enroll", "--db", str(db), "--pubkey", dev.key.public.hex(), "--board", dev.board,
-          "--fleet", dev.fleet)
+from gw_process import enroll, start_gateway, status, stop, surge, wait_online
 
 
 def test_reports_to_receipts_and_bundles(tmp_path: Path, broker: Mosquitto) -> None:
