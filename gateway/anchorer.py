@@ -63,14 +63,12 @@ class Anchorer:
             if not self.chain_down:
                 log.warning("chain unavailable: %s; will retry", exc)
             self.chain_down = True
-        pending = len(self.store.batches("closed")) + len(self.store.batches("anchoring"))
-        self.metrics.pending_anchors.set(pending)
+        self.metrics.pending_anchors.set(self.store.unconfirmed_count())
 
     def _reset_from(self, seq: int, why: str) -> None:
         """Forget confirmations from batch ``seq`` on: they will be anchored again."""
-        for b in self.store.batches():
-            if b.seq < seq:
-                continue
+        self.metrics.anchors_resubmitted.inc()
+        for b in self.store.batches(from_seq=seq):
             for a in self.store.anchors(b.seq):
                 if a.state != "dropped":
                     self.store.update_anchor(a.id, "dropped", block_number=a.block_number, block_hash=a.block_hash)
@@ -81,17 +79,16 @@ class Anchorer:
         log.warning("re-anchoring from batch %d: %s", seq, why)
 
     def _check_reorgs(self) -> None:
-        confirmed = [b for b in self.store.batches() if b.state in ("confirmed", "receipted")]
-        if not confirmed:
+        recent = self.store.recent_confirmed(REORG_WINDOW)
+        if not recent:
             return
         onchain = self.chain.last_seq()
-        lost = [b for b in confirmed if b.seq > onchain]
-        if lost:
+        lost = self.store.first_confirmed_above(onchain)
+        if lost is not None:
             # A fresh chain (the in-process one after a restart) or a deep reorg.
-            self._reset_from(lost[0].seq, "chain's last batch is %d, below confirmed batch %d"
-                             % (onchain, lost[0].seq))
+            self._reset_from(lost, "chain's last batch is %d, below confirmed batch %d" % (onchain, lost))
             return
-        for b in confirmed[-REORG_WINDOW:]:
+        for b in recent:
             a = self.store.confirmed_anchor(b.seq)
             if a is None or not self._here(a) or a.block_number is None or a.block_hash is None:
                 self._reset_from(b.seq, "batch %d was anchored on another chain or contract" % b.seq)
@@ -102,11 +99,8 @@ class Anchorer:
 
     def _advance(self, now: float) -> None:
         while True:
-            todo = [b for b in self.store.batches() if b.state in ("closed", "anchoring")]
-            if not todo:
-                return
-            b = todo[0]
-            if not self._advance_batch(b, now):
+            b = self.store.first_unconfirmed()
+            if b is None or not self._advance_batch(b, now):
                 return
 
     def _advance_batch(self, b: Batch, now: float) -> bool:

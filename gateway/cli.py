@@ -52,7 +52,8 @@ def _open_store(path: str) -> Store:
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("broker", "username", "password_file", "broker_ca", "db", "chain",
                                                "contract", "keystore", "gateway_id", "batch_size", "batch_seconds",
-                                               "confirmations", "metrics_port", "share_group", "max_report_bytes",
+                                               "confirmations", "anchor_timeout_s", "metrics_port", "share_group",
+                                               "max_report_bytes",
                                                "rate_limit_per_s", "rate_burst", "commit_group", "log_level")}
     if args.no_republish:
         overrides["republish"] = False
@@ -256,6 +257,8 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--batch-seconds", dest="batch_seconds", type=float, metavar="S",
                      help="or when its oldest report is S seconds old (10)")
     run.add_argument("--confirmations", type=int, metavar="K", help="blocks before an anchor counts (2)")
+    run.add_argument("--anchor-timeout", dest="anchor_timeout_s", type=float, metavar="S",
+                     help="send an anchor again when its transaction has no receipt after S seconds (120)")
     run.add_argument("--metrics-port", dest="metrics_port", type=int, metavar="P",
                      help="Prometheus /metrics on 127.0.0.1:P (0 = off)")
     run.add_argument("--max-report-bytes", dest="max_report_bytes", type=int, metavar="N", help="(1024)")

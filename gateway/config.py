@@ -32,6 +32,7 @@ class GatewayConfig:
     batch_size: int = 1000
     batch_seconds: float = 10.0
     confirmations: int = 2
+    anchor_timeout_s: float = 120.0
     metrics_port: int = 0
     share_group: str | None = None
     max_report_bytes: int = 1024
@@ -79,6 +80,8 @@ def validate(cfg: GatewayConfig) -> GatewayConfig:
             raise ConfigError("%s must be at least 1, got %r" % (name, getattr(cfg, name)))
     if cfg.batch_seconds <= 0:
         raise ConfigError("batch_seconds must be positive, got %r" % cfg.batch_seconds)
+    if cfg.anchor_timeout_s <= 0:
+        raise ConfigError("anchor_timeout_s must be positive, got %r" % cfg.anchor_timeout_s)
     if cfg.confirmations < 1:
         raise ConfigError("confirmations must be at least 1, got %r" % cfg.confirmations)
     if not 0 <= cfg.metrics_port <= 65535:

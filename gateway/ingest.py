@@ -239,6 +239,7 @@ class Ingest:
         accepted: list[tuple[Accepted, str]] = []
         rows: list[AcceptedRow] = []
         rejected: list[RejectedRow] = []
+        digests: list[str] = []  # SHA-256 of each rejected message, whole (the stored copy is capped)
         dupes = 0
         self.pending_state.clear()
         self.pending_seen.clear()
@@ -257,6 +258,7 @@ class Ingest:
                 elif outcome is not None:
                     rejected.append(RejectedRow(now, msg.topic[:200], outcome.device_id, outcome.reason,
                                                 outcome.detail[:500], bytes(msg.payload[:2048])))
+                    digests.append(hashlib.sha256(msg.payload).hexdigest())
             self.store.commit_outcomes(rows, rejected)
             crash_point("ingest-committed")
             self.states.update(self.pending_state)
@@ -271,10 +273,10 @@ class Ingest:
         self.metrics.queue_depth.dec(len(group))
         self.metrics.accepted.inc(len(rows))
         self.metrics.duplicates.inc(dupes)
-        for r in rejected:
+        for r, digest in zip(rejected, digests):
             self.metrics.rejected.labels(r.reason).inc()
             log.info("rejected %s: %s (%s)", r.device_id or r.topic, r.reason, r.detail)
-            self._tell_device(r)
+            self._tell_device(r, digest)
         for acc, fleet in accepted:
             if acc.gap:
                 self.metrics.gaps.inc()
@@ -283,13 +285,13 @@ class Ingest:
                 self.client.publish("surge/v1/%s/%s/verified" % (fleet, acc.device.device_id),
                                     verified_json(acc, fleet, now, None), qos=1)
 
-    def _tell_device(self, r: RejectedRow) -> None:
+    def _tell_device(self, r: RejectedRow, digest: str) -> None:
         """A `rejected` receipt, so the device (and `surge flash`) learns why."""
         parts = r.topic.split("/")
         if r.reason == "rate_limited" or len(parts) != 5 or parts[4] != "report" or not r.payload:
             return  # never answer floods, or topics that are not a device's report topic
         body = {"v": 1, "status": "rejected", "device": parts[3], "reason": r.reason, "detail": r.detail,
-                "report_sha256": hashlib.sha256(r.payload).hexdigest()}
+                "report_sha256": digest}
         self.client.publish("surge/v1/%s/%s/receipt" % (parts[2], parts[3]),
                             json.dumps(body, separators=(",", ":")).encode(), qos=1)
 

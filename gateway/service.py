@@ -65,7 +65,7 @@ class Gateway:
         self.batcher = Batcher(Store(cfg.db), self.gateway_id, cfg.batch_size, cfg.batch_seconds)
         self.anchor_store = Store(cfg.db)
         self.anchorer = Anchorer(self.anchor_store, self.chain, cfg.confirmations, self.metrics, self._confirmed,
-                                 self._reorged)
+                                 self._reorged, drop_after_s=cfg.anchor_timeout_s)
         self.stop_event = threading.Event()
         self.mine_blocks = cfg.chain == "memory" and isinstance(self.chain, Web3Chain)
 
@@ -140,18 +140,12 @@ class Gateway:
 def status(store: Store) -> dict[str, Any]:
     """What `surge gateway status` prints."""
     devices = store.devices()
-    batches = store.batches()
-    by_state: dict[str, int] = {}
-    for b in batches:
-        by_state[b.state] = by_state.get(b.state, 0) + 1
-    last = batches[-1] if batches else None
-    last_anchor = None
-    for b in reversed(batches):
-        a = store.confirmed_anchor(b.seq)
-        if a is not None:
-            last_anchor = {"batch_seq": b.seq, "tx_hash": a.tx_hash.hex() if a.tx_hash else None,
-                           "block_number": a.block_number, "chain_id": a.chain_id, "contract": a.contract}
-            break
+    by_state = store.batch_state_counts()
+    last = store.last_batch()
+    a = store.last_confirmed_anchor()
+    last_anchor = None if a is None else {
+        "batch_seq": a.batch_seq, "tx_hash": a.tx_hash.hex() if a.tx_hash else None,
+        "block_number": a.block_number, "chain_id": a.chain_id, "contract": a.contract}
     return {
         "db": store.path,
         "gateway_id": store.meta("gateway_id"),
@@ -159,7 +153,7 @@ def status(store: Store) -> dict[str, Any]:
                     "revoked": sum(1 for d in devices if not d.active)},
         "reports": {"accepted": store.report_count(), "unbatched": store.unbatched_count()},
         "rejections": store.rejection_counts(),
-        "batches": {"total": len(batches), "by_state": by_state,
+        "batches": {"total": sum(by_state.values()), "by_state": by_state,
                     "last": last.record() if last else None},
         "last_confirmed_anchor": last_anchor,
         "recent_rejections": [{"at": r.at, "device": r.device_id, "reason": r.reason, "detail": r.detail}

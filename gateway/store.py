@@ -94,6 +94,7 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at   REAL NOT NULL
     );
     CREATE INDEX anchors_batch ON anchors(batch_seq);
+    CREATE INDEX batches_state ON batches(state, seq);
     CREATE TABLE meta (
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
@@ -389,12 +390,40 @@ class Store:
         row = self.db.execute("SELECT %s FROM batches WHERE seq=?" % _BATCH_COLS, (seq,)).fetchone()
         return None if row is None else _batch(row)
 
-    def batches(self, state: str | None = None) -> list[Batch]:
+    def batches(self, state: str | None = None, from_seq: int = 0) -> list[Batch]:
         if state is None:
-            rows = self.db.execute("SELECT %s FROM batches ORDER BY seq" % _BATCH_COLS)
+            rows = self.db.execute("SELECT %s FROM batches WHERE seq >= ? ORDER BY seq" % _BATCH_COLS, (from_seq,))
         else:
-            rows = self.db.execute("SELECT %s FROM batches WHERE state=? ORDER BY seq" % _BATCH_COLS, (state,))
+            rows = self.db.execute("SELECT %s FROM batches WHERE state=? AND seq >= ? ORDER BY seq" % _BATCH_COLS,
+                                   (state, from_seq))
         return [_batch(r) for r in rows]
+
+    # The anchorer's per-pass queries stay O(log n) however many batches exist.
+    def first_unconfirmed(self) -> Batch | None:
+        row = self.db.execute("SELECT %s FROM batches WHERE state IN ('closed', 'anchoring') ORDER BY seq LIMIT 1"
+                              % _BATCH_COLS).fetchone()
+        return None if row is None else _batch(row)
+
+    def unconfirmed_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM batches WHERE state IN ('closed', 'anchoring')").fetchone()[0])
+
+    def recent_confirmed(self, n: int) -> list[Batch]:
+        rows = self.db.execute("SELECT %s FROM batches WHERE state IN ('confirmed', 'receipted') "
+                               "ORDER BY seq DESC LIMIT ?" % _BATCH_COLS, (n,)).fetchall()
+        return [_batch(r) for r in reversed(rows)]
+
+    def batch_state_counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute("SELECT state, COUNT(*) FROM batches GROUP BY state")}
+
+    def last_confirmed_anchor(self) -> Anchor | None:
+        row = self.db.execute("SELECT %s FROM anchors WHERE state='confirmed' ORDER BY batch_seq DESC, id DESC "
+                              "LIMIT 1" % _ANCHOR_COLS).fetchone()
+        return None if row is None else _anchor(row)
+
+    def first_confirmed_above(self, seq: int) -> int | None:
+        row = self.db.execute("SELECT MIN(seq) FROM batches WHERE state IN ('confirmed', 'receipted') AND seq > ?",
+                              (seq,)).fetchone()
+        return None if row[0] is None else int(row[0])
 
     def add_batch(self, batch: Batch, report_ids: Sequence[int]) -> None:
         """Record a closed batch and place its reports at their leaf indices, atomically."""
