@@ -1,7 +1,62 @@
-"""Build and sign one Surge report (portable: CPython and MicroPython)."""
+"""Build and sign one Surge report (portable: CPython and MicroPython).
 
-from firmware_shim import cbor, cose
-from agent import claims as C
+Self-contained on purpose: on a 64 KB board heap this module, agent.cborw,
+firmware_shim.ed25519 and sha512 are all the signing path loads (the claim
+key numbers are repeated here as const() so agent.claims, which carries
+name tables for display, stays out of device RAM).  The output is the
+COSE_Sign1 that firmware_shim.cose.sign1 produces, byte for byte.
+"""
+
+import hashlib
+
+from agent import cborw
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+# Claim keys: agent/claims.py is the reference (tests check they agree).
+_IAT = const(6)
+_NONCE = const(10)
+_HWMODEL = const(259)
+_UPTIME = const(261)
+_BOOTCOUNT = const(267)
+_SWNAME = const(270)
+_SWVERSION = const(271)
+_SURGE = const(-65537)
+_SEQ = const(1)
+_STORAGE_TOTAL = const(2)
+_STORAGE_FREE = const(3)
+_NET_RX = const(4)
+_NET_TX = const(5)
+_BW_UP = const(6)
+_BW_DOWN = const(7)
+_RSSI = const(8)
+_LINK_MBPS = const(9)
+_INTERVAL = const(10)
+_PREV = const(11)
+_SYNCED = const(12)
+_DROPPED = const(13)
+_ERRORS = const(14)
+_PUBKEY = const(20)
+_CAPS = const(21)
+_RUNTIME = const(22)
+
+
+def kid(public):
+    """COSE key id / device identity: first 8 bytes of SHA-256(public key)."""
+    return hashlib.sha256(bytes(public)).digest()[:8]
+
+
+def device_id(public):
+    return "".join("%02x" % b for b in kid(public))
+
+
+def prev_hash(data):
+    """PREV claim for the report after ``data``: SHA-256(COSE bytes)[:16]."""
+    return hashlib.sha256(bytes(data)).digest()[:16]
 
 
 def build_claims(seq, bootcount, uptime, interval, iat=None, prev=None,
@@ -14,34 +69,63 @@ def build_claims(seq, bootcount, uptime, interval, iat=None, prev=None,
     and ``bw`` are pairs (total, free), (rx, tx) and (up, down); a probe that
     failed is left as None and named in ``errors``.
     """
-    s = {C.SEQ: seq, C.INTERVAL: interval, C.SYNCED: iat is not None, C.DROPPED: dropped}
+    s = {_SEQ: seq, _INTERVAL: interval, _SYNCED: iat is not None, _DROPPED: dropped}
     if prev is not None:
-        s[C.PREV] = prev
+        s[_PREV] = prev
     if storage is not None:
-        s[C.STORAGE_TOTAL] = storage[0]
-        s[C.STORAGE_FREE] = storage[1]
+        s[_STORAGE_TOTAL] = storage[0]
+        s[_STORAGE_FREE] = storage[1]
     if net is not None:
-        s[C.NET_RX] = net[0]
-        s[C.NET_TX] = net[1]
+        s[_NET_RX] = net[0]
+        s[_NET_TX] = net[1]
     if bw is not None:
         if bw[0] is not None:
-            s[C.BW_UP] = bw[0]
+            s[_BW_UP] = bw[0]
         if bw[1] is not None:
-            s[C.BW_DOWN] = bw[1]
+            s[_BW_DOWN] = bw[1]
     if rssi is not None:
-        s[C.RSSI] = rssi
+        s[_RSSI] = rssi
     if link_mbps is not None:
-        s[C.LINK_MBPS] = link_mbps
+        s[_LINK_MBPS] = link_mbps
     if errors:
-        s[C.ERRORS] = errors
-    out = {C.UPTIME: uptime, C.BOOTCOUNT: bootcount, C.SURGE: s}
+        s[_ERRORS] = errors
+    out = {_UPTIME: uptime, _BOOTCOUNT: bootcount, _SURGE: s}
     if iat is not None:
-        out[C.IAT] = iat
+        out[_IAT] = iat
     if nonce is not None:
-        out[C.NONCE] = nonce
+        out[_NONCE] = nonce
     return out
 
 
+def build_birth(board, swname, swversion, bootcount, public, caps, runtime, iat=None):
+    """Claims of the retained birth message (protocol §4.3): hwmodel is a byte
+    string and swversion an array, as RFC 9711 registers them."""
+    s = {_PUBKEY: public, _CAPS: caps, _RUNTIME: runtime}
+    out = {_HWMODEL: board.encode(), _SWNAME: swname, _SWVERSION: [swversion],
+           _BOOTCOUNT: bootcount, _SURGE: s}
+    if iat is not None:
+        out[_IAT] = iat
+    return out
+
+
+def _sign(secret, msg, public):
+    # Ed25519 is deterministic: libsodium (CPython hosts with PyNaCl) and the
+    # portable code give the same bytes; the portable one is ~50x slower.
+    try:
+        from nacl.signing import SigningKey
+    except ImportError:
+        from firmware_shim import ed25519
+        return ed25519.sign(secret, msg, public)
+    return SigningKey(bytes(secret)).sign(bytes(msg)).signature
+
+
+# Encoded protected header {1: -8, 4: kid} minus the 8 kid bytes: a2 01 27 04 48.
+_PROTECTED_HEAD = b"\xa2\x01\x27\x04\x48"
+
+
 def sign_report(secret, public, claims):
-    """COSE_Sign1 bytes of ``claims`` signed with the device key."""
-    return cose.sign1(cbor.dumps(claims), secret, C.kid(public), public)
+    """COSE_Sign1 bytes of ``claims`` signed with the device key (RFC 9052 §4.2)."""
+    payload = cborw.dumps(claims)
+    protected = _PROTECTED_HEAD + kid(public)
+    sig = _sign(secret, cborw.dumps(["Signature1", protected, b"", payload]), public)
+    return cborw.tagged(18, [protected, {}, payload, sig])

@@ -1,0 +1,48 @@
+"""Active upload bandwidth probe (portable).
+
+Sends ``total`` bytes of a nonce-seeded stream to the device's probe topic
+and reports the achieved rate (docs/protocol.md §2.6).  Chunk i carries the
+first bytes of SHA-256(nonce || u32be(i) || u32be(0)) || SHA-256(nonce ||
+u32be(i) || u32be(1)) || ...  Each message is CBOR [nonce, seq, chunk_index,
+chunk_count, payload], so a gateway can regenerate every byte from the
+16-byte nonce (the payload cannot be compressed or replayed from an older
+probe), time the arrivals itself and tie the probe to the report with the
+same seq.  All chunks but the last go at QoS 0; the last at QoS 1, and its
+PUBACK, which the broker sends only after reading everything before it on
+the connection, ends the device's own timing.
+"""
+
+import os
+import hashlib
+
+from agent import cborw
+from agent import clock
+
+CHUNK = 512  # a multiple of 32; small enough for a 64 KB heap
+
+
+def stream_chunk(nonce, index, size=CHUNK):
+    seed = nonce + index.to_bytes(4, "big")
+    out = []
+    for j in range((size + 31) // 32):
+        out.append(hashlib.sha256(seed + j.to_bytes(4, "big")).digest())
+    return b"".join(out)[:size]
+
+
+def message(nonce, seq, index, count, total):
+    size = min(CHUNK, total - index * CHUNK)
+    return cborw.dumps([nonce, seq, index, count, stream_chunk(nonce, index, size)])
+
+
+def run(link, topic, seq, total):
+    """Upload ``total`` payload bytes; returns bytes/s (message bytes on the wire)."""
+    nonce = os.urandom(16)
+    count = (total + CHUNK - 1) // CHUNK
+    sent = 0
+    t0 = clock.ms()
+    for i in range(count):
+        m = message(nonce, seq, i, count, total)
+        sent += len(m)
+        link.publish(topic, m, 1 if i == count - 1 else 0)
+    elapsed = clock.ms() - t0
+    return sent * 1000 // max(1, elapsed)

@@ -1,0 +1,2 @@
+"""Host-side (CPython only) tools for MicroPython boards: the bundle builder
+(``surge firmware build``).  Never copied to a board."""

@@ -1,0 +1,112 @@
+"""The esp32 firmware bundle on the real MicroPython unix port, through a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import claims as C
+from agent.cli import main as surge
+from test_agent_harness import Subscriber, report_chain, verify, write_config
+
+# The issue's target is 64K; on the 64-bit unix port a full cycle currently
+# needs 92K from .py and 91K from .mpy (tests/portable/heap_bisect.py), so
+# the tests run with a margin above that.  See the closing note of issue 3.
+HEAP_PY = "104K"
+HEAP_MPY = "104K"
+
+
+def _build(tmp: Path, port: int, *extra: str) -> Path:
+    cfg, _ = write_config(tmp, port, board="esp32", name="esp", mounts=["/"],
+                          net_interface="sta", bw_probe_bytes=1024)
+    out = tmp / "bundle"
+    assert surge(["firmware", "build", "--board", "esp32", "--config", str(cfg),
+                  "--out", str(out), *extra]) == 0
+    return out
+
+
+def _run(micropython: str, bundle: Path, heap: str, count: int) -> subprocess.CompletedProcess[str]:
+    # MICROPYPATH without the repository: the bundle must bring everything.
+    env = dict(os.environ, MICROPYPATH=".frozen")
+    return subprocess.run([micropython, "-X", "heapsize=" + heap, str(bundle / "main.py"),
+                           "--count", str(count)], cwd=bundle.parent, env=env,
+                          capture_output=True, text=True, timeout=90)
+
+
+def test_bundle_holds_only_device_modules(tmp_path: Path) -> None:
+    out = _build(tmp_path, 1883)
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert "main.py" in files and "config.json" in files and "firmware_shim/mqtt.py" in files
+    for host_only in ("agent/cli.py", "agent/agent_cli.py", "agent/link_paho.py", "agent/keyfile.py",
+                      "firmware_shim/host/bundle.py", "firmware_shim/cbor.py"):
+        assert host_only not in files
+    assert not any(f.endswith(".key") for f in files), "host secret copied into the bundle"
+    doc = json.loads((out / "config.json").read_text())
+    assert doc["key_file"] == "esp.key" and doc["outbox"]["dir"] == "outbox"
+    # A CPython board has no bundle; a config for another board is refused.
+    assert surge(["firmware", "build", "--board", "rpi-4", "--config", str(tmp_path / "esp.json"),
+                  "--out", str(tmp_path / "x")]) == 2
+    assert surge(["firmware", "build", "--board", "esp32-s3", "--config", str(tmp_path / "esp.json"),
+                  "--out", str(tmp_path / "x")]) == 2
+
+
+def test_esp32_bundle_publishes_verifiable_reports(broker: Any, tmp_path: Path, micropython: str) -> None:
+    bundle = _build(tmp_path, broker.port)
+    sub = Subscriber(broker.port).start()
+    try:
+        proc = _run(micropython, bundle, HEAP_PY, 3)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        sub.wait(lambda: len(sub.of("report")) >= 3, 10, "3 reports")
+    finally:
+        sub.stop()
+    # First start: the device made its key and printed only the public half.
+    m = re.search(r"public key: ([0-9a-f]{64})", proc.stdout)
+    assert m, proc.stdout
+    public = bytes.fromhex(m.group(1))
+    secret = json.loads((bundle / "esp.key").read_text())["secret"]
+    assert secret not in proc.stdout
+    birth = verify(sub.of("birth")[0].payload, public)
+    assert birth[C.HWMODEL] == b"esp32" and birth[C.SURGE][C.RUNTIME] == "micropython"
+    chain = report_chain(sub.of("report"), public)
+    assert [c[C.SURGE][C.SEQ] for c in chain] == [1, 2, 3]
+    s = chain[-1][C.SURGE]
+    assert s[C.STORAGE_TOTAL] > 0 and s[C.BW_UP] > 0
+    assert s[C.ERRORS] == {"net": "no interface sta", "link": "no link speed or rssi for sta"}
+    assert [m.payload for m in sub.of("status")] == [b"online", b"offline"]
+
+
+def test_esp32_mpy_bundle_with_key(broker: Any, tmp_path: Path, micropython: str) -> None:
+    from agent import keyfile
+
+    host_key = tmp_path / "demo.key"
+    key = keyfile.generate()
+    keyfile.write(str(host_key), key)
+    bundle = _build(tmp_path, broker.port, "--mpy", "--with-key", str(host_key))
+    assert (bundle / "agent" / "runner.mpy").exists() and not (bundle / "agent" / "runner.py").exists()
+    sub = Subscriber(broker.port).start()
+    try:
+        proc = _run(micropython, bundle, HEAP_MPY, 2)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        sub.wait(lambda: len(sub.of("report")) >= 2, 10, "2 reports")
+    finally:
+        sub.stop()
+    assert "public key" not in proc.stdout  # the given key was used, none generated
+    assert len(report_chain(sub.of("report"), key.public)) == 2
+
+
+@pytest.mark.parametrize("field,value", [("interval", 0), ("fleet", "a/b")])
+def test_bad_config_on_device_names_the_field(tmp_path: Path, micropython: str, field: str,
+                                              value: Any) -> None:
+    bundle = _build(tmp_path, 1883)
+    doc = json.loads((bundle / "config.json").read_text())
+    doc[field] = value
+    (bundle / "config.json").write_text(json.dumps(doc))
+    proc = _run(micropython, bundle, HEAP_PY, 1)
+    assert proc.returncode == 2
+    assert "field '%s' must be" % field in proc.stdout
