@@ -26,7 +26,8 @@ class CLIError(Exception):
 
 # Modules that contribute sub-commands; optional ones may be missing from a
 # slim agent install (no gateway extra), and then their commands are absent.
-_COMMAND_MODULES = ("boards.cli", "agent.agent_cli", "gateway.cli", "firmware_shim.host.cli")
+_COMMAND_MODULES = ("boards.cli", "agent.agent_cli", "gateway.cli", "firmware_shim.host.cli",
+                    "firmware_shim.host.device_cli")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
