@@ -13,26 +13,45 @@ the connection, ends the device's own timing.
 """
 
 import os
+import sys
 import hashlib
 
 from agent import cborw
 from agent import clock
 
-CHUNK = 512  # a multiple of 32; small enough for a 64 KB heap
+# Chunk size: a multiple of 32.  On MicroPython a chunk message and the
+# packet around it are the largest blocks the agent allocates, and a
+# fragmented 64 KB board heap often has no free run of 600 bytes.
+CHUNK = 256 if sys.implementation.name == "micropython" else 512
+
+
+def _stream(out, nonce, index, size):
+    # Appends the first ``size`` bytes of chunk ``index``'s stream to ``out``.
+    seed = nonce + index.to_bytes(4, "big")
+    j = 0
+    while size > 0:
+        d = hashlib.sha256(seed + j.to_bytes(4, "big")).digest()
+        out.extend(d if size >= 32 else d[:size])
+        size -= 32
+        j += 1
 
 
 def stream_chunk(nonce, index, size=CHUNK):
-    seed = nonce + index.to_bytes(4, "big")
-    out = []
-    for j in range((size + 31) // 32):
-        out.append(hashlib.sha256(seed + j.to_bytes(4, "big")).digest())
-    return b"".join(out)[:size]
+    out = bytearray()
+    _stream(out, nonce, index, size)
+    return bytes(out)
 
 
 def message(nonce, seq, index, count, total):
+    """CBOR [nonce, seq, index, count, data], with data streamed in place."""
     size = min(CHUNK, total - index * CHUNK)
-    return cborw.dumps([nonce, seq, index, count, stream_chunk(nonce, index, size)])
-
+    m = bytearray()
+    cborw.head(m, 4, 5)
+    for x in (nonce, seq, index, count):
+        cborw.encode_into(x, m)
+    cborw.head(m, 2, size)
+    _stream(m, nonce, index, size)
+    return m
 
 def run(link, topic, seq, total):
     """Upload ``total`` payload bytes; returns bytes/s (message bytes on the wire)."""

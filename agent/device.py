@@ -1,20 +1,16 @@
-"""Start-up of the agent on MicroPython (the bundle's main.py calls ``start``).
+"""Start-up of the agent on MicroPython (the bundle's main.py calls ``prepare``).
 
-Loads the config beside main.py, brings up Wi-Fi where the firmware has it,
-creates the device key on first start (printing only the public half) and
-returns the agent wired to the MQTT link (umqtt.simple or the shim).  Start
-is separate from the run loop so main.py can unload this module and the
-config rules before the first report: on a 64 KB heap every KB counts.
+Loads the config beside main.py, brings up Wi-Fi where the firmware has it
+and creates the device key on first start (printing only the public half).
+It runs before the run-loop modules are loaded, so main.py can unload this
+module, the key code and the config rules first and the run loop's code
+then fills the holes they leave: on a 64 KB heap a few KB of holes too small
+for a 512-byte buffer decide whether a report can be made.
 """
 
-import gc
 import sys
 
-from agent import config, fsutil
-
-
-def log(msg):
-    print("surge-agent: " + msg)
+from agent import config, fsutil, log
 
 
 def _wifi(cfg):
@@ -56,20 +52,13 @@ def load_config(base):
         sys.exit(2)
 
 
-def start(cfg, argv=()):
-    """(agent, count) ready to run; ``--count N`` in argv overrides the config."""
+def prepare(base, argv=()):
+    """(config, secret, public, count); ``--count N`` in argv overrides the config."""
+    cfg = load_config(base)
     count = cfg.get("count")
     argv = list(argv)
     if "--count" in argv:
         count = int(argv[argv.index("--count") + 1])
     _wifi(cfg)
     secret, public = _key(cfg)
-    gc.collect()
-    from agent import report
-    from agent.link import Link
-    from agent.runner import Agent
-    link = Link("surge-" + report.device_id(public), cfg.get("broker.host"), cfg.get("broker.port"),
-                cfg.get("broker.username") or report.device_id(public), cfg.get("broker.password"),
-                cfg.get("broker.keepalive"), cfg.get("broker.tls"), cfg.path("broker.ca_file"))
-    agent = Agent(cfg, secret, public, link, sys.implementation.name, log)
-    return agent, count
+    return cfg, secret, public, count

@@ -15,6 +15,14 @@ except ImportError:
     from firmware_shim.mqtt import MQTTClient
 
 
+def for_config(cfg, device_id):
+    """The link of a board's agent: client id surge-<device id>, and the device
+    id as user name unless the config names one (broker ACLs match on it)."""
+    return Link("surge-" + device_id, cfg.get("broker.host"), cfg.get("broker.port"),
+                cfg.get("broker.username") or device_id, cfg.get("broker.password"),
+                cfg.get("broker.keepalive"), cfg.get("broker.tls"), cfg.path("broker.ca_file"))
+
+
 class Link:
     def __init__(self, client_id, host, port, user=None, password=None, keepalive=60,
                  tls=False, ca_file=None, timeout=10):
@@ -31,9 +39,6 @@ class Link:
         self.on_message = None
         self._last_out = 0
         self._last_in = 0
-
-    def __repr__(self):
-        return "Link(%s:%d)" % (self.host, self.port)
 
     @property
     def connected(self):

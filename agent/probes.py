@@ -9,7 +9,13 @@ through the ``network`` module.
 
 import os
 
-_MAX_REASON = 40
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_MAX_REASON = const(40)
 
 
 def reason(exc):
@@ -59,13 +65,37 @@ def _read(path):
         f.close()
 
 
-def _default_iface():
-    # /proc/net/route: the interface whose destination is 00000000.
-    for line in _read("/proc/net/route").split("\n")[1:]:
-        cols = line.split()
-        if len(cols) > 2 and cols[1] == "00000000":
-            return cols[0]
+def _find(path, pick):
+    # Line by line, not f.read(): /proc/net/dev has a line per interface, and
+    # on a host with many (containers, bridges) the whole file is more than a
+    # fragmented board heap has in one piece.
+    f = open(path)
+    try:
+        for line in f:
+            v = pick(line)
+            if v is not None:
+                return v
+    finally:
+        f.close()
     return None
+
+
+def _route(line):
+    # /proc/net/route: the interface whose destination is 00000000.
+    cols = line.split()
+    return cols[0] if len(cols) > 2 and cols[1] == "00000000" else None
+
+
+def _columns(name):
+    # Picks the columns after "<name>:" in /proc/net/dev and /proc/net/wireless.
+    def pick(line):
+        head, _, rest = line.partition(":")
+        return rest.split() if head.strip() == name else None
+    return pick
+
+
+def _default_iface():
+    return _find("/proc/net/route", _route)
 
 
 def caps():
@@ -98,11 +128,9 @@ def net(iface, errors):
         return None
     try:
         name = _linux_iface(iface)
-        for line in _read("/proc/net/dev").split("\n")[2:]:
-            head, _, rest = line.partition(":")
-            if head.strip() == name:
-                cols = rest.split()
-                return int(cols[0]), int(cols[8])
+        cols = _find("/proc/net/dev", _columns(name))
+        if cols:
+            return int(cols[0]), int(cols[8])
         errors["net"] = "no interface " + name[:24]
     except Exception as exc:
         errors["net"] = reason(exc)
@@ -133,10 +161,9 @@ def link(iface, errors):
     except Exception:
         pass  # Wi-Fi and virtual links have no speed; try the wireless table
     try:
-        for line in _read("/proc/net/wireless").split("\n")[2:]:
-            head, _, rest = line.partition(":")
-            if head.strip() == name:
-                return max(-150, min(0, int(float(rest.split()[2])))), None
+        cols = _find("/proc/net/wireless", _columns(name))
+        if cols:
+            return max(-150, min(0, int(float(cols[2])))), None
     except Exception:
         pass
     errors["link"] = "no link speed or rssi for " + name[:16]

@@ -1,4 +1,7 @@
-"""The agent's main loop (portable): measure, sign, queue, deliver.
+"""The agent's main loop (portable): when to report, connect and deliver.
+
+One report (measure, sign, queue) is agent.cycle, the MQTT session (connect,
+replay, reconnect) agent.session, commands agent.commands.
 
 Order of durable writes, so a power cut at any point loses nothing:
 the boot counter is saved before anything else; a report goes to the
@@ -8,19 +11,14 @@ leaves the outbox only after its PUBACK.
 """
 
 import gc
-import os
 
 from agent import VERSION, clock, fsutil, probes, report
+from agent import cycle as _cycle
+from agent import session
 from agent.outbox import Outbox
 from agent.state import State
 
 SWNAME = "surge-agent"
-
-
-def _jitter(seconds):
-    # Half fixed, half random, so a fleet that lost its broker does not
-    # reconnect in lockstep.
-    return seconds * (0.5 + os.urandom(1)[0] / 510)
 
 
 class Agent:
@@ -73,120 +71,30 @@ class Agent:
     def _on_message(self, topic, msg):
         if topic.endswith("/receipt"):
             self.receipts += 1
-            return
-        if not topic.endswith("/cmd"):
-            return
-        # protocol §2.4: a JSON object; unknown commands and members are ignored.
-        try:
-            import json
-            doc = json.loads(bytes(msg).decode())
-            name = doc.get("cmd")
-            arg = doc.get("interval")
-            if name == "report-now":
-                self.report_now = True
-                nonce = doc.get("nonce")
-                if nonce is not None:
-                    import binascii
-                    nonce = binascii.unhexlify(nonce)
-                    if 8 <= len(nonce) <= 64:
-                        self.nonce = nonce
-            elif (name == "set-interval" and isinstance(arg, int) and not isinstance(arg, bool)
-                  and 30 <= arg <= 86400):
-                self.interval = arg
-                self.next_report = min(self.next_report, clock.ms() + int(arg * 1000))
-                self.state.interval = arg
-                self.state.save()
-                self.log("interval set to %s s by command" % arg)
-            else:
-                self.log("ignored command %r" % (name,))
-        except Exception as exc:
-            self.log("bad command: %s" % probes.reason(exc))
+        elif topic.endswith("/cmd"):
+            try:
+                from agent import commands
+            except Exception as exc:  # MemoryError compiling it on a full board heap
+                self.log("bad command: %s" % probes.reason(exc))
+                return
+            commands.handle(self, msg)
 
     # -- one report ------------------------------------------------------------
 
     def cycle(self):
-        gc.collect()
-        st = self.state
-        seq = st.seq + 1
-        errors = {}
-        storage = probes.storage(self.cfg.get("mounts"), errors)
-        iface = self.cfg.get("net_interface")
-        net = probes.net(iface, errors)
-        rssi, mbps = probes.link(iface, errors)
-        bw = None
-        size = self.cfg.get("bw_probe_bytes")
-        if size:
-            if self.link.connected:
-                from agent import bwprobe
-                try:
-                    bw = (bwprobe.run(self.link, self.topic("probe"), seq, size), None)
-                except Exception as exc:
-                    errors["bw"] = probes.reason(exc)
-                    self._lost(exc)
-            else:
-                errors["bw"] = "not connected"
-        gc.collect()
-        if not self.synced and clock.try_ntp(self.log):
-            self.log("clock set by ntp")
-        iat = clock.synced_time()
-        self.synced = iat is not None
-        claims = report.build_claims(
-            seq, st.boot, clock.uptime(), max(1, int(self.interval + 0.5)), iat, st.prev,
-            storage, net, bw, rssi, mbps, st.dropped, errors or None, self.nonce)
-        self.nonce = None
-        data = report.sign_report(self.secret, self.public, claims)
-        claims = None
-        gc.collect()
-        dropped = self.outbox.put(seq, data)
-        st.seq = seq
-        st.prev = report.prev_hash(data)
-        st.dropped = dropped
-        st.save()
-        self.made += 1
-        self.log("report seq %d: %d bytes, %d queued%s%s" % (
-            seq, len(data), len(self.outbox),
-            ", dropped %d oldest (outbox full)" % dropped if dropped else "",
-            ", errors: %s" % ",".join(errors) if errors else ""))
+        _cycle.make_report(self)
 
     # -- connection ------------------------------------------------------------
 
     def _connect(self):
-        cfg = self.cfg
-        try:
-            # protocol §2.2: will, subscriptions, birth, then "online".
-            self.link.connect(self.topic("status"), (self.topic("cmd"), self.topic("receipt")),
-                              ((self.topic("birth"), self.birth()), (self.topic("status"), b"online")))
-        except Exception as exc:
-            delay = _jitter(self.backoff)
-            self.backoff = min(cfg.get("reconnect.max_s"), self.backoff * 2)
-            self.next_connect = clock.ms() + int(delay * 1000)
-            self.log("broker %s:%d unreachable (%s); %d reports queued; retry in %.1f s" % (
-                cfg.get("broker.host"), cfg.get("broker.port"), probes.reason(exc),
-                len(self.outbox), delay))
-            return False
-        self.backoff = cfg.get("reconnect.min_s")
-        self.log("connected to %s:%d as surge-%s; %d reports to replay" % (
-            cfg.get("broker.host"), cfg.get("broker.port"), self.device, len(self.outbox)))
-        return True
+        return session.connect(self)
 
     def _lost(self, exc):
-        self.link.close(False)
-        self.next_connect = clock.ms() + int(_jitter(self.cfg.get("reconnect.min_s")) * 1000)
-        self.log("connection lost (%s); %d reports queued" % (probes.reason(exc), len(self.outbox)))
+        session.lost(self, exc)
 
     def flush(self):
         """Publish queued reports oldest first; each leaves only after its PUBACK."""
-        topic = self.topic("report")
-        while self.link.connected:
-            item = self.outbox.oldest()
-            if item is None:
-                return
-            try:
-                self.link.publish(topic, item[1], 1)
-            except Exception as exc:
-                self._lost(exc)
-                return
-            self.outbox.remove(item[0])
+        session.flush(self)
 
     def run(self, count=0):
         """Report forever, or make ``count`` reports and return once all are acknowledged."""
@@ -225,11 +133,4 @@ class Agent:
         self.stop()
 
     def stop(self):
-        if self.link.connected:
-            # A clean DISCONNECT suppresses the will, so say "offline" ourselves.
-            try:
-                self.link.publish(self.topic("status"), b"offline", 1, True)
-            except Exception:
-                pass
-        self.link.close(True)
-        self.log("stopped after %d reports" % self.made)
+        session.stop(self)

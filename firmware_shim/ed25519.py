@@ -1,23 +1,30 @@
 """Ed25519 (RFC 8032 §5.1) in portable Python for MicroPython and CPython.
 
-Only what a device needs: derive the public key, sign, verify.  Verification
-follows RFC 8032 §5.1.7 in its cofactorless form (the one libsodium uses):
-S must be canonical (S < L), A must decode, and the encoding of [S]B - [k]A
-must equal R byte for byte, which also rejects non-canonical R.
+Only what a device needs: derive the public key and sign.  ``verify`` is
+here for callers, but its code lives in firmware_shim.ed25519_verify, which
+a device never loads.
 """
 
 from firmware_shim import sha512 as _sha512
 
-_P = 2 ** 255 - 19
-_L = 2 ** 252 + 27742317777372353535851937790883648493
-_D = (-121665 * pow(121666, _P - 2, _P)) % _P
-_D2 = (2 * _D) % _P
-_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
 
-# Base point in extended coordinates (X, Y, Z, T) with x = X/Z, y = Y/Z, xy = T/Z.
-_BY = (4 * pow(5, _P - 2, _P)) % _P
-_BX = 15112221349535400772501151409588531511454012693041857206046113283949847762202
-_B = (_BX, _BY, 1, (_BX * _BY) % _P)
+# const(): MicroPython puts the numbers straight into the bytecode, so they
+# cost no global names (every name is an interned string for good on a board).
+_P = const(2 ** 255 - 19)
+_L = const(2 ** 252 + 27742317777372353535851937790883648493)
+# 2d, d = -121665/121666 mod p: the addition formula uses 2d only.
+_D2 = const(16295367250680780974490674513165176452449235426866156013048779062215315747161)
+
+# Base point in extended coordinates (X, Y, Z, T) with x = X/Z, y = Y/Z, xy = T/Z:
+# y = 4/5 mod p, x its even root, T = x*y (RFC 8032 §5.1).
+_B = (15112221349535400772501151409588531511454012693041857206046113283949847762202,
+      46316835694926478169428394003475163141307993866256225615783033603165251855960, 1,
+      46827403850823179245072216630277197565144205554125654976674165829533817101731)
 _ZERO = (0, 1, 1, 0)
 
 
@@ -70,30 +77,6 @@ def _encode(p):
     return (y | ((x & 1) << 255)).to_bytes(32, "little")
 
 
-def _decode(s):
-    """Point from its 32-byte encoding, or None when it is not on the curve."""
-    y = int.from_bytes(s, "little")
-    sign = y >> 255
-    y &= (1 << 255) - 1
-    if y >= _P:
-        return None
-    u = (y * y - 1) % _P
-    v = (_D * y * y + 1) % _P
-    # x = (u/v)^((p+3)/8), computed with one exponentiation (RFC 8032 §5.1.3).
-    v3 = v * v * v % _P
-    x = u * v3 * pow(u * v3 * v3 * v % _P, (_P - 5) // 8, _P) % _P
-    vx2 = v * x * x % _P
-    if vx2 != u:
-        if vx2 != (-u) % _P:
-            return None
-        x = x * _SQRT_M1 % _P
-    if x == 0 and sign:
-        return None
-    if x & 1 != sign:
-        x = _P - x
-    return (x, y, 1, x * y % _P)
-
-
 def _h(*parts):
     h = _sha512.new()
     for part in parts:
@@ -131,16 +114,7 @@ def sign(secret, msg, public=None):
 
 def verify(public, msg, sig):
     """True when ``sig`` is a valid signature of ``msg`` under ``public``."""
-    if len(public) != 32:
-        raise Ed25519Error("public key must be 32 bytes, got %d" % len(public))
-    if len(sig) != 64:
-        raise Ed25519Error("signature must be 64 bytes, got %d" % len(sig))
-    s = int.from_bytes(sig[32:], "little")
-    if s >= _L:
-        return False
-    a = _decode(public)
-    if a is None:
-        return False
-    k = int.from_bytes(_h(sig[:32], public, msg), "little") % _L
-    neg_a = ((_P - a[0]) % _P, a[1], a[2], (_P - a[3]) % _P)
-    return _encode(_add(_mul(s, _B), _mul(k, neg_a))) == bytes(sig[:32])
+    # A device only signs, so point decoding and verification live in their
+    # own module and take no RAM on a board until something verifies.
+    from firmware_shim import ed25519_verify
+    return ed25519_verify.verify(public, msg, sig)

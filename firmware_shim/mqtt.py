@@ -73,9 +73,6 @@ class MQTTClient:
         self._acked = -1
         self._suback = None
 
-    def __repr__(self):
-        return "MQTTClient(%r, %r, %d)" % (self.client_id, self.server, self.port)
-
     def set_callback(self, f):
         self.cb = f
 
@@ -114,12 +111,17 @@ class MQTTClient:
     def _send(self, data):
         w = getattr(self.sock, "write", None)
         if w is not None:  # MicroPython sockets and TLS streams
-            n = 0
-            while n < len(data):
-                k = w(data[n:])
-                if k is None:  # non-blocking stream with a full buffer
-                    continue
-                n += k
+            n = w(data)
+            if n is None:
+                n = 0
+            if n < len(data):
+                # A short write: the rest goes through a view, since a slice
+                # of bytes is a copy and a board heap may have no room for one.
+                mv = memoryview(data)
+                while n < len(data):
+                    k = w(mv[n:])
+                    if k is not None:  # None: non-blocking stream with a full buffer
+                        n += k
         else:
             self.sock.sendall(data)
 

@@ -3,9 +3,11 @@
 Host-side (CPython): builds the bundle (.py, or .mpy with --mpy), starts a
 real Mosquitto and bisects ``micropython -X heapsize=NK DIR/main.py --count 1``
 over N.  A run counts as complete when it exits 0 having connected, published
-its birth and one acknowledged report with no MemoryError anywhere.
+its birth and one acknowledged report with no MemoryError anywhere.  With
+``--first-start`` the bundle has no key, so every run also generates one on
+the device (what a freshly flashed board does once).
 
-    .venv/bin/python -m tests.portable.heap_bisect [--mpy] [--lo 32] [--hi 256]
+    .venv/bin/python -m tests.portable.heap_bisect [--mpy] [--first-start] [--lo 32] [--hi 256]
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ def micropython() -> str:
     return str(here) if here.exists() else (shutil.which("micropython") or "micropython")
 
 
-def attempt(binary: str, out: Path, kb: int) -> tuple[bool, float]:
+def attempt(binary: str, out: Path, kb: int, first_start: bool = False) -> tuple[bool, float]:
     for d in ("outbox", "state"):
         shutil.rmtree(out / d, ignore_errors=True)
+    if first_start:
+        (out / "esp.key").unlink(missing_ok=True)
     t0 = time.monotonic()
     try:
         proc = subprocess.run([binary, "-X", "heapsize=%dK" % kb, str(out / "main.py"), "--count", "1"],
@@ -53,6 +57,7 @@ def attempt(binary: str, out: Path, kb: int) -> tuple[bool, float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mpy", action="store_true")
+    ap.add_argument("--first-start", action="store_true", help="the device generates its key in every run")
     ap.add_argument("--lo", type=int, default=32)
     ap.add_argument("--hi", type=int, default=256)
     args = ap.parse_args()
@@ -71,18 +76,20 @@ def main() -> int:
             bundle.build("esp32", str(tmp / "esp.json"), str(out), args.mpy, str(tmp / "esp.key"))
             binary = micropython()
             lo, hi = args.lo, args.hi
-            if not attempt(binary, out, hi)[0]:
+            first = args.first_start
+            if not attempt(binary, out, hi, first)[0]:
                 print("no complete cycle even at %dK" % hi)
                 return 1
             while hi - lo > 1:
                 mid = (lo + hi) // 2
-                ok, _ = attempt(binary, out, mid)
+                ok, _ = attempt(binary, out, mid, first)
                 print("heapsize=%dK: %s" % (mid, "ok" if ok else "fails"), flush=True)
                 lo, hi = (lo, mid) if ok else (mid, hi)
             # Fragmentation makes success slightly non-monotonic: confirm a few times.
-            while not all(attempt(binary, out, hi)[0] for _ in range(3)):
+            while not all(attempt(binary, out, hi, first)[0] for _ in range(3)):
                 hi += 1
-            print("smallest heap for a full cycle (%s): %dK" % (".mpy" if args.mpy else ".py", hi))
+            print("smallest heap for a full cycle (%s%s): %dK" % (
+                ".mpy" if args.mpy else ".py", ", first start" if first else "", hi))
         finally:
             mq.stop()
     return 0

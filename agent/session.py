@@ -1,0 +1,77 @@
+"""The agent's MQTT session (portable): connect, replay, loss, clean stop.
+
+protocol §2.2: on every connect the last will, the subscriptions, the birth
+and the retained "online"; then the outbox is replayed oldest first, and a
+report leaves it only after its PUBACK.  A lost connection is retried with
+exponential backoff and jitter up to a cap.  Functions of the agent
+(agent.runner.Agent), in a module of their own so that neither half needs
+more heap than a 64 KB board has to compile as .py.
+"""
+
+import os
+
+from agent import clock, probes
+
+
+def _jitter(seconds):
+    # Half fixed, half random, so a fleet that lost its broker does not
+    # reconnect in lockstep.
+    return seconds * (0.5 + os.urandom(1)[0] / 510)
+
+
+def connect(agent):
+    cfg = agent.cfg
+    try:
+        # protocol §2.2: will, subscriptions, birth, then "online".
+        agent.link.connect(agent.topic("status"), (agent.topic("cmd"), agent.topic("receipt")),
+                           ((agent.topic("birth"), agent.birth()), (agent.topic("status"), b"online")))
+    except Exception as exc:
+        delay = _jitter(agent.backoff)
+        agent.backoff = min(cfg.get("reconnect.max_s"), agent.backoff * 2)
+        agent.next_connect = clock.ms() + int(delay * 1000)
+        agent.log("broker %s:%d unreachable (%s); %d reports queued; retry in %.1f s" % (
+            cfg.get("broker.host"), cfg.get("broker.port"), probes.reason(exc),
+            len(agent.outbox), delay))
+        return False
+    agent.backoff = cfg.get("reconnect.min_s")
+    if cfg.get("hass"):  # Home Assistant discovery, opt-in; CPython only (agent/hass.py)
+        try:
+            from agent import hass
+            hass.attach(agent)
+        except Exception as exc:
+            agent.log("home assistant discovery failed: %s" % probes.reason(exc))
+    agent.log("connected to %s:%d as surge-%s; %d reports to replay" % (
+        cfg.get("broker.host"), cfg.get("broker.port"), agent.device, len(agent.outbox)))
+    return True
+
+
+def lost(agent, exc):
+    agent.link.close(False)
+    agent.next_connect = clock.ms() + int(_jitter(agent.cfg.get("reconnect.min_s")) * 1000)
+    agent.log("connection lost (%s); %d reports queued" % (probes.reason(exc), len(agent.outbox)))
+
+
+def flush(agent):
+    """Publish queued reports oldest first; each leaves only after its PUBACK."""
+    topic = agent.topic("report")
+    while agent.link.connected:
+        item = agent.outbox.oldest()
+        if item is None:
+            return
+        try:
+            agent.link.publish(topic, item[1], 1)
+        except Exception as exc:
+            lost(agent, exc)
+            return
+        agent.outbox.remove(item[0])
+
+
+def stop(agent):
+    if agent.link.connected:
+        # A clean DISCONNECT suppresses the will, so say "offline" ourselves.
+        try:
+            agent.link.publish(agent.topic("status"), b"offline", 1, True)
+        except Exception:
+            pass
+    agent.link.close(True)
+    agent.log("stopped after %d reports" % agent.made)
