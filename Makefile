@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test system-deps clean
+.PHONY: test demo system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,38 @@ node_modules/.installed: package.json package-lock.json
 test: $(STAMP) system-deps node_modules/.installed
 	$(BIN)/python -m pytest
 
+DEMO_STAMP := $(VENV)/.installed-demo
+
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[gateway,demo]'
+	touch $@
+
+# The README's run command: a broker (Mosquitto if installed, else the embedded
+# amqtt), a gateway on the in-process EVM, a small fleet and a MicroPython
+# agent; e.g. make demo DEMO_ARGS="--devices 20 --duration 60".
+demo: $(DEMO_STAMP)
+	$(BIN)/surge demo $(DEMO_ARGS)
+
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .hypothesis
+
+# Benchmarks (docs/performance.md): every figure beside its baseline from the
+# same run. `bench` writes bench/results/latest.json and prints a markdown
+# table (bounded: under 10 minutes on a 2-core machine); `bench-smoke` runs
+# every group at small sizes in under a minute (tests/test_bench_smoke.py).
+.PHONY: bench bench-smoke
+bench: $(STAMP) system-deps
+	$(BIN)/python -m bench.run
+
+bench-smoke: $(STAMP) system-deps
+	$(BIN)/python -m bench.run --smoke
+
+# Soak (docs/reliability.md): the fault suite and the fuzzers run long, about
+# 20 minutes on 2 cores (hard stop at 30); writes bench/results/soak-latest.{json,txt}.
+# atheris is optional: installed here if a wheel exists for this machine.
+.PHONY: soak
+soak: $(STAMP) system-deps node_modules/.installed
+	-$(BIN)/pip install -q atheris 2>/dev/null || echo "atheris unavailable: the soak runs the mutation fuzzer only"
+	timeout 1800 $(BIN)/python bench/soak.py

@@ -26,8 +26,16 @@ class CLIError(Exception):
 
 # Modules that contribute sub-commands; optional ones may be missing from a
 # slim agent install (no gateway extra), and then their commands are absent.
-_COMMAND_MODULES = ("boards.cli", "agent.agent_cli", "gateway.cli", "firmware_shim.host.cli",
-                    "firmware_shim.host.device_cli")
+# module -> (the commands it adds, the pip extra its third-party imports come from)
+_COMMAND_MODULES = {
+    "boards.cli": (("boards",), None),
+    "agent.agent_cli": (("agent",), None),
+    "gateway.cli": (("gateway", "proof", "verify"), "gateway"),
+    "firmware_shim.host.cli": (("firmware",), "flash"),
+    "firmware_shim.host.device_cli": (("flash", "device"), "flash"),
+    "gateway.demo.cli": (("demo",), "demo"),
+}
+_OWN_PACKAGES = ("agent", "boards", "firmware_shim", "gateway")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -121,6 +129,13 @@ def _decode(args: argparse.Namespace) -> int:
     return 0 if result["signature"]["valid"] is not False else 1
 
 
+def _needs_extra(command: str, extra: str, missing: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise CLIError("`surge %s` needs the %r extra (Python package %r is missing): "
+                       "pip install 'depin-surge[%s]'" % (command, extra, missing, extra))
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surge", description="Surge edge attestation")
     parser.add_argument("--version", action="version", version="surge " + VERSION)
@@ -139,13 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--pubkey", metavar="HEX", help="device public key to verify the signature")
     dec.set_defaults(func=_decode)
 
-    for name in _COMMAND_MODULES:
+    for name, (commands, extra) in _COMMAND_MODULES.items():
         try:
             mod = importlib.import_module(name)
         except ImportError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue  # that stage is not installed or not written yet
-            raise
+            missing = (exc.name or "").split(".")[0]
+            if not missing or missing in _OWN_PACKAGES:
+                raise
+            # A slim install (a Pi agent without the gateway extra): the commands
+            # still exist and say what to install instead of "invalid choice".
+            for command in commands:
+                stub = sub.add_parser(command, help="(needs: pip install 'depin-surge[%s]')" % extra)
+                stub.add_argument("rest", nargs=argparse.REMAINDER)
+                stub.set_defaults(func=_needs_extra(command, extra or "", missing))
+            continue
         add: Callable[[Any], None] = mod.add_parser
         add(sub)
     return parser

@@ -34,7 +34,8 @@ reconnect.min_s|num 0.05 3600|1|seconds (0.05..3600)
 reconnect.max_s|num 0.05 86400|60|seconds (0.05..86400)
 wifi.ssid|str?|null|a string
 wifi.password|str?|null|a string
-count|int 0 1000000000|0|an integer >= 0 (0 = run forever)"""
+count|int 0 1000000000|0|an integer >= 0 (0 = run forever)
+hass|bool|false|true or false (Home Assistant discovery)"""
 _SECTIONS = ("broker", "outbox", "reconnect", "wifi")
 
 

@@ -1,0 +1,1 @@
+"""surge demo: a broker, a gateway and a small fleet on one machine."""
