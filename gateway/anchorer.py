@@ -45,6 +45,9 @@ class Anchorer:
         self.on_reorged = on_reorged
         self.drop_after_s = drop_after_s
         self.chain_down = False
+        self._checked_head = -1
+        self._idle = 0
+        self._passes = 0
 
     def _here(self, a: Anchor) -> bool:
         return a.chain_id == self.chain.chain_id and a.contract.lower() == self.chain.contract_address.lower()
@@ -79,6 +82,15 @@ class Anchorer:
         log.warning("re-anchoring from batch %d: %s", seq, why)
 
     def _check_reorgs(self) -> None:
+        # Little can have changed on chain unless its head moved; still look every
+        # 25 passes (~5 s), since a reorg can leave the head at the same height.
+        head = self.chain.head()
+        self._idle += 1
+        if head == self._checked_head and self._idle < 25:
+            return
+        self._checked_head = head
+        self._idle = 0
+        self._passes += 1
         recent = self.store.recent_confirmed(REORG_WINDOW)
         if not recent:
             return
@@ -88,7 +100,9 @@ class Anchorer:
             # A fresh chain (the in-process one after a restart) or a deep reorg.
             self._reset_from(lost, "chain's last batch is %d, below confirmed batch %d" % (onchain, lost))
             return
-        for b in recent:
+        # The newest confirmed anchor on every new head; the whole window now and
+        # then (each check is two RPC calls, and a pass runs five times a second).
+        for b in recent if self._passes % REORG_WINDOW == 1 else recent[-1:]:
             a = self.store.confirmed_anchor(b.seq)
             if a is None or not self._here(a) or a.block_number is None or a.block_hash is None:
                 self._reset_from(b.seq, "batch %d was anchored on another chain or contract" % b.seq)

@@ -54,7 +54,8 @@ def _run(args: argparse.Namespace) -> int:
                                                "contract", "keystore", "gateway_id", "batch_size", "batch_seconds",
                                                "confirmations", "anchor_timeout_s", "metrics_port", "share_group",
                                                "max_report_bytes",
-                                               "rate_limit_per_s", "rate_burst", "commit_group", "log_level")}
+                                               "rate_limit_per_s", "rate_burst", "commit_group", "log_level",
+                                               "mqtt_version")}
     if args.no_republish:
         overrides["republish"] = False
     try:
@@ -100,6 +101,10 @@ def enroll_one(store: Store, pub: bytes, board: str, fleet: str, owner: str) -> 
         raise CLIError("--board: %s (see `surge boards list`)" % exc) from None
     if not FLEET_RE.match(fleet):
         raise CLIError("--fleet must be 1-32 characters of a-z, 0-9 and '-', got %r" % fleet)
+    from gateway import rotation
+    if rotation.is_retired(store, pub):
+        raise CLIError("key %s was retired by a key rotation; a retired key cannot be enrolled again"
+                       % C.device_id(pub))
     try:
         dev = store.enroll(C.device_id(pub), pub, board, fleet, owner)
     except StoreError as exc:
@@ -271,6 +276,8 @@ def add_parser(sub: Any) -> None:
                      help="do not republish verified reports as JSON")
     run.add_argument("--share-group", dest="share_group", metavar="NAME",
                      help="subscribe through $share/NAME/ so several gateways split a fleet")
+    run.add_argument("--mqtt-version", dest="mqtt_version", choices=("5", "3.1.1"),
+                     help="protocol to the broker: 5 (default) or 3.1.1 for brokers without MQTT 5")
     run.add_argument("--log-level", dest="log_level", metavar="LEVEL")
     run.add_argument("--log-json", action="store_true", help="JSON log lines")
     run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until signalled)")

@@ -41,6 +41,9 @@ class GatewayConfig:
     commit_group: int = 500
     republish: bool = True
     log_level: str = "info"
+    # "3.1.1" for brokers without MQTT 5 (the demo's embedded amqtt): same
+    # persistent session through clean_session=False, no ReceiveMaximum.
+    mqtt_version: str = "5"
 
     def broker_host_port(self) -> tuple[str, int, bool]:
         return parse_broker(self.broker)
@@ -90,6 +93,8 @@ def validate(cfg: GatewayConfig) -> GatewayConfig:
         raise ConfigError("rate_limit_per_s must be positive, got %r" % cfg.rate_limit_per_s)
     if cfg.chain != "memory" and not cfg.chain.startswith(("http://", "https://")):
         raise ConfigError("chain must be 'memory' or an http(s):// JSON-RPC URL")
+    if cfg.mqtt_version not in ("5", "3.1.1"):
+        raise ConfigError("mqtt_version must be \"5\" or \"3.1.1\", got %r" % cfg.mqtt_version)
     parse_broker(cfg.broker)
     return cfg
 

@@ -12,6 +12,7 @@ as received.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,19 +71,21 @@ def parse(data: bytes) -> Envelope:
         if obj.tag != COSE_SIGN1_TAG:
             raise COSEError("not_cose_sign1", "tag %d, expected 18 (COSE_Sign1)" % obj.tag)
         obj = obj.value
-    if not isinstance(obj, list) or len(obj) != 4:
+    # cbor2 6 decodes the contents of a tag as immutable types (tuple,
+    # frozendict); cbor2 5 as list and dict. Accept both.
+    if not isinstance(obj, (list, tuple)) or len(obj) != 4:
         raise COSEError("not_cose_sign1", "expected an array of 4 items")
     protected, unprotected, payload, signature = obj
     if not isinstance(protected, bytes):
         raise COSEError("bad_header", "protected header is not a byte string")
-    if not isinstance(unprotected, dict):
+    if not isinstance(unprotected, Mapping):
         raise COSEError("bad_header", "unprotected header is not a map")
     if not isinstance(payload, bytes):
         raise COSEError("bad_payload", "payload is not a byte string (detached payloads are not used)")
     if not isinstance(signature, bytes) or len(signature) != 64:
         raise COSEError("bad_signature", "signature is not 64 bytes")
     header = _loads(protected, "protected header") if protected else {}
-    if not isinstance(header, dict):
+    if not isinstance(header, Mapping):
         raise COSEError("bad_header", "protected header is not a map")
     if header.get(1) != EDDSA:
         raise COSEError("unsupported_alg", "alg %r, expected -8 (EdDSA)" % (header.get(1),))
@@ -112,8 +115,12 @@ def parse(data: bytes) -> Envelope:
 def decode_claims(payload: bytes) -> dict[Any, Any]:
     """The claims map, provided the payload is deterministic CBOR of the protocol subset."""
     claims = _loads(payload, "claims")
-    if not isinstance(claims, dict):
+    if not isinstance(claims, Mapping):
         raise COSEError("bad_payload", "claims are not a map")
+    if _fast_deterministic(claims, payload):
+        return claims
+    # Slow path, authoritative for every rejection and its reason code: the
+    # portable encoder (pure Python, ~20 us per report) re-encodes the claims.
     try:
         canonical = portable_cbor.dumps(_from_cbor2(claims))
     except (portable_cbor.CBORError, TypeError) as exc:
@@ -124,18 +131,78 @@ def decode_claims(payload: bytes) -> dict[Any, Any]:
     return claims
 
 
+# Performance (per-message path, docs/performance.md): a well-formed report is
+# accepted without the pure-Python re-encode.  cbor2's *non-canonical* dumps
+# writes map keys in insertion order, i.e. in the order they arrived, and
+# always uses shortest heads and definite lengths; so when every value is of
+# the protocol subset (no floats, no tags, integers within 64 bits, scalar
+# keys), every map's keys arrive strictly increasing bytewise by their
+# encodings, and cbor2's encoding equals the payload, then the payload *is*
+# the RFC 8949 §4.2.1 encoding and the slow check would accept it too.  Any
+# other payload falls through to the slow check, which decides the reason.
+# Keep _plain no wider than _from_cbor2: tests/test_gateway_envelope_fast.py
+# compares both paths on generated payloads.
+_FAST_MAX_DEPTH = portable_cbor.MAX_DEPTH - 2  # deeper: let the slow path decide
+_INT_MIN, _INT_MAX = -(2 ** 64), 2 ** 64 - 1
+_KEY_ENCODINGS: dict[tuple[type, Any], bytes] = {}  # (type, key) -> encoding; claim keys are few
+
+
+def _key_encoding(k: Any) -> bytes | None:
+    t = type(k)
+    if t is not int and t is not str:  # the key types _from_cbor2 allows (bool is not int here)
+        return None
+    if t is int and not _INT_MIN <= k <= _INT_MAX:
+        return None
+    hit = _KEY_ENCODINGS.get((t, k))
+    if hit is None:
+        hit = cbor2.dumps(k)
+        if len(_KEY_ENCODINGS) < 4096:  # bounded: keys come from untrusted input
+            _KEY_ENCODINGS[(t, k)] = hit
+    return hit
+
+
+def _plain(v: Any, depth: int) -> bool:
+    """``v`` is within the protocol subset and every map in it is in bytewise key order."""
+    t = type(v)
+    if t is int:
+        return _INT_MIN <= v <= _INT_MAX
+    if t is bytes or t is str or t is bool:  # the scalar types _from_cbor2 allows (no null)
+        return True
+    if depth >= _FAST_MAX_DEPTH:
+        return False
+    if t is dict:
+        last = b""
+        for k, x in v.items():
+            enc = _key_encoding(k)
+            if enc is None or enc <= last or not _plain(x, depth + 1):
+                return False
+            last = enc
+        return True
+    if t is list:
+        return all(_plain(x, depth + 1) for x in v)
+    return False  # floats, tags, sets, datetimes, undefined, ... : slow path
+
+
+def _fast_deterministic(claims: dict[Any, Any], payload: bytes) -> bool:
+    try:
+        return _plain(claims, 0) and cbor2.dumps(claims) == payload
+    except Exception:  # anything unexpected: the slow path decides
+        return False
+
+
 def _from_cbor2(v: Any) -> Any:
     if isinstance(v, cbor2.CBORTag):
         raise TypeError("tag %d: the claims use no tags" % v.tag)
-    if isinstance(v, dict):
+    if isinstance(v, Mapping):
         for k in v:
-            # cbor2 turns array keys into tuples; the protocol allows scalar keys only.
-            if not isinstance(k, (int, bytes, str)) and k is not None:
+            # Map keys only integers or text (protocol §4.4). cbor2 turns array keys
+            # into tuples, and a bool key would alias 1 or 0 (True == 1 in Python).
+            if not isinstance(k, (int, str)) or isinstance(k, bool):
                 raise TypeError("map key of type %s" % type(k).__name__)
         return {k: _from_cbor2(x) for k, x in v.items()}
-    if isinstance(v, list):
+    if isinstance(v, (list, tuple)):
         return [_from_cbor2(x) for x in v]
-    if isinstance(v, (int, bytes, str, bool)) or v is None:
+    if isinstance(v, (int, bytes, str, bool)):  # no null or undefined (§4.4)
         return v
     raise TypeError("unsupported %s" % type(v).__name__)
 

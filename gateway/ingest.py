@@ -32,8 +32,10 @@ from boards import BoardProfile
 from firmware_shim import cose
 from gateway import envelope
 from gateway.config import GatewayConfig
+from gateway import rotation
 from gateway.faults import crash_point
 from gateway.metrics import Metrics
+from gateway.republish import Publisher, verified_body
 from gateway.store import AcceptedRow, Device, DeviceState, RejectedRow, Store
 from gateway.verify import Accepted, Duplicate, Limits, Outcome, Rejection, Verifier, parse_topic
 
@@ -71,15 +73,19 @@ class RateLimiter:
 
 def verified_json(acc: Accepted, fleet: str, received_at: float, batch: dict[str, Any] | None) -> bytes:
     """The integrator-facing JSON of one accepted report (docs/protocol.md)."""
-    return json.dumps({
-        "v": 1, "device": acc.device.device_id, "fleet": fleet, "board": acc.device.board,
-        "boot": acc.boot, "seq": acc.seq, "received_at": round(received_at * 1000), "gap": acc.gap,
-        "claims": C.named(acc.claims), "report": acc.cose.hex(), "batch": batch,
-    }, separators=(",", ":")).encode()
+    return verified_body(acc.device.device_id, fleet, acc.device.board, acc.boot, acc.seq, received_at, acc.gap,
+                         acc.claims, acc.cose, batch)
+
+
+def _verified_messages(accepted: list[tuple[Accepted, str]], now: float) -> list[tuple[str, bytes]]:
+    """The first `verified` message of each accepted report; built on the publisher thread."""
+    return [("surge/v1/%s/%s/verified" % (fleet, acc.device.device_id), verified_json(acc, fleet, now, None))
+            for acc, fleet in accepted]
 
 
 class Ingest:
-    def __init__(self, cfg: GatewayConfig, store: Store, metrics: Metrics, gateway_id: str) -> None:
+    def __init__(self, cfg: GatewayConfig, store: Store, metrics: Metrics, gateway_id: str,
+                 publisher: Publisher | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.metrics = metrics
@@ -98,8 +104,10 @@ class Ingest:
         self.commit_failing = False
         self.worker = threading.Thread(target=self._run, name="surge-ingest", daemon=True)
         host, port, tls = cfg.broker_host_port()
+        v5 = cfg.mqtt_version == "5"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="surge-gw-%s" % gateway_id,
-                                  protocol=mqtt.MQTTv5, manual_ack=True)
+                                  protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                                  clean_session=None if v5 else False, manual_ack=True)
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password)
         if tls:
@@ -116,6 +124,8 @@ class Ingest:
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 30)
         self.host, self.port = host, port
+        # Outgoing messages use a connection and threads of their own (gateway/republish.py).
+        self.publisher = publisher if publisher is not None else Publisher(cfg, gateway_id)
 
     # -- lookups for the verifier (group-local state first) -----------------
     def _device(self, device_id: str) -> Device | None:
@@ -152,18 +162,25 @@ class Ingest:
 
     # -- MQTT ---------------------------------------------------------------
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        # Bounds what the broker sends before we acknowledge: backpressure
-        # when commits stall, instead of unbounded memory here.
-        props.ReceiveMaximum = min(65535, max(100, 4 * self.cfg.commit_group))
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+        if self.cfg.mqtt_version == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            # Bounds what the broker sends before we acknowledge: backpressure
+            # when commits stall, instead of unbounded memory here.
+            props.ReceiveMaximum = min(65535, max(100, 4 * self.cfg.commit_group))
+            self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+        else:
+            # MQTT 3.1.1: the session persists through clean_session=False (set
+            # on the client); max_inflight_messages bounds what is unacknowledged.
+            self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
+        self.publisher.start()
         self.worker.start()
 
     def stop(self) -> None:
         self.stop_event.set()
         self.worker.join(timeout=30)
+        self.publisher.stop()
         self.client.publish(self.status_topic, b"offline", qos=1, retain=True).wait_for_publish(5)
         self.client.disconnect()
         self.client.loop_stop()
@@ -270,20 +287,23 @@ class Ingest:
             self.commit_failing = False
         for msg in group:
             self.client.ack(msg.mid, msg.qos)
+        rotation.note_announcements(self.store, accepted)  # key rotation, protocol §3.1 (rare; cheap check)
         self.metrics.queue_depth.dec(len(group))
         self.metrics.accepted.inc(len(rows))
         self.metrics.duplicates.inc(dupes)
         for r, digest in zip(rejected, digests):
             self.metrics.rejected.labels(r.reason).inc()
-            log.info("rejected %s: %s (%s)", r.device_id or r.topic, r.reason, r.detail)
+            if r.reason != "rate_limited":  # a flood must not become a flood of log lines; metrics count it
+                log.info("rejected %s: %s (%s)", r.device_id or r.topic, r.reason, r.detail)
             self._tell_device(r, digest)
         for acc, fleet in accepted:
             if acc.gap:
                 self.metrics.gaps.inc()
                 log.info("gap for %s at boot %d seq %d: %s", acc.device.device_id, acc.boot, acc.seq, acc.gap_detail)
-            if self.cfg.republish:
-                self.client.publish("surge/v1/%s/%s/verified" % (fleet, acc.device.device_id),
-                                    verified_json(acc, fleet, now, None), qos=1)
+        if self.cfg.republish and accepted:
+            # One job per group: the JSON is built and published on the publisher
+            # thread and connection, after the PUBACKs above have gone out.
+            self.publisher.submit(lambda: _verified_messages(accepted, now))
 
     def _tell_device(self, r: RejectedRow, digest: str) -> None:
         """A `rejected` receipt, so the device (and `surge flash`) learns why."""
@@ -292,8 +312,8 @@ class Ingest:
             return  # never answer floods, or topics that are not a device's report topic
         body = {"v": 1, "status": "rejected", "device": parts[3], "reason": r.reason, "detail": r.detail,
                 "report_sha256": digest}
-        self.client.publish("surge/v1/%s/%s/receipt" % (parts[2], parts[3]),
-                            json.dumps(body, separators=(",", ":")).encode(), qos=1)
+        self.publisher.publish("surge/v1/%s/%s/receipt" % (parts[2], parts[3]),
+                               json.dumps(body, separators=(",", ":")).encode())
 
     def _verify_one(self, msg: mqtt.MQTTMessage, now: float) -> tuple[Outcome | None, str]:
         parsed = parse_topic(msg.topic)
@@ -324,7 +344,7 @@ class Ingest:
             env = envelope.parse(data) if len(data) <= self.cfg.max_report_bytes else None
         except cose.COSEError:
             env = None
-        if env is None or env.kid is None or env.kid.hex() != device_id:
+        if env is None or env.kid != C.kid(dev.pubkey):  # the current key, also after a rotation
             self.metrics.births.labels("malformed").inc()
             return
         if not envelope.verify(env, dev.pubkey):

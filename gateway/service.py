@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import secrets
 import threading
 import time
@@ -67,18 +68,28 @@ class Gateway:
         self.anchorer = Anchorer(self.anchor_store, self.chain, cfg.confirmations, self.metrics, self._confirmed,
                                  self._reorged, drop_after_s=cfg.anchor_timeout_s)
         self.stop_event = threading.Event()
+        # Batches whose receipts the broker has acknowledged (set by the publisher
+        # thread, written to the store by the main loop, which owns that connection).
+        self.receipted: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.mine_blocks = cfg.chain == "memory" and isinstance(self.chain, Web3Chain)
 
     def _publish(self, topic: str, payload: bytes) -> None:
-        self.ingest.client.publish(topic, payload, qos=1)
+        # Queued for the publisher's own connection and thread (gateway/republish.py):
+        # confirmation receipts never delay PUBACKs on the ingest connection.
+        self.ingest.publisher.publish(topic, payload)
 
     def _confirmed(self, batch: Batch, anchor: Anchor) -> None:
+        from gateway import rotation
+        for device_id in rotation.apply_confirmed(self.anchor_store, batch):  # key rotation, protocol §3.1
+            self.ingest.devices.pop(device_id, None)  # ingest's registry cache must not keep the old key
         sent = receipts.publish_confirmed(self.anchor_store, batch, anchor, self._publish)
-        self.anchor_store.set_batch_state(batch.seq, "receipted")
         self.metrics.receipts.inc(sent)
         if self.cfg.republish:
             from gateway.republish import republish_anchored
             republish_anchored(self.anchor_store, batch, anchor, self._publish)
+        # 'receipted' only once the broker has every receipt: a crash before that
+        # leaves the batch 'confirmed', and the next start sends them again.
+        self.ingest.publisher.after_sent(lambda: self.receipted.put(batch.seq))
 
     def _reorged(self, batch: Batch, anchor: Anchor) -> None:
         receipts.batch_event(self.anchor_store, batch, "reorged", self._publish, anchor)
@@ -111,6 +122,8 @@ class Gateway:
             assert isinstance(self.chain, Web3Chain)
             self.chain.mine(1)
         self.anchorer.step(now)
+        while not self.receipted.empty():
+            self.anchor_store.mark_receipted(self.receipted.get())
         self.metrics.unbatched.set(self.batcher.store.unbatched_count())
 
     def run(self, duration: float | None = None) -> None:
@@ -118,15 +131,23 @@ class Gateway:
         self._resend_receipts()
         deadline = None if duration is None else time.monotonic() + duration
         last_prune = 0.0
+        failing = False
         while not self.stop_event.is_set():
             try:
                 self.step()
+                if time.monotonic() - last_prune > 60:
+                    # Inside the try: on a full disk this fails too, and must not end the process.
+                    last_prune = time.monotonic()
+                    self.anchor_store.prune_rejections()
+                if failing:
+                    log.info("batcher/anchorer passes succeed again")
+                failing = False
             except Exception:
-                # A stage bug must not take ingest down with it; it is retried next pass.
-                log.exception("batcher/anchorer pass failed")
-            if time.monotonic() - last_prune > 60:
-                self.anchor_store.prune_rejections()
-                last_prune = time.monotonic()
+                # A stage bug (or a full disk) must not take ingest down with it; it is
+                # retried next pass, and logged once per episode, not every 0.2 s.
+                if not failing:
+                    log.exception("batcher/anchorer pass failed; retrying quietly until it succeeds")
+                failing = True
             if deadline is not None and time.monotonic() >= deadline:
                 break
             self.stop_event.wait(TICK_S)

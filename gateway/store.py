@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry moves the schema from version i to i + 1.  Never edit a shipped
 # migration: append a new one.
@@ -99,6 +99,17 @@ MIGRATIONS: tuple[str, ...] = (
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
+    """,
+    # 2: retired device keys (key rotation, gateway/rotation.py), so bundles of
+    # older reports still name the key that signed them.
+    """
+    CREATE TABLE device_keys (
+        device_id  TEXT NOT NULL,
+        pubkey     BLOB NOT NULL UNIQUE,
+        retired_at REAL NOT NULL,
+        batch_seq  INTEGER NOT NULL
+    );
+    CREATE INDEX device_keys_device ON device_keys(device_id);
     """,
 )
 
@@ -195,6 +206,10 @@ def connect(path: str | Path) -> sqlite3.Connection:
         # FULL: a commit is on disk before the broker sees the acknowledgement.
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
+        from gateway.faults import db_page_limit
+        pages = db_page_limit()  # fault injection only (SURGE_DB_MAX_PAGES): a "disk" that is full
+        if pages:
+            db.execute("PRAGMA max_page_count=%d" % pages)
         version = db.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as exc:
         raise StoreError("cannot open gateway database %s: %s" % (path, exc)) from None
@@ -333,21 +348,42 @@ class Store:
                               (device_id, boot, seq)).fetchone()
         return None if row is None else bytes(row[0])
 
+    _INSERT_REPORT = ("INSERT OR IGNORE INTO reports(device_id, boot, seq, received_at, cose, gap) "
+                      "VALUES (?, ?, ?, ?, ?, ?)")
+    _UPSERT_STATE = ("INSERT INTO device_state(device_id, boot, seq, last_hash, reports, gaps, last_seen) "
+                     "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
+                     "boot=excluded.boot, seq=excluded.seq, last_hash=excluded.last_hash, "
+                     "reports=reports+1, gaps=gaps+excluded.gaps, last_seen=excluded.last_seen")
+
     def commit_outcomes(self, accepted: Iterable[AcceptedRow], rejected: Iterable[RejectedRow]) -> None:
-        """Store a group of verification outcomes in one transaction."""
+        """Store a group of verification outcomes in one transaction.
+
+        Performance: one ``executemany`` per statement for the whole group
+        instead of two ``execute`` calls per report.  A report row that
+        already exists (INSERT OR IGNORE skipped it) must not touch
+        ``device_state``; that cannot be seen from ``executemany``, so when the
+        number of inserted rows falls short the group is redone row by row.
+        """
+        accepted = list(accepted)
         with self._tx():
-            for a in accepted:
-                cur = self.db.execute(
-                    "INSERT OR IGNORE INTO reports(device_id, boot, seq, received_at, cose, gap) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", (a.device_id, a.boot, a.seq, a.received_at, a.cose, int(a.gap)))
-                if cur.rowcount == 0:
-                    continue
-                self.db.execute(
-                    "INSERT INTO device_state(device_id, boot, seq, last_hash, reports, gaps, last_seen) "
-                    "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
-                    "boot=excluded.boot, seq=excluded.seq, last_hash=excluded.last_hash, "
-                    "reports=reports+1, gaps=gaps+excluded.gaps, last_seen=excluded.last_seen",
-                    (a.device_id, a.boot, a.seq, a.report_hash, int(a.gap), a.received_at))
+            if accepted:
+                self.db.execute("SAVEPOINT outcomes")
+                before = self.db.total_changes
+                self.db.executemany(self._INSERT_REPORT, [(a.device_id, a.boot, a.seq, a.received_at, a.cose,
+                                                           int(a.gap)) for a in accepted])
+                if self.db.total_changes - before == len(accepted):
+                    self.db.executemany(self._UPSERT_STATE, [(a.device_id, a.boot, a.seq, a.report_hash,
+                                                              int(a.gap), a.received_at) for a in accepted])
+                else:
+                    self.db.execute("ROLLBACK TO outcomes")
+                    for a in accepted:
+                        cur = self.db.execute(self._INSERT_REPORT, (a.device_id, a.boot, a.seq, a.received_at,
+                                                                    a.cose, int(a.gap)))
+                        if cur.rowcount == 0:
+                            continue
+                        self.db.execute(self._UPSERT_STATE, (a.device_id, a.boot, a.seq, a.report_hash,
+                                                             int(a.gap), a.received_at))
+                self.db.execute("RELEASE outcomes")
             for r in rejected:
                 self.db.execute("INSERT INTO rejections(at, topic, device_id, reason, detail, payload) "
                                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -439,6 +475,12 @@ class Store:
             "SELECT id, device_id, boot, seq, received_at, cose, batch_seq, leaf_index FROM reports "
             "WHERE batch_seq=? ORDER BY leaf_index", (seq,))]
 
+    def batch_devices(self, seq: int) -> dict[str, tuple[str, str]]:
+        """device id -> (fleet, board) of every device with a report in batch ``seq``, in one query."""
+        return {r[0]: (r[1], r[2]) for r in self.db.execute(
+            "SELECT DISTINCT d.device_id, d.fleet, d.board FROM reports r JOIN devices d ON d.device_id = r.device_id "
+            "WHERE r.batch_seq=?", (seq,))}
+
     def report(self, device_id: str, boot: int, seq: int) -> StoredReport | None:
         row = self.db.execute(
             "SELECT id, device_id, boot, seq, received_at, cose, batch_seq, leaf_index FROM reports "
@@ -448,6 +490,11 @@ class Store:
     @staticmethod
     def _report(r: Sequence[Any]) -> StoredReport:
         return StoredReport(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6], r[7])
+
+    def mark_receipted(self, seq: int) -> None:
+        """confirmed -> receipted; a batch reorged meanwhile keeps its new state."""
+        with self._tx():
+            self.db.execute("UPDATE batches SET state='receipted' WHERE seq=? AND state='confirmed'", (seq,))
 
     def set_batch_state(self, seq: int, state: str) -> None:
         with self._tx():

