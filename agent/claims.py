@@ -36,6 +36,7 @@ PREV = 11
 SYNCED = 12
 DROPPED = 13
 ERRORS = 14
+NEXT_PUBKEY = 15  # key rotation: the Ed25519 public key that signs after this report is anchored
 # Birth message only.
 PUBKEY = 20
 CAPS = 21
@@ -49,7 +50,7 @@ SURGE_NAMES = {
     SEQ: "seq", STORAGE_TOTAL: "storage_total", STORAGE_FREE: "storage_free",
     NET_RX: "net_rx", NET_TX: "net_tx", BW_UP: "bw_up", BW_DOWN: "bw_down",
     RSSI: "rssi", LINK_MBPS: "link_mbps", INTERVAL: "interval", PREV: "prev",
-    SYNCED: "synced", DROPPED: "dropped", ERRORS: "errors",
+    SYNCED: "synced", DROPPED: "dropped", ERRORS: "errors", NEXT_PUBKEY: "next_pubkey",
     PUBKEY: "pubkey", CAPS: "caps", RUNTIME: "runtime",
 }
 

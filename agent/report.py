@@ -40,6 +40,7 @@ _PREV = const(11)
 _SYNCED = const(12)
 _DROPPED = const(13)
 _ERRORS = const(14)
+_NEXT_PUBKEY = const(15)
 _PUBKEY = const(20)
 _CAPS = const(21)
 _RUNTIME = const(22)
@@ -61,7 +62,7 @@ def prev_hash(data):
 
 def build_claims(seq, bootcount, uptime, interval, iat=None, prev=None,
                  storage=None, net=None, bw=None, rssi=None, link_mbps=None,
-                 dropped=0, errors=None, nonce=None):
+                 dropped=0, errors=None, nonce=None, next_pubkey=None):
     """The claims map of a report.
 
     ``iat`` is given only when the clock is synced; otherwise the report says
@@ -89,6 +90,8 @@ def build_claims(seq, bootcount, uptime, interval, iat=None, prev=None,
         s[_LINK_MBPS] = link_mbps
     if errors:
         s[_ERRORS] = errors
+    if next_pubkey is not None:  # key rotation (protocol §3.1)
+        s[_NEXT_PUBKEY] = next_pubkey
     out = {_UPTIME: uptime, _BOOTCOUNT: bootcount, _SURGE: s}
     if iat is not None:
         out[_IAT] = iat

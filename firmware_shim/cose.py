@@ -91,6 +91,8 @@ def parse_sign1(data, max_depth=8):
         raise COSEError("bad_header", "protected header: %s" % exc)
     if not isinstance(header, dict):
         raise COSEError("bad_header", "protected header is not a map")
+    _check_labels(header)
+    _check_labels(unprotected)
     if header.get(ALG) != EDDSA:
         raise COSEError("unsupported_alg", "alg %r, expected -8 (EdDSA)" % (header.get(ALG),))
     if ALG in unprotected:
@@ -98,6 +100,14 @@ def parse_sign1(data, max_depth=8):
     if CRIT in header:
         raise COSEError("bad_header", "critical header parameters are not supported")
     return Sign1(protected, header, unprotected, payload, signature)
+
+
+def _check_labels(header):
+    # Header labels are integers or text (RFC 9052 §3.1). A bool label would
+    # pass for 1 or 0 in a dict lookup (True == 1): {true: -8} is not alg EdDSA.
+    for k in header:
+        if not isinstance(k, (int, str)) or k is True or k is False:
+            raise COSEError("bad_header", "header label %r is not an integer or text" % (k,))
 
 
 def verify_sign1(msg, public, external_aad=b""):

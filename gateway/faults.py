@@ -27,3 +27,12 @@ def crash_point(name: str) -> None:
     _counts[name] = _counts.get(name, 0) + 1
     if _counts[name] >= int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def db_page_limit() -> int | None:
+    """``SURGE_DB_MAX_PAGES=<n>``: every database connection is capped at n pages
+    (SQLite ``max_page_count``), so writes fail with SQLITE_FULL as on a full disk.
+    The disk-full fault test uses it where it cannot mount a small filesystem
+    (not root). Unset in production."""
+    spec = os.environ.get("SURGE_DB_MAX_PAGES")
+    return int(spec) if spec else None

@@ -113,14 +113,18 @@ def build_bundle(store: Store, device_id: str, boot: int, seq: int) -> dict[str,
     anchor = store.confirmed_anchor(rep.batch_seq)
     if batch is None or anchor is None or anchor.tx_hash is None:
         raise BundleError("batch %d is not confirmed on chain yet" % rep.batch_seq)
-    dev = store.device(device_id)
-    assert dev is not None
+    from gateway import rotation
+    # The key that signed this report: the device's current one, or one it rotated
+    # away from (protocol §3.1); the bundle names that key's id.
+    public = rotation.key_for_kid(store, device_id, bytes(rep.cose[8:16]))
+    if public is None:
+        raise BundleError("no key of device %s matches the report's kid" % device_id)
     tree = merkle.MerkleTree([merkle.leaf_hash(r.cose) for r in store.batch_leaves(batch.seq)])
     return {
         "format": BUNDLE_FORMAT,
         "report": rep.cose.hex(),
-        "device": device_id,
-        "public_key": dev.pubkey.hex(),
+        "device": C.device_id(public),
+        "public_key": public.hex(),
         "leaf_index": rep.leaf_index,
         "tree_size": batch.size,
         "proof": [p.hex() for p in tree.proof(rep.leaf_index)],

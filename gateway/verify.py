@@ -91,9 +91,14 @@ def check_device(env: Envelope, topic_device: str, lookup: Callable[[str], Devic
                          "`surge gateway enroll`" % topic_device, topic_device)
     if not device.active:
         return Rejection("revoked_device", "device %s was revoked" % topic_device, topic_device)
-    if env.kid is None or env.kid.hex() != device.device_id:
-        return Rejection("kid_mismatch", "kid %s does not match the topic's device %s"
-                         % (env.kid.hex() if env.kid else None, topic_device), topic_device)
+    # The kid names the device's current key: its enrolled one, or the one it
+    # rotated to (protocol §3.1), while the device id (topic, broker user) stays.
+    current = C.kid(device.pubkey)
+    if env.kid != current:
+        why = ("the key with kid %s is retired: device %s rotated to kid %s" % (env.kid.hex(), topic_device,
+               current.hex())) if env.kid is not None and env.kid.hex() == device.device_id else (
+            "kid %s is not the current key of device %s" % (env.kid.hex() if env.kid else None, topic_device))
+        return Rejection("kid_mismatch", why, topic_device)
     return device
 
 
@@ -135,7 +140,8 @@ def check_claims(claims: Mapping[Any, Any], device_id: str) -> tuple[int, int, d
     for key in _OPTIONAL_UINTS:
         if key in s and not _uint(s[key]):
             return bad("%s is not an unsigned integer" % C.SURGE_NAMES[key])
-    if C.RSSI in s and not (isinstance(s[C.RSSI], int) and -150 <= s[C.RSSI] <= 0):
+    if C.RSSI in s and not (isinstance(s[C.RSSI], int) and not isinstance(s[C.RSSI], bool)
+                            and -150 <= s[C.RSSI] <= 0):
         return bad("rssi must be an integer dBm between -150 and 0")
     if C.PREV in s and not (isinstance(s[C.PREV], bytes) and len(s[C.PREV]) == C.PREV_BYTES):
         return bad("prev must be %d bytes" % C.PREV_BYTES)
@@ -145,7 +151,38 @@ def check_claims(claims: Mapping[Any, Any], device_id: str) -> tuple[int, int, d
         return bad("errors must map probe names to text")
     if s[C.INTERVAL] == 0:
         return bad("interval must be positive")
+    problem = check_optional_claims(claims, s)
+    if problem is not None:
+        return bad(problem)
     return claims[C.BOOTCOUNT], s[C.SEQ], s
+
+
+def _bstr(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, bytes) and lo <= len(v) <= hi
+
+
+# Optional registered claims and their §4.2 types (found by tests/test_fuzz.py:
+# a signed nonce of the wrong type used to be accepted and republished).
+_OPTIONAL_TYPES: tuple[tuple[int, str, Callable[[Any], bool]], ...] = (
+    (C.NONCE, "nonce must be 8..64 bytes", lambda v: _bstr(v, 8, 64)),
+    (C.UEID, "ueid must be 7..33 bytes", lambda v: _bstr(v, 7, 33)),
+    (C.HWMODEL, "hwmodel must be 1..32 bytes", lambda v: _bstr(v, 1, 32)),
+    (C.SWNAME, "swname must be text", lambda v: isinstance(v, str)),
+    (C.SWVERSION, "swversion must be [text]", lambda v: isinstance(v, list) and len(v) == 1
+     and isinstance(v[0], str)),
+)
+
+
+def check_optional_claims(claims: Mapping[Any, Any], s: Mapping[Any, Any]) -> str | None:
+    """Why an optional claim breaks its §4.2 type, or None."""
+    for key, why, ok in _OPTIONAL_TYPES:
+        if key in claims and not ok(claims[key]):
+            return why
+    if C.ERRORS in s and not s[C.ERRORS]:
+        return "errors must name at least one probe"
+    if C.NEXT_PUBKEY in s and not _bstr(s[C.NEXT_PUBKEY], 32, 32):
+        return "next_pubkey must be 32 bytes"
+    return None
 
 
 def check_clock(claims: Mapping[Any, Any], now: float, limits: Limits, device_id: str) -> Rejection | None:

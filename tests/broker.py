@@ -43,14 +43,22 @@ class Mosquitto:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # Run as root, Mosquitto drops to the `mosquitto` user, which cannot write
+        # its persistence file into the test's directory: stay root then.
+        # autosave_interval 1: sessions and queued messages reach the disk within a
+        # second, so a broker killed with SIGKILL comes back with them (the default,
+        # 30 minutes, persists only on a clean shutdown).
+        user = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
         self.conf.write_text(
+            "%s"
             "listener %d 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence true\n"
             "persistence_location %s/\n"
+            "autosave_interval 1\n"
             "max_queued_messages 100000\n"
             "log_dest file %s\n"
-            "%s\n" % (self.port, self.workdir, self.log, self.extra_conf))
+            "%s\n" % (user, self.port, self.workdir, self.log, self.extra_conf))
         self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
