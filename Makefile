@@ -10,7 +10,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[gateway,flash,test]'
+	$(BIN)/pip install -q -e '.[gateway,flash,demo,test]'
 	touch $@
 
 # Debian packages the tests drive for real: the Mosquitto broker (tests start
