@@ -34,7 +34,7 @@ class Envelope:
     kid: bytes
     payload: bytes
     signature: bytes
-    claims: dict[Any, Any]
+    claims: Mapping[Any, Any]
 
     def to_be_signed(self) -> bytes:
         # Sig_structure = ["Signature1", protected, h'', payload] (RFC 9052 §4.4),
@@ -112,7 +112,7 @@ def parse(data: bytes) -> Envelope:
     return Envelope(protected, kid, payload, signature, claims)
 
 
-def decode_claims(payload: bytes) -> dict[Any, Any]:
+def decode_claims(payload: bytes) -> Mapping[Any, Any]:
     """The claims map, provided the payload is deterministic CBOR of the protocol subset."""
     claims = _loads(payload, "claims")
     if not isinstance(claims, Mapping):
@@ -165,7 +165,7 @@ def _plain(v: Any, depth: int) -> bool:
     """``v`` is within the protocol subset and every map in it is in bytewise key order."""
     t = type(v)
     if t is int:
-        return _INT_MIN <= v <= _INT_MAX
+        return bool(_INT_MIN <= v <= _INT_MAX)
     if t is bytes or t is str or t is bool:  # the scalar types _from_cbor2 allows (no null)
         return True
     if depth >= _FAST_MAX_DEPTH:
@@ -183,7 +183,7 @@ def _plain(v: Any, depth: int) -> bool:
     return False  # floats, tags, sets, datetimes, undefined, ... : slow path
 
 
-def _fast_deterministic(claims: dict[Any, Any], payload: bytes) -> bool:
+def _fast_deterministic(claims: Mapping[Any, Any], payload: bytes) -> bool:
     try:
         return _plain(claims, 0) and cbor2.dumps(claims) == payload
     except Exception:  # anything unexpected: the slow path decides

@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Mapping, Union
 
 import cbor2
 import paho.mqtt.client as mqtt
@@ -46,7 +46,7 @@ class _AfterSent:
 
 
 def verified_body(device_id: str, fleet: str, board: str, boot: int, seq: int, received_at: float, gap: bool,
-                  claims: dict[Any, Any], cose: bytes, batch: dict[str, Any] | None) -> bytes:
+                  claims: Mapping[Any, Any], cose: bytes, batch: dict[str, Any] | None) -> bytes:
     """The integrator-facing JSON of one accepted report (docs/protocol.md §2.5)."""
     return json.dumps({
         "v": 1, "device": device_id, "fleet": fleet, "board": board,

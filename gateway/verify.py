@@ -39,7 +39,7 @@ class Accepted:
     device: Device
     boot: int
     seq: int
-    claims: dict[Any, Any]
+    claims: Mapping[Any, Any]
     gap: bool
     gap_detail: str
     report_hash: bytes  # PREV value the next report must carry
