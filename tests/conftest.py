@@ -59,3 +59,28 @@ def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="module")
+def node():  # type: ignore[no-untyped-def]
+    """A hardhat node (Node.js 22 from node_modules) on a free loopback port."""
+    from chain_fixtures import ensure_node_modules
+    from gw_process import HardhatNode
+
+    ensure_node_modules()
+    hh = HardhatNode()
+    try:
+        hh.wait_ready()
+        yield hh
+    finally:
+        hh.stop()
+
+
+@pytest.fixture(scope="module")
+def miner(node):  # type: ignore[no-untyped-def]
+    """Mines a block every 0.2 s on ``node``, like a dev chain with a block time."""
+    from gw_process import Miner
+
+    m = Miner(node)
+    yield m
+    m.stop()

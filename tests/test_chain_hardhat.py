@@ -16,12 +16,11 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from chain_fixtures import CHAIN_DIR, ensure_node_modules, node_env
+from chain_fixtures import CHAIN_DIR, node_env
 from gateway.chain import (
     AlreadyAnchored,
     ChainKey,
@@ -89,17 +88,6 @@ class HardhatNode:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[HardhatNode]:
-    ensure_node_modules()
-    hh = HardhatNode()
-    try:
-        hh.wait_ready()
-        yield hh
-    finally:
-        hh.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,21 @@ import json
 import os
 import sys
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from broker import Mosquitto, free_port
-from chain_fixtures import ensure_node_modules
 from gateway.chain import ChainKey
 from gw_helpers import Device
-from gw_process import (HARDHAT_KEY_0, HARDHAT_KEY_1, AckPublisher, HardhatNode, Miner, TcpProxy, enroll,
+from gw_process import (HARDHAT_KEY_0, HARDHAT_KEY_1, AckPublisher, HardhatNode, TcpProxy, enroll,
                         gateway_log, metric_value, metrics_text, query, start_gateway, stop, wait_for, wait_online)
 
 PASSWORD = "Tr0ub4dor&3 surge keystore"
+
+
+# A block every 0.2 s: the gateway under test waits for K confirmations.
+pytestmark = pytest.mark.usefixtures("miner")
 
 
 def spellings(secret: str) -> list[bytes]:
@@ -37,19 +39,6 @@ def assert_clean(blob: bytes, where: str) -> None:
         for s in spellings(secret):
             assert s not in blob, "chain key found in %s" % where
     assert PASSWORD.encode() not in blob, "keystore password found in %s" % where
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[HardhatNode]:
-    ensure_node_modules()
-    hh = HardhatNode()
-    try:
-        hh.wait_ready()
-        miner = Miner(hh)
-        yield hh
-        miner.stop()
-    finally:
-        hh.stop()
 
 
 @pytest.mark.timeout(240)

@@ -12,11 +12,9 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from broker import Mosquitto
-from chain_fixtures import ensure_node_modules
 from conftest import ROOT
 from gw_process import HardhatNode
 
@@ -127,17 +125,6 @@ def test_demo_with_the_embedded_broker(tmp_path: Path) -> None:
     proc = demo(work, "--devices", "3", "--duration", "8", env=dict(os.environ, SURGE_DEMO_EMBEDDED_BROKER="1"))
     kinds = check_run(proc, work, "amqtt")
     assert kinds == {"sim": 3, "micropython": 1, "not enrolled": 0}
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[HardhatNode]:
-    ensure_node_modules()
-    hh = HardhatNode()
-    try:
-        hh.wait_ready()
-        yield hh
-    finally:
-        hh.stop()
 
 
 def test_demo_on_existing_broker_and_chain(tmp_path: Path, broker: Mosquitto, node: HardhatNode) -> None:

@@ -8,31 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker import Mosquitto
-from chain_fixtures import ensure_node_modules
 from gateway.chain import ChainKey, open_chain
 from gw_helpers import Collector, Device
 from gw_process import (HARDHAT_KEY_0, AckPublisher, HardhatNode, TcpProxy, enroll, gateway_log, query, rpc,
                         start_gateway, stop, wait_for, wait_online)
 
 K = 3
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[HardhatNode]:
-    ensure_node_modules()
-    hh = HardhatNode()
-    try:
-        hh.wait_ready()
-        yield hh
-    finally:
-        hh.stop()
 
 
 def confirmed(watch: Collector) -> list[dict[str, Any]]:

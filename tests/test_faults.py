@@ -10,31 +10,20 @@ times; `make soak` runs the same scenarios many more times (bench/soak.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from broker import Mosquitto
-from chain_fixtures import ensure_node_modules
 from faults_lib import (Figures, agent_power_cuts, broker_kills_with_agents, can_mount_tmpfs, gateway_disk_full,
                         gateway_page_limit, gateway_random_kills)
-from gw_process import HardhatNode, Miner
+from gw_process import HardhatNode
 
 KILLS = int(os.environ.get("SURGE_FAULT_KILLS", "10"))
 
 
-@pytest.fixture(scope="module")
-def node() -> Iterator[HardhatNode]:
-    ensure_node_modules()
-    hh = HardhatNode()
-    try:
-        hh.wait_ready()
-        miner = Miner(hh)
-        yield hh
-        miner.stop()
-    finally:
-        hh.stop()
+# A block every 0.2 s: the gateway under test waits for K confirmations.
+pytestmark = pytest.mark.usefixtures("miner")
 
 
 def no_loss(fig: Figures) -> None:

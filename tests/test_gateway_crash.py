@@ -14,32 +14,21 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from broker import Mosquitto, free_port
-from chain_fixtures import ensure_node_modules
 from gateway.chain import AlreadyAnchored, ChainKey, open_chain
 from gw_helpers import Collector, Device
-from gw_process import (HARDHAT_KEY_0, AckPublisher, HardhatNode, Miner, gateway_log, enroll, metric_value,
+from gw_process import (HARDHAT_KEY_0, AckPublisher, HardhatNode, gateway_log, enroll, metric_value,
                         metrics_text, query, start_gateway, status, stop, wait_for, wait_online)
 
 CRASH_POINTS = ("ingest-committed", "batch-closed", "anchor-submitted", "anchor-recorded")
 
 
-@pytest.fixture(scope="module")
-def node() -> Iterator[HardhatNode]:
-    ensure_node_modules()
-    hh = HardhatNode()
-    try:
-        hh.wait_ready()
-        miner = Miner(hh)
-        yield hh
-        miner.stop()
-    finally:
-        hh.stop()
+# A block every 0.2 s: the gateway under test waits for K confirmations.
+pytestmark = pytest.mark.usefixtures("miner")
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)

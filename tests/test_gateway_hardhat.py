@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from broker import Mosquitto, free_port
-from chain_fixtures import ensure_node_modules
 from gateway.chain import ChainKey, open_chain
 from gw_helpers import Collector, Device
 from gw_process import (HARDHAT_KEY_0, HARDHAT_KEY_1, AckPublisher, HardhatNode, Miner, TcpProxy, enroll,
@@ -25,17 +22,6 @@ from gw_process import (HARDHAT_KEY_0, HARDHAT_KEY_1, AckPublisher, HardhatNode,
                         wait_for, wait_online)
 
 K = 3  # confirmations
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[HardhatNode]:
-    ensure_node_modules()
-    hh = HardhatNode()
-    try:
-        hh.wait_ready()
-        yield hh
-    finally:
-        hh.stop()
 
 
 def contract_of(db: Path, chain_url: str) -> str:

@@ -14,6 +14,8 @@ its event loop does not compete with the gateway for the demo's GIL.
 
 from __future__ import annotations
 
+import abc
+
 import asyncio
 import os
 import shutil
@@ -77,7 +79,7 @@ class Broker:
         """An external broker is not ours to stop."""
 
 
-class _ChildBroker(Broker):
+class _ChildBroker(Broker, abc.ABC):
     """A broker process on a free loopback port, logging into ``workdir``."""
 
     def __init__(self, workdir: Path) -> None:
@@ -88,8 +90,9 @@ class _ChildBroker(Broker):
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
 
+    @abc.abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The argv that starts this broker (Mosquitto or amqtt)."""
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
