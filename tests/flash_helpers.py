@@ -19,11 +19,11 @@ WIFI_PASSWORD = "correct-horse-battery-staple"
 
 
 def surge(*args: str, timeout: float = 180, env: dict[str, str] | None = None,
-          user: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`surge ...` with the flash/device commands (registered or not in agent.cli yet)."""
+          drop_dac: bool = False) -> subprocess.CompletedProcess[str]:
+    """`surge ...` with the flash/device commands; `drop_dac` runs it without CAP_DAC_OVERRIDE."""
     cmd = [sys.executable, "-m", "firmware_shim.host.device_cli", *args]
-    if user is not None:
-        cmd = ["setpriv", "--reuid=" + user, "--regid=" + user, "--clear-groups", *cmd]
+    if drop_dac:
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
