@@ -24,7 +24,7 @@ per-device rate limit lifted (a burst of N/D reports from one device would
 otherwise be refused as rate_limited, by design).
 
 ``--profile FILE`` additionally runs the gateway's per-message path
-(``Ingest.process``: verify + commit + acknowledge) in this process under
+(``Ingest.process``: verify + commit) in this process under
 cProfile on the same reports, without broker or chain, and writes the stats.
 """
 
@@ -321,35 +321,26 @@ def anchored_gas(db: Path, n: int, proc: subprocess.Popen[bytes], timeout: float
 # -- profile of the per-message path ---------------------------------------------------
 
 class _Msg:
-    """What Ingest.process reads from a paho MQTTMessage."""
+    """What Ingest.process reads from a received message."""
 
-    __slots__ = ("topic", "payload", "mid", "qos")
+    __slots__ = ("topic", "payload", "packet_id", "qos")
 
-    def __init__(self, topic: str, payload: bytes, mid: int) -> None:
-        self.topic, self.payload, self.mid, self.qos = topic, payload, mid, 1
-
-
-class _NoClient:
-    def ack(self, mid: int, qos: int) -> None:
-        pass
-
-    def publish(self, *args: Any, **kwargs: Any) -> None:
-        pass
+    def __init__(self, topic: str, payload: bytes, packet_id: int) -> None:
+        self.topic, self.payload, self.packet_id, self.qos = topic, payload, packet_id, 1
 
 
 def profile_ingest(workdir: Path, messages: list[tuple[str, bytes]], publics: list[bytes],
                    out: Path) -> dict[str, Any]:
-    """Ingest.process over all messages in commit groups, under cProfile."""
+    """Ingest.process (verify + commit, no acknowledging) over all messages in commit groups, under cProfile."""
     from gateway.config import GatewayConfig
     from gateway.ingest import Ingest
-    from gateway.metrics import Metrics
+    from gateway.metrics import IngestMetrics
     from gateway.store import Store
 
     db = workdir / "profile.db"
     enroll_all(db, publics)
     cfg = GatewayConfig(db=str(db), rate_limit_per_s=1e6, rate_burst=len(messages))
-    ingest = Ingest(cfg, Store(db), Metrics(), "bench")
-    ingest.client = _NoClient()  # type: ignore[assignment]
+    ingest = Ingest(cfg, Store(db), IngestMetrics(), "bench")
     msgs = [_Msg(t, p, i + 1) for i, (t, p) in enumerate(messages)]
     group = cfg.commit_group
     prof = cProfile.Profile()

@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     from gateway.service import Gateway
 
     try:
-        gw = Gateway(cfg)
+        gw = Gateway(cfg, log_json=args.log_json)
     except (ChainError, StoreError) as exc:
         raise CLIError(str(exc)) from None
 
@@ -77,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     gw.run(args.duration)
-    return 0
+    return gw.exit_code
 
 
 def _pubkey_from(args: argparse.Namespace) -> bytes:

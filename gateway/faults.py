@@ -26,6 +26,9 @@ def crash_point(name: str) -> None:
         return
     _counts[name] = _counts.get(name, 0) + 1
     if _counts[name] >= int(nth or 1):
+        parent = os.environ.get("SURGE_GATEWAY_PARENT")
+        if parent:  # the ingest process (gateway/ingest_process.py): the whole gateway goes down
+            os.kill(int(parent), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

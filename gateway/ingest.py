@@ -1,30 +1,28 @@
 """Ingest stage: MQTT in, verified outcomes durably committed, then acknowledged.
 
-paho-mqtt (MQTT v5) delivers report and birth messages with manual
-acknowledgement.  A worker thread verifies messages in groups and commits
-each group's outcomes (accepted reports and rejections) in one SQLite
-transaction; only after that commit does it send the PUBACKs.  If a commit
-fails (disk full, database locked) nothing is acknowledged: the messages stay
-queued here and, should the process die, with the broker, which redelivers
-them to the persistent session.
+One thread owns the ingest connection (gateway/mqtt_client.py, MQTT 5 or
+3.1.1) and does everything in turn: read whatever the broker has sent, verify
+a group of messages, commit the group's outcomes (accepted reports and
+rejections) in one SQLite transaction, and only then send the group's PUBACKs
+in one write.  If a commit fails (disk full, database locked) nothing is
+acknowledged: the messages stay held here and, should the process die, with
+the broker, which redelivers them to the persistent session.  The broker
+sends at most Receive Maximum unacknowledged messages, which bounds what is
+held.  It runs in a process of its own (gateway/ingest_process.py); what
+integrators see of an accepted report (`verified`, `rejected` receipts) is
+published by the pipeline from the database (gateway/republish.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import queue
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Iterator
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 import boards
 from agent import claims as C
@@ -34,8 +32,8 @@ from gateway import envelope
 from gateway.config import GatewayConfig
 from gateway import rotation
 from gateway.faults import crash_point
-from gateway.metrics import Metrics
-from gateway.republish import Publisher, verified_body
+from gateway.metrics import IngestMetrics
+from gateway.mqtt_client import Connection, ConnectionLost, Incoming, MQTTError, Refused, Will, backoff_delays
 from gateway.store import AcceptedRow, Device, DeviceState, RejectedRow, Store
 from gateway.verify import Accepted, Duplicate, Limits, Outcome, Rejection, Verifier, parse_topic
 
@@ -71,61 +69,37 @@ class RateLimiter:
         return True
 
 
-def verified_json(acc: Accepted, fleet: str, received_at: float, batch: dict[str, Any] | None) -> bytes:
-    """The integrator-facing JSON of one accepted report (docs/protocol.md)."""
-    return verified_body(acc.device.device_id, fleet, acc.device.board, acc.boot, acc.seq, received_at, acc.gap,
-                         acc.claims, acc.cose, batch)
-
-
-def _verified_messages(accepted: list[tuple[Accepted, str]], now: float) -> list[tuple[str, bytes]]:
-    """The first `verified` message of each accepted report; built on the publisher thread."""
-    return [("surge/v1/%s/%s/verified" % (fleet, acc.device.device_id), verified_json(acc, fleet, now, None))
-            for acc, fleet in accepted]
-
-
 class Ingest:
-    def __init__(self, cfg: GatewayConfig, store: Store, metrics: Metrics, gateway_id: str,
-                 publisher: Publisher | None = None) -> None:
+    def __init__(self, cfg: GatewayConfig, store: Store, metrics: IngestMetrics, gateway_id: str) -> None:
         self.cfg = cfg
         self.store = store
         self.metrics = metrics
         self.gateway_id = gateway_id
-        self.queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst)
         self.devices: dict[str, tuple[Device | None, float]] = {}
+        self.registry_version: str | None = None
         self.states: dict[str, DeviceState] = {}
         self.boards: dict[str, BoardProfile | None] = {}
         self.pending_state: dict[str, DeviceState] = {}
         self.pending_seen: dict[tuple[str, int, int], bytes] = {}
         self.verifier = Verifier(self._device, self._state, self._seen, self._board,
                                  Limits(max_bytes=cfg.max_report_bytes))
-        self.stop_event = threading.Event()
         self.connected = threading.Event()
         self.commit_failing = False
-        self.worker = threading.Thread(target=self._run, name="surge-ingest", daemon=True)
         host, port, tls = cfg.broker_host_port()
-        v5 = cfg.mqtt_version == "5"
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="surge-gw-%s" % gateway_id,
-                                  protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                                  clean_session=None if v5 else False, manual_ack=True)
-        if cfg.username:
-            self.client.username_pw_set(cfg.username, cfg.password)
-        if tls:
-            self.client.tls_set(ca_certs=cfg.broker_ca)
-        self.client.max_queued_messages_set(0)
-        self.client.max_inflight_messages_set(1000)
+        self.host, self.port = host, port
         # Retained gateway status with a last will, like devices have: operators
         # and tests see when this gateway is subscribed and when it is gone.
         self.status_topic = "surge/v1/_gateway/%s/status" % gateway_id
-        self.client.will_set(self.status_topic, b"offline", qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(1, 30)
-        self.host, self.port = host, port
-        # Outgoing messages use a connection and threads of their own (gateway/republish.py).
-        self.publisher = publisher if publisher is not None else Publisher(cfg, gateway_id)
+        v5 = cfg.mqtt_version == "5"
+        self.conn = Connection(
+            host, port, "surge-gw-%s" % gateway_id, version=cfg.mqtt_version, username=cfg.username,
+            password=cfg.password, tls=tls, ca_file=cfg.broker_ca, keepalive=30, clean_start=False,
+            session_expiry=SESSION_EXPIRY_S if v5 else 0,
+            # Bounds what the broker sends before we acknowledge: backpressure
+            # when commits stall, instead of unbounded memory here.
+            receive_maximum=min(65535, max(100, 4 * cfg.commit_group)) if v5 else None,
+            will=Will(self.status_topic, b"offline", qos=1, retain=True))
 
     # -- lookups for the verifier (group-local state first) -----------------
     def _device(self, device_id: str) -> Device | None:
@@ -160,79 +134,60 @@ class Ingest:
                 self.boards[name] = None
         return self.boards[name]
 
+    def _registry_changed(self) -> None:
+        """Forget cached devices when enroll, revoke or a key rotation changed the registry."""
+        version = self.store.meta("registry_version")
+        if version != self.registry_version:
+            self.registry_version = version
+            self.devices.clear()
+
     # -- MQTT ---------------------------------------------------------------
-    def start(self) -> None:
-        if self.cfg.mqtt_version == "5":
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = SESSION_EXPIRY_S
-            # Bounds what the broker sends before we acknowledge: backpressure
-            # when commits stall, instead of unbounded memory here.
-            props.ReceiveMaximum = min(65535, max(100, 4 * self.cfg.commit_group))
-            self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
-        else:
-            # MQTT 3.1.1: the session persists through clean_session=False (set
-            # on the client); max_inflight_messages bounds what is unacknowledged.
-            self.client.connect_async(self.host, self.port, keepalive=30)
-        self.client.loop_start()
-        self.publisher.start()
-        self.worker.start()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.worker.join(timeout=30)
-        self.publisher.stop()
-        self.client.publish(self.status_topic, b"offline", qos=1, retain=True).wait_for_publish(5)
-        self.client.disconnect()
-        self.client.loop_stop()
-
     def _topic(self, kind: str) -> str:
         t = "surge/v1/+/+/%s" % kind
         return "$share/%s/%s" % (self.cfg.share_group, t) if self.cfg.share_group else t
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if rc.is_failure:
-            log.error("broker refused the connection: %s", rc)
-            return
-        log.info("connected to %s:%d", self.host, self.port)
-        client.subscribe([(self._topic("report"), 1), (self._topic("birth"), 1)])
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
-        if any(rc.is_failure for rc in rcs):
-            log.error("broker refused the subscriptions: %s (check the ACL for this gateway's user)", rcs)
-            return
-        client.publish(self.status_topic, b"online", qos=1, retain=True)
-        self.connected.set()
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        self.connected.clear()
-        if not self.stop_event.is_set():
-            log.warning("lost the broker (%s); reconnecting", rc)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.queue.put(msg)
-        self.metrics.queue_depth.inc()
-
-    # -- worker -------------------------------------------------------------
-    def _drain(self) -> list[mqtt.MQTTMessage]:
-        try:
-            first = self.queue.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        group = [first]
-        while len(group) < self.cfg.commit_group:
+    def run(self, stop: threading.Event) -> None:
+        """Connect, subscribe and ingest until ``stop``; reconnect with backoff when the broker goes."""
+        delays: Iterator[float] | None = None
+        while not stop.is_set():
             try:
-                group.append(self.queue.get_nowait())
-            except queue.Empty:
-                break
-        return group
+                self._session(stop)
+            except Refused as exc:
+                log.error("%s", exc)
+            except (MQTTError, OSError) as exc:
+                if self.connected.is_set() or delays is None:
+                    log.warning("lost the broker at %s:%d (%s); reconnecting", self.host, self.port, exc)
+            else:
+                return
+            finally:
+                self.connected.clear()
+                self.conn.close()
+            if delays is None or self.connected.is_set():
+                delays = backoff_delays(1, 30)
+            stop.wait(next(delays))
 
-    def _run(self) -> None:
-        held: list[mqtt.MQTTMessage] = []
-        while not self.stop_event.is_set() or held:
-            group = held or self._drain()
-            if not group:
+    def _session(self, stop: threading.Event) -> None:
+        conn = self.conn
+        conn.connect()
+        log.info("connected to %s:%d", self.host, self.port)
+        try:
+            conn.subscribe([(self._topic("report"), 1), (self._topic("birth"), 1)])
+        except Refused as exc:
+            raise Refused("%s (check the ACL for this gateway's user)" % exc) from None
+        conn.resend_unacked()
+        conn.publish([(self.status_topic, b"online", True)])
+        self.connected.set()
+        held: list[Incoming] = []
+        retry_at = 0.0
+        while not stop.is_set():
+            # Drain the socket without waiting while there is work in hand.
+            held.extend(conn.poll(0.2 if not held else 0.0))
+            self.metrics.queue_depth.set(len(held))
+            if not held or time.monotonic() < retry_at:
+                if held:
+                    stop.wait(0.05)
                 continue
-            held = []
+            group = held[:self.cfg.commit_group]
             try:
                 self.process(group)
             except sqlite3.Error as exc:
@@ -242,22 +197,27 @@ class Ingest:
                     log.error("cannot store %d messages: %s; not acknowledging them (the broker keeps "
                               "them) and retrying every second", len(group), exc)
                 self.commit_failing = True
-                held = group
-                if self.stop_event.wait(1.0):
-                    return  # shutting down: the broker redelivers what we never acknowledged
+                retry_at = time.monotonic() + 1.0
+                continue
             except Exception:  # a bug must not stop ingest; the group stays unacknowledged
                 log.exception("unexpected error while processing %d messages", len(group))
-                held = group
-                self.stop_event.wait(1.0)
+                retry_at = time.monotonic() + 1.0
+                continue
+            del held[:len(group)]
+            conn.ack([m.packet_id for m in group if m.qos])
+        # Stopping: what is held was never acknowledged, so the broker keeps it.
+        conn.publish([(self.status_topic, b"offline", True)])
+        conn.wait_acked(5.0)
+        conn.disconnect()
 
-    def process(self, group: list[mqtt.MQTTMessage]) -> None:
-        """Verify, commit, then acknowledge one group of messages."""
+    def process(self, group: list[Incoming]) -> None:
+        """Verify one group of messages and commit their outcomes (the caller acknowledges)."""
         now = time.time()
         accepted: list[tuple[Accepted, str]] = []
         rows: list[AcceptedRow] = []
         rejected: list[RejectedRow] = []
-        digests: list[str] = []  # SHA-256 of each rejected message, whole (the stored copy is capped)
         dupes = 0
+        self._registry_changed()
         self.pending_state.clear()
         self.pending_seen.clear()
         try:
@@ -273,9 +233,10 @@ class Ingest:
                 elif isinstance(outcome, Duplicate):
                     dupes += 1
                 elif outcome is not None:
+                    # The stored copy is capped; the digest is of the whole message.
                     rejected.append(RejectedRow(now, msg.topic[:200], outcome.device_id, outcome.reason,
-                                                outcome.detail[:500], bytes(msg.payload[:2048])))
-                    digests.append(hashlib.sha256(msg.payload).hexdigest())
+                                                outcome.detail[:500], msg.payload[:2048],
+                                                hashlib.sha256(msg.payload).hexdigest()))
             self.store.commit_outcomes(rows, rejected)
             crash_point("ingest-committed")
             self.states.update(self.pending_state)
@@ -285,37 +246,19 @@ class Ingest:
         if self.commit_failing:
             log.info("store writable again; resumed acknowledging")
             self.commit_failing = False
-        for msg in group:
-            self.client.ack(msg.mid, msg.qos)
         rotation.note_announcements(self.store, accepted)  # key rotation, protocol §3.1 (rare; cheap check)
-        self.metrics.queue_depth.dec(len(group))
         self.metrics.accepted.inc(len(rows))
         self.metrics.duplicates.inc(dupes)
-        for r, digest in zip(rejected, digests):
+        for r in rejected:
             self.metrics.rejected.labels(r.reason).inc()
             if r.reason != "rate_limited":  # a flood must not become a flood of log lines; metrics count it
                 log.info("rejected %s: %s (%s)", r.device_id or r.topic, r.reason, r.detail)
-            self._tell_device(r, digest)
         for acc, fleet in accepted:
             if acc.gap:
                 self.metrics.gaps.inc()
                 log.info("gap for %s at boot %d seq %d: %s", acc.device.device_id, acc.boot, acc.seq, acc.gap_detail)
-        if self.cfg.republish and accepted:
-            # One job per group: the JSON is built and published on the publisher
-            # thread and connection, after the PUBACKs above have gone out.
-            self.publisher.submit(lambda: _verified_messages(accepted, now))
 
-    def _tell_device(self, r: RejectedRow, digest: str) -> None:
-        """A `rejected` receipt, so the device (and `surge flash`) learns why."""
-        parts = r.topic.split("/")
-        if r.reason == "rate_limited" or len(parts) != 5 or parts[4] != "report" or not r.payload:
-            return  # never answer floods, or topics that are not a device's report topic
-        body = {"v": 1, "status": "rejected", "device": parts[3], "reason": r.reason, "detail": r.detail,
-                "report_sha256": digest}
-        self.publisher.publish("surge/v1/%s/%s/receipt" % (parts[2], parts[3]),
-                               json.dumps(body, separators=(",", ":")).encode())
-
-    def _verify_one(self, msg: mqtt.MQTTMessage, now: float) -> tuple[Outcome | None, str]:
+    def _verify_one(self, msg: Incoming, now: float) -> tuple[Outcome | None, str]:
         parsed = parse_topic(msg.topic)
         if isinstance(parsed, Rejection):
             return parsed, ""
@@ -323,7 +266,7 @@ class Ingest:
         if not self.limiter.allow(device_id, now):
             return Rejection("rate_limited", "more than %.1f messages/s (burst %d)"
                              % (self.cfg.rate_limit_per_s, self.cfg.rate_burst), device_id), fleet
-        data = bytes(msg.payload)
+        data = msg.payload
         if kind == "birth":
             self._birth(device_id, data)
             return None, fleet

@@ -1,11 +1,13 @@
-"""Prometheus metrics of one gateway process (own registry, so tests can run several)."""
+"""Prometheus metrics of one gateway (own registries, so tests can run several)."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
-class Metrics:
+class IngestMetrics:
+    """Counted by the ingest process (gateway/ingest_process.py), served by the parent."""
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.accepted = Counter("surge_reports_accepted", "Reports verified and durably stored", registry=r)
@@ -17,6 +19,13 @@ class Metrics:
         self.queue_depth = Gauge("surge_ingest_queue_depth", "Messages received and not yet committed", registry=r)
         self.commit_errors = Counter("surge_commit_errors", "Failed store commits (messages kept unacknowledged)",
                                      registry=r)
+
+
+class Metrics:
+    """The gateway's /metrics: the pipeline's own, plus the ingest process's latest samples."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
         self.unbatched = Gauge("surge_unbatched_reports", "Accepted reports waiting for a batch", registry=r)
         self.batch_size = Histogram("surge_batch_size", "Reports per closed batch", registry=r,
                                     buckets=(1, 10, 100, 1000, 10_000, 100_000))

@@ -59,30 +59,23 @@ def _receipt(rep: StoredReport, batch: Batch, anchor: Anchor, proof: list[bytes]
     }
 
 
-def receipts(store: Store, batch: Batch, anchor: Anchor) -> Iterator[tuple[str, dict[str, Any]]]:
+def receipts(store: Store, batch: Batch, anchor: Anchor,
+             leaves: list[StoredReport] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """(device fleet, receipt) for every report of a confirmed batch, in leaf order."""
-    leaves = store.batch_leaves(batch.seq)
+    if leaves is None:
+        leaves = store.batch_leaves(batch.seq)
     tree = merkle.MerkleTree([merkle.leaf_hash(r.cose) for r in leaves])
     if tree.root != batch.root:
         raise RuntimeError("batch %d: stored reports do not hash to the recorded root" % batch.seq)
-    fleets: dict[str, str] = {}
+    devices = store.batch_devices(batch.seq)
     for rep, proof in zip(leaves, tree.proofs()):
-        if rep.device_id not in fleets:
-            dev = store.device(rep.device_id)
-            fleets[rep.device_id] = dev.fleet if dev else "unknown"
-        yield fleets[rep.device_id], _receipt(rep, batch, anchor, proof)
+        dev = devices.get(rep.device_id)
+        yield dev[0] if dev else "unknown", _receipt(rep, batch, anchor, proof)
 
 
 def batch_event(store: Store, batch: Batch, event: str, publish: Publish, anchor: Anchor | None = None) -> None:
     """A `closed`, `confirmed` or `reorged` event on the batches topic of each fleet in the batch."""
-    per_fleet: dict[str, int] = {}
-    fleets: dict[str, str] = {}
-    for rep in store.batch_leaves(batch.seq):
-        if rep.device_id not in fleets:
-            dev = store.device(rep.device_id)
-            fleets[rep.device_id] = dev.fleet if dev else "unknown"
-        f = fleets[rep.device_id]
-        per_fleet[f] = per_fleet.get(f, 0) + 1
+    per_fleet = store.batch_fleet_counts(batch.seq)
     body: dict[str, Any] = {"v": 1, "event": event, "batch": batch.record()}
     if anchor is not None:
         body["chain"] = anchor_fields(anchor)
@@ -92,10 +85,11 @@ def batch_event(store: Store, batch: Batch, event: str, publish: Publish, anchor
         publish("surge/v1/%s/batches" % fleet, json.dumps(dict(body, fleet_reports=n), separators=(",", ":")).encode())
 
 
-def publish_confirmed(store: Store, batch: Batch, anchor: Anchor, publish: Publish) -> int:
+def publish_confirmed(store: Store, batch: Batch, anchor: Anchor, publish: Publish,
+                      leaves: list[StoredReport] | None = None) -> int:
     """Send each device its receipt and the fleet a batch event; returns receipts sent."""
     n = 0
-    for fleet, rec in receipts(store, batch, anchor):
+    for fleet, rec in receipts(store, batch, anchor, leaves):
         publish("surge/v1/%s/%s/receipt" % (fleet, rec["device"]), json.dumps(rec, separators=(",", ":")).encode())
         n += 1
     batch_event(store, batch, "confirmed", publish, anchor)

@@ -3,32 +3,33 @@
 Performance (docs/performance.md): the gateway's outgoing messages (`verified`
 on accept, `receipt` and `verified`-with-batch on confirmation, rejected
 receipts, batch events) go out through a :class:`Publisher`: its own MQTT
-connection, its own paho network thread, and a thread that turns queued jobs
-into payloads.  The ingest connection then carries only incoming reports and
-their PUBACKs, so an acknowledgement never waits behind thousands of outgoing
-QoS 1 messages, and the ingest worker never builds JSON.  Every publish is
-still QoS 1 (docs/protocol.md §2.1), in the order it was queued.
+connection (gateway/mqtt_client.py) and its own thread, which builds payloads
+from queued jobs and writes them to the socket in bulk.  Every publish is
+QoS 1 (docs/protocol.md §2.1), in the order it was queued; messages the
+broker has not acknowledged are sent again after a reconnect.
+
+The ingest process only stores; :class:`Tail` follows the reports and
+rejections tables and queues the `verified` messages and `rejected` receipts.
+Its cursors move (in the database) only once the broker has acknowledged
+what came before them, so a crash sends some messages twice, never none.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
 import threading
-import time
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Union
 
 import cbor2
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from agent import claims as C
 from gateway.config import GatewayConfig
+from gateway.mqtt_client import Connection, MQTTError, backoff_delays
 from gateway.receipts import anchor_fields
-from gateway.store import Anchor, Batch, Store
+from gateway.store import Anchor, Batch, RejectedRow, Store, StoredReport
 
 log = logging.getLogger("surge.gateway.publisher")
 
@@ -64,12 +65,13 @@ def _stored_claims(cose: bytes) -> dict[Any, Any]:
     return dict(cbor2.loads(cbor2.loads(cose).value[2]))
 
 
-def republish_anchored(store: Store, batch: Batch, anchor: Anchor, publish: Callable[[str, bytes], None]) -> None:
+def republish_anchored(store: Store, batch: Batch, anchor: Anchor, publish: Callable[[str, bytes], None],
+                       leaves: list[StoredReport] | None = None) -> None:
     """Each report of a confirmed batch again on its verified topic, now with ``batch`` filled in."""
     info = {"status": "confirmed", "batch_seq": batch.seq, "tree_size": batch.size, "root": batch.root.hex(),
             "gateway_id": batch.gateway_id, **anchor_fields(anchor)}
     devices = store.batch_devices(batch.seq)  # one query, not one per leaf
-    for rep in store.batch_leaves(batch.seq):
+    for rep in leaves if leaves is not None else store.batch_leaves(batch.seq):
         dev = devices.get(rep.device_id)
         if dev is None:
             continue
@@ -81,47 +83,29 @@ def republish_anchored(store: Store, batch: Batch, anchor: Anchor, publish: Call
 
 
 class Publisher:
-    """Outgoing QoS 1 messages on a connection and threads of their own, in queue order."""
+    """Outgoing QoS 1 messages on a connection and a thread of their own, in queue order."""
 
     def __init__(self, cfg: GatewayConfig, gateway_id: str) -> None:
         self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="surge-publish", daemon=True)
         self.started = False
-        self.last: mqtt.MQTTMessageInfo | None = None
+        self.stopping = threading.Event()
         host, port, tls = cfg.broker_host_port()
         self.host, self.port = host, port
+        v5 = cfg.mqtt_version == "5"
         # A client id of its own (the broker would otherwise drop the ingest
         # connection as a duplicate); same credentials, so the same ACL applies.
-        self.v5 = cfg.mqtt_version == "5"
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="surge-gw-%s-pub" % gateway_id,
-                                  protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
-                                  clean_session=None if self.v5 else False)
-        if cfg.username:
-            self.client.username_pw_set(cfg.username, cfg.password)
-        if tls:
-            self.client.tls_set(ca_certs=cfg.broker_ca)
-        self.client.max_queued_messages_set(0)
-        self.client.max_inflight_messages_set(1000)
-        self.client.reconnect_delay_set(1, 30)
-        self.client.on_connect = self._on_connect
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if rc.is_failure:
-            log.error("broker refused the publisher connection: %s", rc)
+        # Persistent session, so what the broker acknowledged is not asked again.
+        self.conn = Connection(host, port, "surge-gw-%s-pub" % gateway_id, version=cfg.mqtt_version,
+                               username=cfg.username, password=cfg.password, tls=tls, ca_file=cfg.broker_ca,
+                               keepalive=30, clean_start=False, session_expiry=SESSION_EXPIRY_S if v5 else 0)
+        # Built messages and after-sent markers, oldest first; survives reconnects.
+        self.pending: collections.deque[Any] = collections.deque()
 
     def start(self) -> None:
         if self.started:
             return
         self.started = True
-        if self.v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            # Persistent session: QoS 1 messages unacknowledged when the broker goes
-            # away are sent again after the reconnect (paho keeps them in memory).
-            props.SessionExpiryInterval = SESSION_EXPIRY_S
-            self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
-        else:  # MQTT 3.1.1 (config mqtt_version): the same through clean_session=False
-            self.client.connect_async(self.host, self.port, keepalive=30)
-        self.client.loop_start()
         self.thread.start()
 
     def publish(self, topic: str, payload: bytes) -> None:
@@ -136,23 +120,73 @@ class Publisher:
         """Call ``fn`` (on the publisher thread) when everything queued so far has its PUBACK."""
         self.jobs.put(_AfterSent(fn))
 
-    def _run(self) -> None:
+    def _take_jobs(self, wait: float) -> bool:
+        """Move queued jobs into ``pending`` (building payloads); False once told to stop."""
+        try:
+            job = self.jobs.get(timeout=wait) if wait > 0 else self.jobs.get_nowait()
+        except queue.Empty:
+            return True
         while True:
-            job = self.jobs.get()
             if job is _STOP:
-                return
-            if isinstance(job, _AfterSent):
-                # Messages go out in order, so the last one acknowledged means all are.
-                while self.last is not None and not self.last.is_published():
-                    time.sleep(0.01)
-                job.fn()
-                continue
+                return False
+            if isinstance(job, (tuple, _AfterSent)):
+                self.pending.append(job)
+            else:
+                try:
+                    self.pending.extend(job())
+                except Exception:  # a bad job must not stop the publisher
+                    log.exception("publisher job failed")
             try:
-                messages = [job] if isinstance(job, tuple) else job()
-                for topic, payload in messages:
-                    self.last = self.client.publish(topic, payload, qos=1)
-            except Exception:  # a bad job must not stop the publisher
-                log.exception("publisher job failed")
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _flush(self) -> None:
+        """Hand pending messages to the connection up to the next marker; run markers when due."""
+        conn = self.conn
+        while self.pending:
+            if isinstance(self.pending[0], _AfterSent):
+                # Messages go out in order: none unacknowledged means all before it are.
+                if conn.unacked():
+                    return
+                self.pending.popleft().fn()
+                continue
+            conn.publish(self._take_messages(1000))
+
+    def _take_messages(self, limit: int) -> Iterator[tuple[str, bytes, bool]]:
+        # Lazily: a message leaves ``pending`` only when the connection takes it
+        # (and keeps it until its PUBACK), so a connection lost midway loses none.
+        for _ in range(limit):
+            if not self.pending or isinstance(self.pending[0], _AfterSent):
+                return
+            topic, payload = self.pending.popleft()
+            yield topic, payload, False
+
+    def _run(self) -> None:
+        delays: Iterator[float] | None = None
+        running = True
+        while True:
+            try:
+                self.conn.connect()
+                self.conn.resend_unacked()
+                delays = None
+                # After _STOP: what is queued still goes out, until stop() gives up waiting.
+                while running or ((self.pending or self.conn.unacked()) and not self.stopping.is_set()):
+                    if running:
+                        running = self._take_jobs(0.0 if self.pending else 0.2)
+                    self._flush()
+                    self.conn.poll(0.0 if self.pending else 0.05)
+                self.conn.disconnect()
+                return
+            except (MQTTError, OSError) as exc:
+                self.conn.close()
+                if self.stopping.is_set():
+                    return
+                if delays is None:
+                    log.warning("publisher lost the broker at %s:%d (%s); %d messages wait, reconnecting",
+                                self.host, self.port, exc, self.conn.unacked() + len(self.pending))
+                    delays = backoff_delays(1, 30)
+                self.stopping.wait(next(delays))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Send what is queued (waiting at most ``timeout`` for acknowledgements), then disconnect."""
@@ -160,9 +194,67 @@ class Publisher:
             return
         self.jobs.put(_STOP)
         self.thread.join(timeout)
-        if self.last is not None:
-            deadline = time.monotonic() + timeout
-            while not self.last.is_published() and time.monotonic() < deadline:
-                time.sleep(0.02)
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.stopping.set()
+        self.thread.join(5)
+
+
+def rejected_receipt(r: RejectedRow) -> tuple[str, bytes] | None:
+    """A `rejected` receipt, so the device (and `surge flash`) learns why; None where none is due."""
+    parts = r.topic.split("/")
+    if r.reason == "rate_limited" or len(parts) != 5 or parts[4] != "report" or not r.payload:
+        return None  # never answer floods, or topics that are not a device's report topic
+    body = {"v": 1, "status": "rejected", "device": parts[3], "reason": r.reason, "detail": r.detail,
+            "report_sha256": r.payload_sha256}
+    return "surge/v1/%s/%s/receipt" % (parts[2], parts[3]), json.dumps(body, separators=(",", ":")).encode()
+
+
+class Tail:
+    """Follows the reports and rejections the ingest process stores, and publishes them."""
+
+    CHUNK = 2000
+
+    def __init__(self, store: Store, publisher: Publisher, republish: bool) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.republish = republish
+        # Cursors start at the present the first time (history is not replayed).
+        reports, rejections = store.max_ids()
+        self.reports = int(store.meta("cursor:verified") or reports)
+        self.rejections = int(store.meta("cursor:rejected") or rejections)
+        store.set_meta("cursor:verified", str(self.reports))
+        store.set_meta("cursor:rejected", str(self.rejections))
+        self.acked: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+
+    def step(self) -> int:
+        """Queue everything stored since the last step; returns how many messages."""
+        queued = 0
+        while self.republish:
+            rows = self.store.reports_after(self.reports, self.CHUNK)
+            if not rows:
+                break
+            self.publisher.submit(lambda rows=rows: [  # type: ignore[misc]
+                ("surge/v1/%s/%s/verified" % (fleet, rep.device_id),
+                 verified_body(rep.device_id, fleet, board, rep.boot, rep.seq, rep.received_at, gap,
+                               _stored_claims(rep.cose), rep.cose, None))
+                for rep, fleet, board, gap in rows])
+            self.reports = rows[-1][0].id
+            self._advance("cursor:verified", self.reports)
+            queued += len(rows)
+        while True:
+            rej = self.store.rejections_after(self.rejections, self.CHUNK)
+            if not rej:
+                break
+            for _, r in rej:
+                msg = rejected_receipt(r)
+                if msg is not None:
+                    self.publisher.publish(*msg)
+                    queued += 1
+            self.rejections = rej[-1][0]
+            self._advance("cursor:rejected", self.rejections)
+        while not self.acked.empty():
+            key, value = self.acked.get()
+            self.store.set_meta(key, str(value))
+        return queued
+
+    def _advance(self, key: str, value: int) -> None:
+        self.publisher.after_sent(lambda: self.acked.put((key, value)))

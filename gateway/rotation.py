@@ -82,6 +82,7 @@ def apply_confirmed(store: Store, batch: Batch) -> list[str]:
                                  "VALUES (?, ?, ?, ?)", (dev.device_id, dev.pubkey, time.time(), batch.seq))
                 store.db.execute("UPDATE devices SET pubkey=?, next_pubkey=NULL WHERE device_id=?",
                                  (key, dev.device_id))
+                store.bump_registry()
         except sqlite3.IntegrityError:
             log.error("device %s announced key %s, which another device uses; keeping its current key",
                       dev.device_id, C.device_id(key))

@@ -1,9 +1,11 @@
-"""The gateway process: ingest, batcher and anchorer wired together.
+"""The gateway: the ingest process, and the pipeline (batcher, anchorer, publisher).
 
-Each stage has its own database connection and hands off through the store,
-so the process can be killed at any instant and restarted: ingest resumes
-from the broker's persistent session, the batcher from unbatched reports, the
-anchorer from its pending records and the chain.
+Ingest runs in a child process (gateway/ingest_process.py); this process runs
+the pipeline at a lower CPU priority and serves /metrics.  Each stage has its
+own database connection and hands off through the store, so the gateway can
+be killed at any instant and restarted: ingest resumes from the broker's
+persistent session, the batcher from unbatched reports, the anchorer from its
+pending records and the chain, the publisher's tail from its cursors.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from gateway.anchorer import Anchorer
 from gateway.batcher import Batcher
 from gateway.chain import ChainBackend, Web3Chain, load_chain_key, load_keystore, open_chain
 from gateway.config import GatewayConfig
-from gateway.ingest import Ingest
+from gateway.ingest_process import IngestProcess
 from gateway.metrics import Metrics
+from gateway.republish import Publisher, Tail
 from gateway.store import Anchor, Batch, Store
 
 log = logging.getLogger("surge.gateway")
@@ -56,13 +59,17 @@ def open_gateway_chain(cfg: GatewayConfig, store: Store) -> Web3Chain:
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, chain: ChainBackend | None = None) -> None:
+    def __init__(self, cfg: GatewayConfig, chain: ChainBackend | None = None, log_json: bool = False,
+                 nice: int = 10) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
         self.store = Store(cfg.db)
         self.gateway_id = gateway_id(self.store, cfg.gateway_id)
         self.chain: ChainBackend = chain if chain is not None else open_gateway_chain(cfg, self.store)
-        self.ingest = Ingest(cfg, Store(cfg.db), self.metrics, self.gateway_id)
+        self.ingest = IngestProcess(cfg, self.gateway_id, log_json)
+        self.metrics.registry.register(self.ingest.samples)
+        self.publisher = Publisher(cfg, self.gateway_id)
+        self.tail = Tail(Store(cfg.db), self.publisher, cfg.republish)
         self.batcher = Batcher(Store(cfg.db), self.gateway_id, cfg.batch_size, cfg.batch_seconds)
         self.anchor_store = Store(cfg.db)
         self.anchorer = Anchorer(self.anchor_store, self.chain, cfg.confirmations, self.metrics, self._confirmed,
@@ -72,24 +79,25 @@ class Gateway:
         # thread, written to the store by the main loop, which owns that connection).
         self.receipted: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.mine_blocks = cfg.chain == "memory" and isinstance(self.chain, Web3Chain)
+        self.nice = nice
+        self.exit_code = 0
 
     def _publish(self, topic: str, payload: bytes) -> None:
-        # Queued for the publisher's own connection and thread (gateway/republish.py):
-        # confirmation receipts never delay PUBACKs on the ingest connection.
-        self.ingest.publisher.publish(topic, payload)
+        # Queued for the publisher's own connection and thread (gateway/republish.py).
+        self.publisher.publish(topic, payload)
 
     def _confirmed(self, batch: Batch, anchor: Anchor) -> None:
         from gateway import rotation
-        for device_id in rotation.apply_confirmed(self.anchor_store, batch):  # key rotation, protocol §3.1
-            self.ingest.devices.pop(device_id, None)  # ingest's registry cache must not keep the old key
-        sent = receipts.publish_confirmed(self.anchor_store, batch, anchor, self._publish)
+        rotation.apply_confirmed(self.anchor_store, batch)  # key rotation, protocol §3.1
+        leaves = self.anchor_store.batch_leaves(batch.seq)  # read once for receipts and republishing
+        sent = receipts.publish_confirmed(self.anchor_store, batch, anchor, self._publish, leaves)
         self.metrics.receipts.inc(sent)
         if self.cfg.republish:
             from gateway.republish import republish_anchored
-            republish_anchored(self.anchor_store, batch, anchor, self._publish)
+            republish_anchored(self.anchor_store, batch, anchor, self._publish, leaves)
         # 'receipted' only once the broker has every receipt: a crash before that
         # leaves the batch 'confirmed', and the next start sends them again.
-        self.ingest.publisher.after_sent(lambda: self.receipted.put(batch.seq))
+        self.publisher.after_sent(lambda: self.receipted.put(batch.seq))
 
     def _reorged(self, batch: Batch, anchor: Anchor) -> None:
         receipts.batch_event(self.anchor_store, batch, "reorged", self._publish, anchor)
@@ -109,22 +117,30 @@ class Gateway:
                  self.chain.chain_id, self.chain.contract_address, self.cfg.batch_size, self.cfg.batch_seconds,
                  self.cfg.confirmations)
         self.ingest.start()
+        if self.nice:
+            # Ingest acknowledges first; this thread, and the publisher thread it
+            # starts next, take the CPU it leaves (Linux nice values are per thread).
+            os.nice(self.nice)
+        self.publisher.start()
 
     def step(self) -> None:
         now = time.time()
+        self.tail.step()
         for b in self.batcher.step(now):
             self.metrics.batches.inc()
             self.metrics.batch_size.observe(b.size)
             receipts.batch_event(self.batcher.store, b, "closed", self._publish)
-        if self.mine_blocks:
+        if self.mine_blocks and self.anchor_store.unconfirmed_count():
             # The in-process chain makes blocks only for transactions; one empty
-            # block per pass stands in for block time so confirmations advance.
+            # block per pass stands in for block time so confirmations advance
+            # (only while an anchor waits: py-evm spends milliseconds on each).
             assert isinstance(self.chain, Web3Chain)
             self.chain.mine(1)
         self.anchorer.step(now)
         while not self.receipted.empty():
             self.anchor_store.mark_receipted(self.receipted.get())
         self.metrics.unbatched.set(self.batcher.store.unbatched_count())
+        self.batcher.store.checkpoint()  # the ingest process leaves WAL checkpoints to us
 
     def run(self, duration: float | None = None) -> None:
         self.start()
@@ -150,11 +166,21 @@ class Gateway:
                 failing = True
             if deadline is not None and time.monotonic() >= deadline:
                 break
+            if self.ingest.exited.is_set() and not self.ingest.stopping:
+                log.error("the ingest process exited (%s); stopping the gateway (its supervisor restarts it)",
+                          self.ingest.returncode)
+                self.exit_code = 1
+                break
             self.stop_event.wait(TICK_S)
         self.shutdown()
 
     def shutdown(self) -> None:
         self.ingest.stop()
+        try:
+            self.tail.step()  # what ingest stored last still goes out
+        except Exception:
+            log.exception("could not queue the last stored reports for publishing")
+        self.publisher.stop()
         log.info("gateway %s stopped", self.gateway_id)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry moves the schema from version i to i + 1.  Never edit a shipped
 # migration: append a new one.
@@ -110,6 +110,12 @@ MIGRATIONS: tuple[str, ...] = (
         batch_seq  INTEGER NOT NULL
     );
     CREATE INDEX device_keys_device ON device_keys(device_id);
+    """,
+    # 3: the ingest process and the pipeline are separate processes
+    # (gateway/ingest_process.py): the pipeline sends `rejected` receipts from
+    # this table, so it keeps the digest of the whole message.
+    """
+    ALTER TABLE rejections ADD COLUMN payload_sha256 TEXT;
     """,
 )
 
@@ -271,14 +277,24 @@ class RejectedRow:
     reason: str
     detail: str
     payload: bytes | None
+    payload_sha256: str | None = None  # of the whole message; payload is capped
 
 
 class Store:
     """Typed access to the gateway database; one instance per thread."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, checkpoints: bool = True) -> None:
         self.path = str(path)
         self.db = connect(path)
+        if not checkpoints:
+            # The ingest process's connection: a WAL checkpoint (copying the log
+            # into the database, with fsyncs) must not fall on the commit that
+            # precedes acknowledgements; the pipeline's connections run them.
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database, without waiting for readers."""
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         self.db.close()
@@ -297,6 +313,11 @@ class Store:
                             "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
     # -- registry -----------------------------------------------------------
+    def bump_registry(self) -> None:
+        """Inside a transaction that changes devices: the ingest process drops its cache."""
+        self.db.execute("INSERT INTO meta(key, value) VALUES ('registry_version', '1') "
+                        "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER) + 1")
+
     def enroll(self, device_id: str, pubkey: bytes, board: str, fleet: str, owner: str) -> Device:
         with self._tx():
             row = self.db.execute("SELECT %s FROM devices WHERE device_id=? OR pubkey=?" % _DEVICE_COLS,
@@ -311,6 +332,7 @@ class Store:
                 raise StoreError("device id %s is already enrolled with a different key" % device_id)
             self.db.execute("INSERT INTO devices(device_id, pubkey, board, fleet, owner, enrolled_at) "
                             "VALUES (?, ?, ?, ?, ?, ?)", (device_id, pubkey, board, fleet, owner, time.time()))
+            self.bump_registry()
         dev = self.device(device_id)
         assert dev is not None
         return dev
@@ -321,6 +343,7 @@ class Store:
                                   (time.time(), device_id))
             if cur.rowcount == 0 and self.device(device_id) is None:
                 raise StoreError("no device %s is enrolled" % device_id)
+            self.bump_registry()
         dev = self.device(device_id)
         assert dev is not None
         return dev
@@ -385,9 +408,9 @@ class Store:
                                                              int(a.gap), a.received_at))
                 self.db.execute("RELEASE outcomes")
             for r in rejected:
-                self.db.execute("INSERT INTO rejections(at, topic, device_id, reason, detail, payload) "
-                                "VALUES (?, ?, ?, ?, ?, ?)",
-                                (r.at, r.topic, r.device_id, r.reason, r.detail, r.payload))
+                self.db.execute("INSERT INTO rejections(at, topic, device_id, reason, detail, payload, "
+                                "payload_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (r.at, r.topic, r.device_id, r.reason, r.detail, r.payload, r.payload_sha256))
                 self.db.execute("INSERT INTO rejection_counts(reason, count) VALUES (?, 1) "
                                 "ON CONFLICT(reason) DO UPDATE SET count=count+1", (r.reason,))
 
@@ -401,6 +424,26 @@ class Store:
     def recent_rejections(self, limit: int = 20) -> list[RejectedRow]:
         return [RejectedRow(r[0], r[1], r[2], r[3], r[4], None) for r in self.db.execute(
             "SELECT at, topic, device_id, reason, detail FROM rejections ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def rejections_after(self, last_id: int, limit: int) -> list[tuple[int, RejectedRow]]:
+        """Audit rows with id > ``last_id``, oldest first (the pipeline's `rejected` receipts)."""
+        return [(r[0], RejectedRow(r[1], r[2], r[3], r[4], r[5], None if r[6] is None else bytes(r[6]), r[7]))
+                for r in self.db.execute(
+                    "SELECT id, at, topic, device_id, reason, detail, payload, payload_sha256 FROM rejections "
+                    "WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit))]
+
+    def max_ids(self) -> tuple[int, int]:
+        """Highest report and rejection row ids (where a fresh cursor starts)."""
+        row = self.db.execute("SELECT (SELECT IFNULL(MAX(id), 0) FROM reports), "
+                              "(SELECT IFNULL(MAX(id), 0) FROM rejections)").fetchone()
+        return int(row[0]), int(row[1])
+
+    def reports_after(self, last_id: int, limit: int) -> list[tuple[StoredReport, str, str, bool]]:
+        """(report, fleet, board, gap) of accepted reports with id > ``last_id``, oldest first."""
+        return [(self._report(r), r[8], r[9], bool(r[10])) for r in self.db.execute(
+            "SELECT r.id, r.device_id, r.boot, r.seq, r.received_at, r.cose, r.batch_seq, r.leaf_index, "
+            "d.fleet, d.board, r.gap FROM reports r JOIN devices d ON d.device_id = r.device_id "
+            "WHERE r.id > ? ORDER BY r.id LIMIT ?", (last_id, limit))]
 
     def report_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
@@ -480,6 +523,12 @@ class Store:
         return {r[0]: (r[1], r[2]) for r in self.db.execute(
             "SELECT DISTINCT d.device_id, d.fleet, d.board FROM reports r JOIN devices d ON d.device_id = r.device_id "
             "WHERE r.batch_seq=?", (seq,))}
+
+    def batch_fleet_counts(self, seq: int) -> dict[str, int]:
+        """fleet -> number of reports in batch ``seq`` (devices since deleted count as 'unknown')."""
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT IFNULL(d.fleet, 'unknown'), COUNT(*) FROM reports r LEFT JOIN devices d "
+            "ON d.device_id = r.device_id WHERE r.batch_seq=? GROUP BY 1", (seq,))}
 
     def report(self, device_id: str, boot: int, seq: int) -> StoredReport | None:
         row = self.db.execute(

@@ -142,7 +142,7 @@ class Demo:
         self.store = Store(cfg.db)
         self.gateway_thread = threading.Thread(target=self.gateway.run, name="surge-demo-gateway", daemon=True)
         self.gateway_thread.start()
-        if not self.gateway.ingest.connected.wait(SUBSCRIBE_TIMEOUT_S):
+        if not self.gateway.ingest.subscribed.wait(SUBSCRIBE_TIMEOUT_S):
             raise CLIError("the gateway could not subscribe at %s within %.0f s (see %s)"
                            % (self.broker.url, SUBSCRIBE_TIMEOUT_S, self.work / "demo.log"))
 
