@@ -156,7 +156,7 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us in order
-    ingest = Ingest(cfg, Store(cfg.db, checkpoints=False), IngestMetrics(), msg["gateway_id"])
+    ingest = Ingest(cfg, Store(cfg.db), IngestMetrics(), msg["gateway_id"])
     pipe = os.fdopen(fd, "wb")
     reporter = threading.Thread(target=_snapshots, args=(ingest, pipe, stop), name="surge-ingest-metrics",
                                 daemon=True)

@@ -140,7 +140,6 @@ class Gateway:
         while not self.receipted.empty():
             self.anchor_store.mark_receipted(self.receipted.get())
         self.metrics.unbatched.set(self.batcher.store.unbatched_count())
-        self.batcher.store.checkpoint()  # the ingest process leaves WAL checkpoints to us
 
     def run(self, duration: float | None = None) -> None:
         self.start()

@@ -283,18 +283,9 @@ class RejectedRow:
 class Store:
     """Typed access to the gateway database; one instance per thread."""
 
-    def __init__(self, path: str | Path, checkpoints: bool = True) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self.db = connect(path)
-        if not checkpoints:
-            # The ingest process's connection: a WAL checkpoint (copying the log
-            # into the database, with fsyncs) must not fall on the commit that
-            # precedes acknowledgements; the pipeline's connections run them.
-            self.db.execute("PRAGMA wal_autocheckpoint=0")
-
-    def checkpoint(self) -> None:
-        """Copy what the WAL holds into the database, without waiting for readers."""
-        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         self.db.close()
