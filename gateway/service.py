@@ -165,7 +165,7 @@ class Gateway:
                 failing = True
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            if self.ingest.exited.is_set() and not self.ingest.stopping:
+            if self.ingest.exited.is_set() and not self.ingest.stopping and not self.stop_event.is_set():
                 log.error("the ingest process exited (%s); stopping the gateway (its supervisor restarts it)",
                           self.ingest.returncode)
                 self.exit_code = 1
