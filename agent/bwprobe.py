@@ -25,32 +25,37 @@ from agent import clock
 CHUNK = 256 if sys.implementation.name == "micropython" else 512
 
 
-def _stream(out, nonce, index, size):
-    # Appends the first ``size`` bytes of chunk ``index``'s stream to ``out``.
+def _stream(out, pos, nonce, index):
+    # Writes the first bytes of chunk ``index``'s stream into ``out[pos:]``,
+    # up to its end: the buffer is allocated once at its final size, since
+    # growing it 32 bytes at a time leaves a trail of holes in a board heap.
     seed = nonce + index.to_bytes(4, "big")
     j = 0
-    while size > 0:
+    while pos < len(out):
         d = hashlib.sha256(seed + j.to_bytes(4, "big")).digest()
-        out.extend(d if size >= 32 else d[:size])
-        size -= 32
+        n = min(32, len(out) - pos)
+        out[pos:pos + n] = d if n == 32 else d[:n]
+        pos += n
         j += 1
 
 
 def stream_chunk(nonce, index, size=CHUNK):
-    out = bytearray()
-    _stream(out, nonce, index, size)
+    out = bytearray(size)
+    _stream(out, 0, nonce, index)
     return bytes(out)
 
 
 def message(nonce, seq, index, count, total):
     """CBOR [nonce, seq, index, count, data], with data streamed in place."""
     size = min(CHUNK, total - index * CHUNK)
-    m = bytearray()
-    cborw.head(m, 4, 5)
+    h = bytearray()
+    cborw.head(h, 4, 5)
     for x in (nonce, seq, index, count):
-        cborw.encode_into(x, m)
-    cborw.head(m, 2, size)
-    _stream(m, nonce, index, size)
+        cborw.encode_into(x, h)
+    cborw.head(h, 2, size)
+    m = bytearray(len(h) + size)
+    m[:len(h)] = h
+    _stream(m, len(h), nonce, index)
     return m
 
 def run(link, topic, seq, total):
@@ -63,5 +68,6 @@ def run(link, topic, seq, total):
         m = message(nonce, seq, i, count, total)
         sent += len(m)
         link.publish(topic, m, 1 if i == count - 1 else 0)
+        m = None  # not live while the next one is made
     elapsed = clock.ms() - t0
     return sent * 1000 // max(1, elapsed)

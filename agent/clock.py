@@ -14,9 +14,7 @@ except ImportError:
         return x
 
 # 2024-01-01T00:00:00Z: no correctly set clock reads earlier than this.
-SYNC_FLOOR = const(1704067200)
-# Some MicroPython ports count from 2000-01-01; iat is always POSIX seconds.
-_EPOCH_SHIFT = 946684800 if time.gmtime(0)[0] == 2000 else 0
+_SYNC_FLOOR = const(1704067200)
 
 if hasattr(time, "ticks_ms"):
     # ticks_ms wraps (every ~12 days on most ports), so accumulate the
@@ -48,14 +46,12 @@ def uptime():
     return ms() // 1000
 
 
-def unix_time():
-    return int(time.time()) + _EPOCH_SHIFT
-
-
 def synced_time(now=None):
-    """POSIX seconds when the clock is plausible, else None."""
-    t = unix_time() if now is None else now
-    return t if t >= SYNC_FLOOR else None
+    """POSIX seconds (of ``now``, default the clock) when plausible, else None."""
+    if now is None:
+        # Some MicroPython ports count from 2000-01-01; iat is always POSIX seconds.
+        now = int(time.time()) + (946684800 if time.gmtime(0)[0] == 2000 else 0)
+    return now if now >= _SYNC_FLOOR else None
 
 
 def try_ntp(log):

@@ -5,7 +5,7 @@ Loaded on the first command, not at start: commands are rare, and on a
 may never run.
 """
 
-from agent import clock, probes
+from agent import clock, reason
 
 
 def handle(agent, msg):
@@ -34,4 +34,4 @@ def handle(agent, msg):
         else:
             agent.log("ignored command %r" % (name,))
     except Exception as exc:
-        agent.log("bad command: %s" % probes.reason(exc))
+        agent.log("bad command: %s" % reason(exc))

@@ -21,7 +21,21 @@ whole.  The broker password and the Wi-Fi password never appear in repr().
 
 from agent import fsutil
 
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
 REDACTED = "***"
+
+# Every field, space-separated and space-framed (agent.config_rules' table
+# holds the rules; tests/portable/agent_unit_checks.py checks both name the
+# same fields).  A Config keeps its values in a list in this order.
+_FIELDS = const(" version board fleet broker.url broker.host broker.port broker.username broker.password"
+                " broker.tls broker.ca_file broker.keepalive interval mounts net_interface outbox.dir"
+                " outbox.max_entries state_dir key_file bw_probe_bytes reconnect.min_s reconnect.max_s"
+                " wifi.ssid wifi.password count hass ")
 
 
 class ConfigError(ValueError):
@@ -29,16 +43,31 @@ class ConfigError(ValueError):
 
 
 class Config:
+    """The checked values, read with ``get("broker.port")``.
+
+    Kept as a list in the order of _FIELDS rather than a dict: on a board a
+    dict of 25 string keys takes ~2.5 KB of heap for the agent's whole life
+    (each key is a string object of its own), the list and one string ~1 KB.
+    """
+
     def __init__(self, values, base):
         self.base = base
-        self.values = values
+        self._v = [values[k] for k in _FIELDS.split()]
 
     def get(self, key):
-        return self.values[key]
+        i = _FIELDS.find(" " + key + " ")
+        if i < 0:
+            raise KeyError(key)
+        return self._v[_FIELDS.count(" ", 0, i)]
+
+    @property
+    def values(self):
+        """The fields as a new dict."""
+        return dict(zip(_FIELDS.split(), self._v))
 
     def path(self, key):
         """A path field resolved against the config file's directory."""
-        p = self.values[key]
+        p = self.get(key)
         return p if p is None else fsutil.join(self.base, p)
 
     def __repr__(self):
@@ -50,12 +79,10 @@ class Config:
 
 def parse(doc, src="config", base=""):
     """Validate a decoded config document; returns a Config."""
+    # A module of its own, loaded on demand: on a board, agent.device unloads
+    # it once the config is read (the rule table is needed only once).
     from agent import config_rules
-    try:
-        return config_rules.parse(doc, src, base)
-    finally:
-        from agent import mem
-        mem.unload("agent.config_rules")  # the rule table is needed only once
+    return config_rules.parse(doc, src, base)
 
 
 def load(path):

@@ -10,7 +10,16 @@ import json
 
 from agent.config import REDACTED, ConfigError, Config
 
-_RULES = """\
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+# const() (MicroPython 1.19 and later): the table and the section names live
+# in the function's constants, not under global names, which a board would
+# keep as interned strings after this module is unloaded.
+_RULES = const("""\
 version|one|1|1
 board|str|*|a board name
 fleet|level|*|a topic level (1-64 chars, no '/', '+', '#')
@@ -35,59 +44,14 @@ reconnect.max_s|num 0.05 86400|60|seconds (0.05..86400)
 wifi.ssid|str?|null|a string
 wifi.password|str?|null|a string
 count|int 0 1000000000|0|an integer >= 0 (0 = run forever)
-hass|bool|false|true or false (Home Assistant discovery)"""
-_SECTIONS = ("broker", "outbox", "reconnect", "wifi")
-
-
-def _ok(kind, v):
-    k = kind.split()
-    t = k[0]
-    if t.endswith("?"):
-        if v is None:
-            return True
-        t = t[:-1]
-    if t == "one":
-        return v == 1 and v is not True
-    if t == "bool":
-        return v is True or v is False
-    if t == "str":
-        return isinstance(v, str) and v != ""
-    if t == "level":  # one MQTT topic level: no separator or wildcard (§4.7)
-        return isinstance(v, str) and 0 < len(v) <= 64 and not ("/" in v or "+" in v or "#" in v)
-    if t == "strs":
-        return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    if t == "int" and not isinstance(v, int):
-        return False
-    return float(k[1]) <= v <= float(k[2])
+hass|bool|false|true or false (Home Assistant discovery)""")
+_SECTIONS = const(("broker", "outbox", "reconnect", "wifi"))
 
 
 def _fail(src, field, expected, value):
     if field.endswith("password"):
         value = REDACTED
     raise ConfigError("%s: field '%s' must be %s, got %s" % (src, field, expected, json.dumps(value)))
-
-
-def _parse_url(src, url):
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("mqtt", "mqtts"):
-        _fail(src, "broker.url", "a URL starting with mqtt:// or mqtts://", url)
-    rest = rest.split("/")[0]
-    host, port = rest, 8883 if scheme == "mqtts" else 1883
-    if rest.startswith("["):  # [IPv6]:port
-        host, _, tail = rest[1:].partition("]")
-        if tail.startswith(":"):
-            port = tail[1:]
-    elif ":" in rest:
-        host, port = rest.rsplit(":", 1)
-    try:
-        port = int(port)
-    except ValueError:
-        port = 0
-    if not host or not 0 < port < 65536:
-        _fail(src, "broker.url", "a URL like mqtt://host:1883", url)
-    return host, port, scheme == "mqtts"
 
 
 def parse(doc, src="config", base=""):
@@ -113,12 +77,51 @@ def parse(doc, src="config", base=""):
             raise ConfigError("%s: missing required field '%s'" % (src, field))
         else:
             v = json.loads(default)
-        if not _ok(kind, v):
+        # Is v of this kind?  Written out here, not in helpers: every function
+        # and argument name is an interned string a board keeps for good.
+        k = kind.split()
+        t = k[0].rstrip("?")
+        if v is None and k[0].endswith("?"):
+            ok = True
+        elif t == "one":
+            ok = v == 1 and v is not True
+        elif t == "bool":
+            ok = v is True or v is False
+        elif t == "str":
+            ok = isinstance(v, str) and v != ""
+        elif t == "level":  # one MQTT topic level: no separator or wildcard (§4.7)
+            ok = isinstance(v, str) and 0 < len(v) <= 64 and not ("/" in v or "+" in v or "#" in v)
+        elif t == "strs":
+            ok = isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            ok = False
+        elif t == "int" and not isinstance(v, int):
+            ok = False
+        else:
+            ok = float(k[1]) <= v <= float(k[2])
+        if not ok:
             _fail(src, field, expected, v)
         values[field] = v
     url = values["broker.url"]
     if url:
-        host, port, tls = _parse_url(src, url)
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in ("mqtt", "mqtts"):
+            _fail(src, "broker.url", "a URL starting with mqtt:// or mqtts://", url)
+        rest = rest.split("/")[0]
+        host, port = rest, 8883 if scheme == "mqtts" else 1883
+        if rest.startswith("["):  # [IPv6]:port
+            host, _, tail = rest[1:].partition("]")
+            if tail.startswith(":"):
+                port = tail[1:]
+        elif ":" in rest:
+            host, port = rest.rsplit(":", 1)
+        try:
+            port = int(port)
+        except ValueError:
+            port = 0
+        if not host or not 0 < port < 65536:
+            _fail(src, "broker.url", "a URL like mqtt://host:1883", url)
+        tls = scheme == "mqtts"
         values["broker.host"] = host
         if values["broker.port"] is None:
             values["broker.port"] = port

@@ -12,7 +12,15 @@ import binascii
 
 from agent import report
 
-KEY_TYPE = "surge-ed25519"
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+# const() (MicroPython 1.19 and later): no global name, so no interned string
+# left behind when agent.device unloads this module after start-up.
+_KEY_TYPE = const("surge-ed25519")
 
 
 class KeyError_(ValueError):
@@ -27,7 +35,7 @@ def load(path):
     finally:
         f.close()
     try:
-        if doc.get("type") != KEY_TYPE:
+        if doc.get("type") != _KEY_TYPE:
             raise ValueError("type")
         secret = binascii.unhexlify(doc["secret"])
         public = binascii.unhexlify(doc["public"])
@@ -42,14 +50,14 @@ def create(path):
     from firmware_shim import ed25519
     secret = os.urandom(32)
     public = ed25519.public_key(secret)
-    body = json.dumps({"type": KEY_TYPE, "secret": binascii.hexlify(secret).decode(),
+    body = json.dumps({"type": _KEY_TYPE, "secret": binascii.hexlify(secret).decode(),
                        "public": binascii.hexlify(public).decode(),
-                       "device_id": report.device_id(public)}) + "\n"
+                       "device_id": report.device_id(public)}).encode() + b"\n"
     if hasattr(os, "O_EXCL"):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        f = os.fdopen(fd, "w")
+        f = os.fdopen(fd, "wb")
     else:
-        f = open(path, "w")
+        f = open(path, "wb")
     try:
         f.write(body)
         f.flush()

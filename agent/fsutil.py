@@ -14,10 +14,10 @@ import os
 _fsync = getattr(os, "fsync", None)
 
 
-def join(a, b):
-    if not a or b.startswith("/"):
-        return b
-    return a.rstrip("/") + "/" + b
+def join(path, name):
+    if not path or name.startswith("/"):
+        return name
+    return path.rstrip("/") + "/" + name
 
 
 def dirname(path):
@@ -46,22 +46,6 @@ def makedirs(path):
             raise
 
 
-def _sync_dir(path):
-    # CPython on POSIX: the rename itself must reach the disk too.
-    if _fsync is None or not hasattr(os, "O_RDONLY"):
-        return
-    try:
-        fd = os.open(path or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        _fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path, data):
     tmp = path + ".tmp"
     f = open(tmp, "wb")
@@ -77,7 +61,19 @@ def atomic_write(path, data):
     except OSError:
         os.remove(path)
         os.rename(tmp, path)
-    _sync_dir(dirname(path))
+    # CPython on POSIX: the rename itself must reach the disk too.
+    if _fsync is None or not hasattr(os, "O_RDONLY"):
+        return
+    try:
+        fd = os.open(dirname(path) or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        _fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read(path):

@@ -30,7 +30,7 @@ class Link:
         self.host = host
         self.port = port
         self.user = user
-        self._password = password
+        self.password = password  # the config's name for it: one interned string fewer
         self.keepalive = keepalive
         self.tls = tls
         self.ca_file = ca_file
@@ -44,25 +44,22 @@ class Link:
     def connected(self):
         return self.client is not None
 
-    def _ssl(self):
-        if not self.tls:
-            return None
-        import ssl
-        if not self.ca_file:
-            return True
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        f = open(self.ca_file, "rb")
-        try:
-            ctx.load_verify_locations(cadata=f.read())
-        finally:
-            f.close()
-        return ctx
-
     def connect(self, will_topic, subscriptions, retained):
         """Connect with the last will, subscribe, then publish ``retained``
         [(topic, bytes)] retained at QoS 1 (status "online", birth)."""
-        c = MQTTClient(self.client_id, self.host, self.port, self.user, self._password,
-                self.keepalive, self._ssl())
+        ctx = None
+        if self.tls:
+            ctx = True  # the client wraps the socket with the firmware's defaults
+            if self.ca_file:
+                import ssl
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                f = open(self.ca_file, "rb")
+                try:
+                    ctx.load_verify_locations(cadata=f.read())
+                finally:
+                    f.close()
+        c = MQTTClient(self.client_id, self.host, self.port, self.user, self.password,
+                       self.keepalive, ctx)
         c.timeout = self.timeout  # honoured by the shim; harmless on umqtt
         c.set_last_will(will_topic, b"offline", True, 1)
         c.set_callback(self._deliver)

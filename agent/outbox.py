@@ -12,13 +12,6 @@ import os
 
 from agent import fsutil
 
-_SUFFIX = ".rep"
-
-
-def _name(seq):
-    return "%016d%s" % (seq, _SUFFIX)
-
-
 class Outbox:
     def __init__(self, directory, max_entries):
         self.dir = directory
@@ -28,7 +21,7 @@ class Outbox:
         for name in os.listdir(directory):
             if name.endswith(".tmp"):
                 os.remove(fsutil.join(directory, name))
-            elif name.endswith(_SUFFIX) and len(name) == 16 + len(_SUFFIX):
+            elif name.endswith(".rep") and len(name) == 20:
                 try:
                     seqs.append(int(name[:16]))
                 except ValueError:
@@ -40,7 +33,7 @@ class Outbox:
         return len(self.seqs)
 
     def _path(self, seq):
-        return fsutil.join(self.dir, _name(seq))
+        return fsutil.join(self.dir, "%016d.rep" % seq)
 
     def put(self, seq, data):
         """Store one report; returns how many old reports were dropped for room."""

@@ -9,26 +9,9 @@ through the ``network`` module.
 
 import os
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
-
-_MAX_REASON = const(40)
-
-
-def reason(exc):
-    """A short, stable reason: errno name for OSError, else the exception type."""
-    code = exc.args[0] if exc.args else None
-    if isinstance(exc, OSError) and isinstance(code, int):
-        try:
-            import errno
-            return errno.errorcode.get(code, "errno %d" % code)
-        except ImportError:
-            return "errno %d" % code
-    text = "%s: %s" % (type(exc).__name__, exc)
-    return text[:_MAX_REASON]
+# reason() lives in the package (the rest of the agent uses it while this
+# module is unloaded on a board; see agent.cycle) and is re-exported here.
+from agent import reason
 
 
 def storage(mounts, errors):
@@ -57,45 +40,28 @@ def storage(mounts, errors):
     return (total, free) if ok else None
 
 
-def _read(path):
-    f = open(path)
-    try:
-        return f.read()
-    finally:
-        f.close()
-
-
-def _find(path, pick):
+def _find(path, name=None):
+    """The columns after "<name>:" in /proc/net/dev or /proc/net/wireless; with
+    no name, the interface of the default route (destination 00000000) in
+    /proc/net/route.  One function, not a callback per table: every function
+    name is an interned string a board keeps for good."""
     # Line by line, not f.read(): /proc/net/dev has a line per interface, and
     # on a host with many (containers, bridges) the whole file is more than a
     # fragmented board heap has in one piece.
     f = open(path)
     try:
         for line in f:
-            v = pick(line)
-            if v is not None:
-                return v
+            if name is None:
+                cols = line.split()
+                if len(cols) > 2 and cols[1] == "00000000":
+                    return cols[0]
+            else:
+                head, _, rest = line.partition(":")
+                if head.strip() == name:
+                    return rest.split()
     finally:
         f.close()
     return None
-
-
-def _route(line):
-    # /proc/net/route: the interface whose destination is 00000000.
-    cols = line.split()
-    return cols[0] if len(cols) > 2 and cols[1] == "00000000" else None
-
-
-def _columns(name):
-    # Picks the columns after "<name>:" in /proc/net/dev and /proc/net/wireless.
-    def pick(line):
-        head, _, rest = line.partition(":")
-        return rest.split() if head.strip() == name else None
-    return pick
-
-
-def _default_iface():
-    return _find("/proc/net/route", _route)
 
 
 def caps():
@@ -115,7 +81,7 @@ def _wlan():
 
 def _linux_iface(iface):
     if iface == "auto":
-        iface = _default_iface()
+        iface = _find("/proc/net/route")
         if iface is None:
             raise OSError(19)  # ENODEV: no default route
     return iface
@@ -128,7 +94,7 @@ def net(iface, errors):
         return None
     try:
         name = _linux_iface(iface)
-        cols = _find("/proc/net/dev", _columns(name))
+        cols = _find("/proc/net/dev", name)
         if cols:
             return int(cols[0]), int(cols[8])
         errors["net"] = "no interface " + name[:24]
@@ -155,13 +121,17 @@ def link(iface, errors):
         errors["link"] = reason(exc)
         return None, None
     try:
-        mbps = int(_read("/sys/class/net/%s/speed" % name).strip())
+        f = open("/sys/class/net/%s/speed" % name)
+        try:
+            mbps = int(f.read().strip())
+        finally:
+            f.close()
         if mbps > 0:
             return None, mbps
     except Exception:
         pass  # Wi-Fi and virtual links have no speed; try the wireless table
     try:
-        cols = _find("/proc/net/wireless", _columns(name))
+        cols = _find("/proc/net/wireless", name)
         if cols:
             return max(-150, min(0, int(float(cols[2])))), None
     except Exception:

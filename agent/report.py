@@ -8,6 +8,7 @@ COSE_Sign1 that firmware_shim.cose.sign1 produces, byte for byte.
 """
 
 import hashlib
+import sys
 
 from agent import cborw
 
@@ -111,24 +112,27 @@ def build_birth(board, swname, swversion, bootcount, public, caps, runtime, iat=
     return out
 
 
-def _sign(secret, msg, public):
-    # Ed25519 is deterministic: libsodium (CPython hosts with PyNaCl) and the
-    # portable code give the same bytes; the portable one is ~50x slower.
-    try:
-        from nacl.signing import SigningKey
-    except ImportError:
-        from firmware_shim import ed25519
-        return ed25519.sign(secret, msg, public)
-    return SigningKey(bytes(secret)).sign(bytes(msg)).signature
-
-
 # Encoded protected header {1: -8, 4: kid} minus the 8 kid bytes: a2 01 27 04 48.
-_PROTECTED_HEAD = b"\xa2\x01\x27\x04\x48"
+_PROTECTED_HEAD = const(b"\xa2\x01\x27\x04\x48")
 
 
 def sign_report(secret, public, claims):
     """COSE_Sign1 bytes of ``claims`` signed with the device key (RFC 9052 §4.2)."""
     payload = cborw.dumps(claims)
     protected = _PROTECTED_HEAD + kid(public)
-    sig = _sign(secret, cborw.dumps(["Signature1", protected, b"", payload]), public)
+    msg = cborw.dumps(["Signature1", protected, b"", payload])
+    # Ed25519 is deterministic: libsodium (CPython hosts with PyNaCl) and the
+    # portable code give the same bytes; the portable one is ~50x slower.
+    # (A board does not even try the import: a failed one interns its names.)
+    sig = None
+    if sys.implementation.name != "micropython":
+        try:
+            from nacl.signing import SigningKey
+            sig = SigningKey(bytes(secret)).sign(bytes(msg)).signature
+        except ImportError:
+            pass
+    if sig is None:
+        from firmware_shim import ed25519
+        sig = ed25519.sign(secret, msg, public)
+    msg = None  # not live while the result is built
     return cborw.tagged(18, [protected, {}, payload, sig])

@@ -12,13 +12,9 @@ leaves the outbox only after its PUBACK.
 
 import gc
 
-from agent import VERSION, clock, fsutil, probes, report
-from agent import cycle as _cycle
-from agent import session
+from agent import VERSION, clock, cycle, fsutil, reason, report, session
 from agent.outbox import Outbox
 from agent.state import State
-
-SWNAME = "surge-agent"
 
 
 class Agent:
@@ -29,7 +25,10 @@ class Agent:
         self.link = link
         self.runtime = runtime
         self.log = log
-        self.caps = caps or probes.caps()
+        if not caps:
+            from agent import probes  # only for this and in agent.cycle: see there
+            caps = probes.caps()
+        self.caps = caps
         self.device = report.device_id(public)
         fsutil.makedirs(cfg.path("state_dir"))
         self.state = State(fsutil.join(cfg.path("state_dir"), "state.json"))
@@ -63,7 +62,7 @@ class Agent:
     # -- messages ------------------------------------------------------------
 
     def birth(self):
-        claims = report.build_birth(self.cfg.get("board"), SWNAME, VERSION, self.state.boot,
+        claims = report.build_birth(self.cfg.get("board"), "surge-agent", VERSION, self.state.boot,
                                     self.public, self.caps, self.runtime, clock.synced_time())
         gc.collect()
         return report.sign_report(self.secret, self.public, claims)
@@ -75,22 +74,23 @@ class Agent:
             try:
                 from agent import commands
             except Exception as exc:  # MemoryError compiling it on a full board heap
-                self.log("bad command: %s" % probes.reason(exc))
+                self.log("bad command: %s" % reason(exc))
                 return
             commands.handle(self, msg)
 
     # -- one report ------------------------------------------------------------
 
     def cycle(self):
-        _cycle.make_report(self)
+        # ``cycle`` here is the module agent.cycle: a method body does not see
+        # the names of its class.
+        cycle.make_report(self)
 
-    # -- connection ------------------------------------------------------------
+    # -- connection (agent.session) ----------------------------------------
 
-    def _connect(self):
+    def connect(self):
+        """Connect, with the will, subscriptions, birth and "online"; False
+        (and a retry scheduled with backoff) when the broker is unreachable."""
         return session.connect(self)
-
-    def _lost(self, exc):
-        session.lost(self, exc)
 
     def flush(self):
         """Publish queued reports oldest first; each leaves only after its PUBACK."""
@@ -102,7 +102,7 @@ class Agent:
         while True:
             now = clock.ms()
             if not self.link.connected and now >= self.next_connect:
-                self._connect()
+                self.connect()
             done = count and self.made >= count
             if not done and (self.report_now or now >= self.next_report):
                 self.report_now = False
@@ -110,7 +110,7 @@ class Agent:
                     self.cycle()
                 except Exception as exc:
                     # A full disk or a broken sensor skips this report, not the agent.
-                    self.log("report failed: %s" % probes.reason(exc))
+                    self.log("report failed: %s" % reason(exc))
                 self.next_report += int(self.interval * 1000)
                 if self.next_report < clock.ms():
                     self.next_report = clock.ms() + int(self.interval * 1000)
@@ -127,7 +127,7 @@ class Agent:
                     try:
                         self.link.poll(wait)
                     except Exception as exc:
-                        self._lost(exc)
+                        session.lost(self, exc)
                 else:
                     clock.sleep_ms(wait)
         self.stop()

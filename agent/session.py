@@ -10,27 +10,27 @@ more heap than a 64 KB board has to compile as .py.
 
 import os
 
-from agent import clock, probes
-
-
-def _jitter(seconds):
-    # Half fixed, half random, so a fleet that lost its broker does not
-    # reconnect in lockstep.
-    return seconds * (0.5 + os.urandom(1)[0] / 510)
+from agent import clock, reason
 
 
 def connect(agent):
     cfg = agent.cfg
     try:
+        # Signed first, before anything else of the connection is allocated:
+        # signing is the peak of a board's heap.
+        birth = agent.birth()
         # protocol §2.2: will, subscriptions, birth, then "online".
         agent.link.connect(agent.topic("status"), (agent.topic("cmd"), agent.topic("receipt")),
-                           ((agent.topic("birth"), agent.birth()), (agent.topic("status"), b"online")))
+                           ((agent.topic("birth"), birth), (agent.topic("status"), b"online")))
+        birth = None
     except Exception as exc:
-        delay = _jitter(agent.backoff)
+        # Half fixed, half random (here and in lost()), so a fleet that lost
+        # its broker does not reconnect in lockstep.
+        delay = agent.backoff * (0.5 + os.urandom(1)[0] / 510)
         agent.backoff = min(cfg.get("reconnect.max_s"), agent.backoff * 2)
         agent.next_connect = clock.ms() + int(delay * 1000)
         agent.log("broker %s:%d unreachable (%s); %d reports queued; retry in %.1f s" % (
-            cfg.get("broker.host"), cfg.get("broker.port"), probes.reason(exc),
+            cfg.get("broker.host"), cfg.get("broker.port"), reason(exc),
             len(agent.outbox), delay))
         return False
     agent.backoff = cfg.get("reconnect.min_s")
@@ -39,7 +39,7 @@ def connect(agent):
             from agent import hass
             hass.attach(agent)
         except Exception as exc:
-            agent.log("home assistant discovery failed: %s" % probes.reason(exc))
+            agent.log("home assistant discovery failed: %s" % reason(exc))
     agent.log("connected to %s:%d as surge-%s; %d reports to replay" % (
         cfg.get("broker.host"), cfg.get("broker.port"), agent.device, len(agent.outbox)))
     return True
@@ -47,8 +47,9 @@ def connect(agent):
 
 def lost(agent, exc):
     agent.link.close(False)
-    agent.next_connect = clock.ms() + int(_jitter(agent.cfg.get("reconnect.min_s")) * 1000)
-    agent.log("connection lost (%s); %d reports queued" % (probes.reason(exc), len(agent.outbox)))
+    delay = agent.cfg.get("reconnect.min_s") * (0.5 + os.urandom(1)[0] / 510)
+    agent.next_connect = clock.ms() + int(delay * 1000)
+    agent.log("connection lost (%s); %d reports queued" % (reason(exc), len(agent.outbox)))
 
 
 def flush(agent):

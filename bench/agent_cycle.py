@@ -33,7 +33,7 @@ def main(path: str, n: int) -> None:
     secret, public = devkey.load(cfg.path("key_file"))
     link = Link("surge-" + report.device_id(public), cfg.get("broker.host"), cfg.get("broker.port"))
     agent = Agent(cfg, secret, public, link, sys.implementation.name, lambda m: None)
-    assert agent._connect()
+    assert agent.connect()
     agent.cycle()  # warm-up: first-use imports and caches are not per-cycle costs
     agent.flush()
     gc.collect()

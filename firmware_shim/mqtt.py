@@ -10,6 +10,11 @@ Differences from umqtt.simple, all additive: ``wait_msg`` consumes every
 packet whole (umqtt leaves PUBACK/SUBACK bodies for the caller to read, which
 desynchronises the stream when a stale ack turns up in ``check_msg``), and
 ``timeout`` (seconds, None = block) bounds every blocking read.
+
+On a board every name in a loaded module is an interned string for good
+(~25 bytes each on the 64-bit unix port, and the agent's names decide whether
+the interpreter allocates one more 3.5 KB block of them), so helpers used
+once are written out where they are used and the will is one tuple.
 """
 
 import socket
@@ -65,10 +70,7 @@ class MQTTClient:
         self.sock = None
         self.cb = None
         self.pid = 0
-        self.lw_topic = None
-        self.lw_msg = None
-        self.lw_qos = 0
-        self.lw_retain = False
+        self.lw = None  # last will: (topic, msg, retain, qos)
         self.timeout = None
         self._acked = -1
         self._suback = None
@@ -78,10 +80,7 @@ class MQTTClient:
 
     def set_last_will(self, topic, msg, retain=False, qos=0):
         assert 0 <= qos <= 2 and topic
-        self.lw_topic = topic
-        self.lw_msg = msg
-        self.lw_qos = qos
-        self.lw_retain = retain
+        self.lw = (topic, msg, retain, qos)
 
     # -- socket edge -------------------------------------------------------
 
@@ -100,13 +99,6 @@ class MQTTClient:
             sock.close()
             raise
         return sock
-
-    def _blocking(self):
-        # TLS streams on MicroPython have setblocking but not always settimeout.
-        if self.timeout is None:
-            self.sock.setblocking(True)
-        else:
-            self.sock.settimeout(self.timeout)
 
     def _send(self, data):
         w = getattr(self.sock, "write", None)
@@ -135,42 +127,24 @@ class MQTTClient:
             buf += chunk
         return buf
 
-    def _recv_len(self):
-        n = 0
-        shift = 0
-        while True:
-            b = self._recv(1)[0]
-            n |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return n
-            shift += 7
-            if shift > 21:
-                raise MQTTException("remaining length longer than 4 bytes")
-
-    def _packet(self, first, body):
-        self._send(bytes((first,)) + _varlen(len(body)) + body)
-
-    def _next_pid(self):
-        self.pid = self.pid % 0xFFFF + 1  # 1..65535; 0 is not a valid packet id
-        return self.pid
-
     # -- protocol ----------------------------------------------------------
 
     def connect(self, clean_session=True):
         self.sock = self._open()
         flags = 0x02 if clean_session else 0
         payload = _str(self.client_id)
-        if self.lw_topic:
-            flags |= 0x04 | self.lw_qos << 3 | (0x20 if self.lw_retain else 0)
-            payload += _str(self.lw_topic) + _str(self.lw_msg)
+        lw = self.lw
+        if lw:
+            flags |= 0x04 | lw[3] << 3 | (0x20 if lw[2] else 0)
+            payload += _str(lw[0]) + _str(lw[1])
         if self.user is not None:
             flags |= 0x80
             payload += _str(self.user)
             if self.pswd is not None:
                 flags |= 0x40
                 payload += _str(self.pswd)
-        head = b"\x00\x04MQTT\x04" + bytes((flags,)) + self.keepalive.to_bytes(2, "big")
-        self._packet(0x10, head + payload)
+        payload = b"\x00\x04MQTT\x04" + bytes((flags,)) + self.keepalive.to_bytes(2, "big") + payload
+        self._send(b"\x10" + _varlen(len(payload)) + payload)
         ack = self._recv(4)
         if ack[0] != 0x20 or ack[1] != 2:
             raise MQTTException("expected CONNACK, got %02x" % ack[0])
@@ -195,7 +169,7 @@ class MQTTClient:
             msg = msg.encode()
         body = _str(topic)
         if qos:
-            pid = self._next_pid()
+            pid = self.pid = self.pid % 0xFFFF + 1  # 1..65535; 0 is not a valid packet id
             body += pid.to_bytes(2, "big")
         head = bytes((_PUBLISH | qos << 1 | (1 if retain else 0),)) + _varlen(len(body) + len(msg)) + body
         if len(msg) <= 1024:
@@ -211,8 +185,9 @@ class MQTTClient:
 
     def subscribe(self, topic, qos=0):
         assert self.cb is not None, "subscribe callback is not set"
-        pid = self._next_pid()
-        self._packet(0x82, pid.to_bytes(2, "big") + _str(topic) + bytes((qos,)))
+        pid = self.pid = self.pid % 0xFFFF + 1
+        body = pid.to_bytes(2, "big") + _str(topic) + bytes((qos,))
+        self._send(b"\x82" + _varlen(len(body)) + body)
         while True:
             self.wait_msg()
             if self._suback and self._suback[0] == pid:
@@ -232,13 +207,26 @@ class MQTTClient:
             else:
                 raise
         finally:
-            self._blocking()
+            # TLS streams on MicroPython have setblocking but not always settimeout.
+            if self.timeout is None:
+                self.sock.setblocking(True)
+            else:
+                self.sock.settimeout(self.timeout)
         if first is None:
             return None
         if first == b"":
             raise OSError(-1)
         op = first[0]
-        n = self._recv_len()
+        n = 0  # remaining length: 7 bits per byte, at most 4 bytes (§2.2.3)
+        shift = 0
+        while True:
+            b = self._recv(1)[0]
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
+            if shift > 21:
+                raise MQTTException("remaining length longer than 4 bytes")
         body = self._recv(n) if n else b""
         kind = op & 0xF0
         if kind == _PINGRESP:

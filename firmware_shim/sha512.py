@@ -4,11 +4,12 @@ MicroPython firmware usually ships sha1/sha256 only; Ed25519 needs SHA-512.
 ``new()`` returns the runtime's own implementation when there is one, so the
 pure-Python rounds below only run where nothing faster exists.
 
-Written for a small heap: every 64-bit word is a heap-allocated big int on a
-32-bit board, so the round constants are one bytes blob (640 bytes instead of
-80 int objects, ~5 KB) read with struct, and the message schedule lives in a
-16-word ring instead of an 80-entry list (FIPS 180-4 §6.4.2 only ever looks
-back 16 words).
+Written for a small heap: every 64-bit word is a heap-allocated big int
+(~64 bytes on the 64-bit unix port), so the round constants are one bytes
+blob (640 bytes instead of 80 int objects, ~5 KB) read with struct, the
+message schedule is a 16-word ring (FIPS 180-4 §6.4.2 only ever looks back
+16 words) kept packed in a 128-byte bytearray, and the state is 64 bytes:
+only the eight working variables are numbers while a block is mixed.
 """
 
 import struct
@@ -22,8 +23,10 @@ except ImportError:
 _M = const(0xFFFFFFFFFFFFFFFF)
 
 # K: first 64 bits of the fractional parts of the cube roots of the first 80
-# primes, big-endian, two words per line.
-_K = (
+# primes, big-endian, two words per line.  const(): MicroPython (1.19 and
+# later) keeps the blob in the functions' constants, not under a global name
+# that would be one more interned string.
+_K = const(
     b"\x42\x8a\x2f\x98\xd7\x28\xae\x22\x71\x37\x44\x91\x23\xef\x65\xcd"
     b"\xb5\xc0\xfb\xcf\xec\x4d\x3b\x2f\xe9\xb5\xdb\xa5\x81\x89\xdb\xbc"
     b"\x39\x56\xc2\x5b\xf3\x48\xb5\x38\x59\xf1\x11\xf1\xb6\x05\xd0\x19"
@@ -67,7 +70,7 @@ _K = (
 )
 
 # Initial hash value: fractional parts of the square roots of the first 8 primes.
-_IV = (
+_IV = const(
     b"\x6a\x09\xe6\x67\xf3\xbc\xc9\x08\xbb\x67\xae\x85\x84\xca\xa7\x3b"
     b"\x3c\x6e\xf3\x72\xfe\x94\xf8\x2b\xa5\x4f\xf5\x3a\x5f\x1d\x36\xf1"
     b"\x51\x0e\x52\x7f\xad\xe6\x82\xd1\x9b\x05\x68\x8c\x2b\x3e\x6c\x1f"
@@ -75,27 +78,34 @@ _IV = (
 )
 
 
-def _compress(h, buf, pos):
-    """Mix the 128-byte block at ``buf[pos:]`` into the 8-word state ``h`` (in place)."""
-    w = list(struct.unpack_from(">16Q", buf, pos))
+def _compress(state, buf, pos):
+    """Mix the 128-byte block at ``buf[pos:]`` into ``state`` (64 bytes, in place)."""
+    # The schedule and the state stay packed as bytes and are read and written
+    # a word at a time: 16 words as numbers take ~1 KB of heap, the bytes 128.
+    w = bytearray(memoryview(buf)[pos:pos + 128])
     m = _M  # locals: a global lookup per use costs more than the arithmetic
     k = _K
-    a, b, c, d, e, f, g, hh = h
+    unpack = struct.unpack_from
+    pack = struct.pack_into
+    a, b, c, d, e, f, g, hh = struct.unpack(">8Q", state)
     for t in range(80):
-        i = t & 15
+        i = (t & 15) << 3
         if t > 15:
             # W[t] replaces W[t-16] in the ring.  A rotation is a shift of the
             # word doubled to 128 bits, masked once per sigma.
-            x = w[(t - 15) & 15]
+            x = unpack(">Q", w, ((t - 15) & 15) << 3)[0]
             x2 = x | x << 64
-            y = w[(t - 2) & 15]
+            y = unpack(">Q", w, ((t - 2) & 15) << 3)[0]
             y2 = y | y << 64
-            w[i] = (w[i] + ((x2 >> 1 ^ x2 >> 8 ^ x >> 7) & m) + w[(t - 7) & 15]
-                    + ((y2 >> 19 ^ y2 >> 61 ^ y >> 6) & m)) & m
+            x = (unpack(">Q", w, i)[0] + ((x2 >> 1 ^ x2 >> 8 ^ x >> 7) & m)
+                 + unpack(">Q", w, ((t - 7) & 15) << 3)[0] + ((y2 >> 19 ^ y2 >> 61 ^ y >> 6) & m)) & m
+            pack(">Q", w, i, x)
+        else:
+            x = unpack(">Q", w, i)[0]
         e2 = e | e << 64
         # Ch(e, f, g) = g ^ (e & (f ^ g)): no negative numbers from ~e.
         t1 = (hh + ((e2 >> 14 ^ e2 >> 18 ^ e2 >> 41) & m) + (g ^ (e & (f ^ g)))
-              + struct.unpack_from(">Q", k, t << 3)[0] + w[i])
+              + unpack(">Q", k, t << 3)[0] + x)
         a2 = a | a << 64
         # Maj(a, b, c) = (a & b) | (c & (a | b)).
         t2 = ((a2 >> 28 ^ a2 >> 34 ^ a2 >> 39) & m) + ((a & b) | (c & (a | b)))
@@ -107,25 +117,18 @@ def _compress(h, buf, pos):
         c = b
         b = a
         a = (t1 + t2) & m
-    h[0] = (h[0] + a) & m
-    h[1] = (h[1] + b) & m
-    h[2] = (h[2] + c) & m
-    h[3] = (h[3] + d) & m
-    h[4] = (h[4] + e) & m
-    h[5] = (h[5] + f) & m
-    h[6] = (h[6] + g) & m
-    h[7] = (h[7] + hh) & m
+    h = struct.unpack(">8Q", state)
+    pack(">8Q", state, 0, (h[0] + a) & m, (h[1] + b) & m, (h[2] + c) & m, (h[3] + d) & m,
+         (h[4] + e) & m, (h[5] + f) & m, (h[6] + g) & m, (h[7] + hh) & m)
 
 
 class SHA512:
     """hashlib-style object: ``update(data)``, ``digest()``, ``hexdigest()``."""
 
-    digest_size = 64
-    block_size = 128
     name = "sha512"
 
     def __init__(self, data=b""):
-        self._h = list(struct.unpack(">8Q", _IV))
+        self._h = bytearray(_IV)  # the 8-word state, big-endian (see _compress)
         self._buf = b""
         self._len = 0
         if data:
@@ -145,7 +148,7 @@ class SHA512:
 
     def copy(self):
         other = SHA512()
-        other._h = list(self._h)
+        other._h = bytearray(self._h)
         other._buf = self._buf
         other._len = self._len
         return other
@@ -153,32 +156,24 @@ class SHA512:
     def digest(self):
         bitlen = self._len * 8
         tail = self._buf + b"\x80" + bytes((111 - self._len) % 128) + bitlen.to_bytes(16, "big")
-        h = list(self._h)
+        h = bytearray(self._h)
         for pos in range(0, len(tail), 128):
             _compress(h, tail, pos)
-        return struct.pack(">8Q", *h)
+        return bytes(h)
 
     def hexdigest(self):
         return "".join("%02x" % b for b in self.digest())
 
 
-def _native():
-    try:
-        import hashlib
-        hashlib.sha512(b"")
-        return hashlib.sha512
-    except (ImportError, AttributeError):
-        return None
-
-
-_NATIVE = _native()
-
-
-def new(data=b""):
-    """A SHA-512 object from the runtime when it has one, else the portable one."""
-    if _NATIVE is not None:
-        return _NATIVE(data)
-    return SHA512(data)
+# ``new(data)``: a SHA-512 object from the runtime when it has one, else the
+# portable one.
+try:
+    import hashlib
+    hashlib.sha512(b"")
+    new = hashlib.sha512
+except (ImportError, AttributeError):
+    def new(data=b""):
+        return SHA512(data)
 
 
 def sha512(data=b""):

@@ -1,8 +1,6 @@
 from typing import Any
 
 class SHA512:
-    digest_size: int
-    block_size: int
     name: str
     def __init__(self, data: bytes = ...) -> None: ...
     def update(self, data: bytes) -> None: ...

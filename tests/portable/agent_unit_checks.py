@@ -59,7 +59,20 @@ def check_config():
     d["broker"] = {"url": "mqtts://[::1]"}
     cfg = config.parse(d)
     assert cfg.get("broker.host") == "::1" and cfg.get("broker.port") == 8883 and cfg.get("broker.tls")
-    n = 6
+    # A Config keeps its values by agent.config's field list: it names every
+    # field the rules table has (checked where const() names are attributes,
+    # i.e. on CPython), and an unknown key is a KeyError as with a dict.
+    from agent import config_rules
+    rules = getattr(config_rules, "_RULES", None)
+    if rules is not None:
+        assert sorted(cfg.values) == sorted(line.split("|")[0] for line in rules.split("\n"))
+    assert len(cfg.values) == 25 and cfg.values["fleet"] == "f"
+    try:
+        cfg.get("nope")
+        raise AssertionError("unknown key read")
+    except KeyError:
+        pass
+    n = 8
     for field, patch in (("fleet", {"fleet": "a/b"}), ("interval", {"interval": "60"}),
                          ("mounts", {"mounts": "/"}), ("broker.url", {"broker": {"url": "http://h"}}),
                          ("broker.port", {"broker": {"host": "h", "port": 0}}),

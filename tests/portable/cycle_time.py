@@ -23,7 +23,7 @@ def main(path, n=5):
     else:
         from agent.link_paho import Link
     agent = Agent(cfg, secret, public, Link(*args), sys.implementation.name, lambda m: None)
-    assert agent._connect()
+    assert agent.connect()
     cyc = []
     dlv = []
     for _ in range(n):
