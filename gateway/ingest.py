@@ -21,7 +21,6 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
 
 
 import boards
@@ -148,22 +147,23 @@ class Ingest:
 
     def run(self, stop: threading.Event) -> None:
         """Connect, subscribe and ingest until ``stop``; reconnect with backoff when the broker goes."""
-        delays: Iterator[float] | None = None
+        delays = backoff_delays(1, 30)
+        failing = False
         while not stop.is_set():
             try:
                 self._session(stop)
+                return
             except Refused as exc:
                 log.error("%s", exc)
             except (MQTTError, OSError) as exc:
-                if self.connected.is_set() or delays is None:
+                if self.connected.is_set() or not failing:  # once per outage, not at every retry
                     log.warning("lost the broker at %s:%d (%s); reconnecting", self.host, self.port, exc)
-            else:
-                return
             finally:
+                if self.connected.is_set():  # it was up: the next outage starts from the shortest delay
+                    delays = backoff_delays(1, 30)
                 self.connected.clear()
                 self.conn.close()
-            if delays is None or self.connected.is_set():
-                delays = backoff_delays(1, 30)
+            failing = True
             stop.wait(next(delays))
 
     def _session(self, stop: threading.Event) -> None:
