@@ -73,7 +73,7 @@ class IngestProcess:
         env = dict(os.environ, SURGE_GATEWAY_PARENT=str(os.getpid()))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.ingest_process", str(write_fd)], stdin=subprocess.PIPE,
-            pass_fds=(write_fd,), env=env, preexec_fn=_die_with_parent)
+            pass_fds=(write_fd,), env=env)
         os.close(write_fd)
         assert self.proc.stdin is not None
         # The configuration (with the broker password) goes over stdin, not argv.
@@ -119,13 +119,16 @@ class IngestProcess:
 
 
 def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: a kill -9 of the gateway must not
-    # leave an orphaned ingest consuming the fleet's session.
+    # A kill -9 of the gateway must not leave an orphaned ingest consuming the
+    # fleet's session.  Set here, in the child, rather than between fork and
+    # exec (unsafe in a process with threads, such as the demo's).
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
-        pass  # not Linux: the child's snapshot writes fail once the parent is gone
+        pass  # not Linux: the snapshot writes fail once the parent is gone, and we exit then
+    if os.getppid() != int(os.environ.get("SURGE_GATEWAY_PARENT", os.getppid())):
+        os._exit(1)  # the parent died before the line above
 
 
 def _snapshot(ingest: Any, pipe: Any) -> None:
@@ -149,6 +152,7 @@ def main() -> int:
     from gateway.metrics import IngestMetrics
     from gateway.store import Store
 
+    _die_with_parent()
     fd = int(sys.argv[1])
     msg = json.loads(sys.stdin.readline())
     cfg = GatewayConfig(**msg["cfg"])
