@@ -32,7 +32,7 @@ from gateway.config import GatewayConfig
 from gateway import rotation
 from gateway.faults import crash_point
 from gateway.metrics import IngestMetrics
-from gateway.mqtt_client import Connection, ConnectionLost, Incoming, MQTTError, Refused, Will, backoff_delays
+from gateway.mqtt_client import Connection, Incoming, MQTTError, Refused, Will, backoff_delays
 from gateway.store import AcceptedRow, Device, DeviceState, RejectedRow, Store
 from gateway.verify import Accepted, Duplicate, Limits, Outcome, Rejection, Verifier, parse_topic
 

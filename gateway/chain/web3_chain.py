@@ -24,7 +24,6 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import (
     BlockNotFound,
-    ContractCustomError,
     ContractLogicError,
     ProviderConnectionError,
     RequestTimedOut,
