@@ -39,7 +39,6 @@ from gateway.verify import Accepted, Duplicate, Limits, Outcome, Rejection, Veri
 log = logging.getLogger("surge.gateway.ingest")
 
 SESSION_EXPIRY_S = 7 * 86400
-DEVICE_CACHE_TTL_S = 5.0
 
 
 @dataclass
@@ -75,7 +74,10 @@ class Ingest:
         self.metrics = metrics
         self.gateway_id = gateway_id
         self.limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst)
-        self.devices: dict[str, tuple[Device | None, float]] = {}
+        # Enrolled devices by id, until enroll, revoke or a rotation bumps the
+        # registry version (_registry_changed). Unknown ids are not kept: a flood of
+        # made-up ids must not grow it.
+        self.devices: dict[str, Device] = {}
         self.registry_version: str | None = None
         self.states: dict[str, DeviceState] = {}
         self.boards: dict[str, BoardProfile | None] = {}
@@ -102,12 +104,11 @@ class Ingest:
 
     # -- lookups for the verifier (group-local state first) -----------------
     def _device(self, device_id: str) -> Device | None:
-        now = time.monotonic()
-        hit = self.devices.get(device_id)
-        if hit is not None and now - hit[1] < DEVICE_CACHE_TTL_S:
-            return hit[0]
-        dev = self.store.device(device_id)
-        self.devices[device_id] = (dev, now)
+        dev = self.devices.get(device_id)
+        if dev is None:
+            dev = self.store.device(device_id)
+            if dev is not None:
+                self.devices[device_id] = dev
         return dev
 
     def _state(self, device_id: str) -> DeviceState | None:
