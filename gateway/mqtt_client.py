@@ -55,6 +55,28 @@ _WRITE_CHUNK = 256 << 10  # publish()/resend_unacked() write this much at a time
 _PINGREQ = encode_pingreq()
 
 
+class _Pending:
+    """Encoded packets gathered for one large write."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, pkt: bytes) -> bool:
+        """Gather ``pkt``; True once a write's worth is gathered."""
+        self.parts.append(pkt)
+        self.size += len(pkt)
+        return self.size >= _WRITE_CHUNK
+
+    def take(self) -> bytes:
+        data = b"".join(self.parts)
+        self.parts.clear()
+        self.size = 0
+        return data
+
+
 class Refused(MQTTError):
     """The broker refused the connection (CONNACK) or a subscription (SUBACK)."""
 
@@ -375,8 +397,7 @@ class Connection:
         v5 = self.v5
         inflight = self._inflight
         max_packet = self._server_max_packet
-        chunk: list[bytes] = []
-        size = 0
+        out = _Pending()
         try:
             for topic, payload, retain in messages:
                 if qos:
@@ -393,28 +414,19 @@ class Connection:
                         raise self._too_large(topic, len(pkt), max_packet)
                     inflight[pid] = pkt
                     if self._outstanding >= self._window:
-                        if chunk:
-                            data = b"".join(chunk)
-                            chunk.clear()
-                            size = 0
-                            self._send(data)
+                        self._send_pending(out)
                         self._await_window()
                     self._outstanding += 1
                 else:
                     pkt = encode_publish(topic, payload, 0, retain, False, 0, v5)
                     if max_packet is not None and len(pkt) > max_packet:
                         raise self._too_large(topic, len(pkt), max_packet)
-                chunk.append(pkt)
-                size += len(pkt)
-                if size >= _WRITE_CHUNK:
-                    data = b"".join(chunk)
-                    chunk.clear()
-                    size = 0
-                    self._send(data)
+                if out.add(pkt):
+                    self._send_pending(out)
         finally:
             # What was encoded goes out even when a later message was invalid.
-            if chunk and self._sock is not None:
-                self._send(b"".join(chunk))
+            if self._sock is not None:
+                self._send_pending(out)
 
     def unacked(self) -> int:
         """QoS 1 publishes without their PUBACK yet."""
@@ -448,28 +460,17 @@ class Connection:
         self._require()
         self._need_resend = False
         inflight = self._inflight
-        chunk: list[bytes] = []
-        size = 0
+        out = _Pending()
         for pid, pkt in list(inflight.items()):
             if pid not in inflight:  # acknowledged while we waited for the window
                 continue
             if self._outstanding >= self._window:
-                if chunk:
-                    data = b"".join(chunk)
-                    chunk.clear()
-                    size = 0
-                    self._send(data)
+                self._send_pending(out)
                 self._await_window()
-            chunk.append(bytes((pkt[0] | 0x08,)) + pkt[1:])
-            size += len(pkt)
             self._outstanding += 1
-            if size >= _WRITE_CHUNK:
-                data = b"".join(chunk)
-                chunk.clear()
-                size = 0
-                self._send(data)
-        if chunk:
-            self._send(b"".join(chunk))
+            if out.add(bytes((pkt[0] | 0x08,)) + pkt[1:]):
+                self._send_pending(out)
+        self._send_pending(out)
 
     def ping_if_due(self) -> None:
         """Send PINGREQ when nothing was sent for keepalive/2; ``ConnectionLost`` when the
@@ -556,6 +557,10 @@ class Connection:
         if self._ping_sent is not None:
             return max(self._ping_sent, self._last_recv) + self.keepalive
         return self._last_send + self.keepalive / 2
+
+    def _send_pending(self, out: _Pending) -> None:
+        if out.parts:
+            self._send(out.take())
 
     def _send(self, data: bytes, timeout: float | None = None) -> None:
         sock = self._require()
