@@ -429,12 +429,14 @@ class Store:
                               "(SELECT IFNULL(MAX(id), 0) FROM rejections)").fetchone()
         return int(row[0]), int(row[1])
 
-    def reports_after(self, last_id: int, limit: int) -> list[tuple[StoredReport, str, str, bool]]:
-        """(report, fleet, board, gap) of accepted reports with id > ``last_id``, oldest first."""
-        return [(self._report(r), r[8], r[9], bool(r[10])) for r in self.db.execute(
-            "SELECT r.id, r.device_id, r.boot, r.seq, r.received_at, r.cose, r.batch_seq, r.leaf_index, "
-            "d.fleet, d.board, r.gap FROM reports r JOIN devices d ON d.device_id = r.device_id "
-            "WHERE r.id > ? ORDER BY r.id LIMIT ?", (last_id, limit))]
+    def reports_after(self, last_id: int, limit: int) -> list[tuple[int, str, str, str, int, int, float, int, bytes]]:
+        """(id, device id, fleet, board, boot, seq, received_at, gap, COSE bytes) of accepted
+        reports with id > ``last_id``, oldest first: rows as SQLite returns them, since
+        every report passes through here once (the first `verified` message)."""
+        return self.db.execute(
+            "SELECT r.id, r.device_id, d.fleet, d.board, r.boot, r.seq, r.received_at, r.gap, r.cose "
+            "FROM reports r JOIN devices d ON d.device_id = r.device_id "
+            "WHERE r.id > ? ORDER BY r.id LIMIT ?", (last_id, limit)).fetchall()
 
     def report_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
