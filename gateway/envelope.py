@@ -18,7 +18,7 @@ from typing import Any
 
 import cbor2
 from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
+from nacl.bindings import crypto_sign_open
 
 from firmware_shim import cbor as portable_cbor
 from firmware_shim.cose import COSE_SIGN1_TAG, EDDSA, KID, COSEError
@@ -64,8 +64,35 @@ def _loads(data: bytes, what: str) -> Any:
         raise COSEError("malformed_cbor", "%s: %s" % (what, exc)) from None
 
 
+# The one valid form of a Surge message (docs/protocol.md §4.1), as bytes:
+# tag 18, array of 4, 13-byte protected header {1: -8, 4: kid}, empty map,
+# payload, 64-byte signature.
+_FIXED_HEAD = b"\xd2\x84\x4d\xa2\x01\x27\x04\x48"
+_SIG_HEAD = b"\x58\x40"
+
+
 def parse(data: bytes) -> Envelope:
     """Check structure and decode claims; raises ``COSEError`` with a reason code."""
+    # Performance (docs/performance.md): a message in the one valid form is
+    # recognised by its bytes, without decoding the envelope and its header;
+    # anything else takes the full path below, which picks the reason.
+    n = len(data)
+    if n >= 84 and data[:8] == _FIXED_HEAD and data[16] == 0xA0 and data[n - 66:n - 64] == _SIG_HEAD:
+        head = data[17]
+        start = length = -1  # no match unless the payload head is in its shortest form
+        if 0x40 <= head < 0x58:
+            start, length = 18, head - 0x40
+        elif head == 0x58 and data[18] >= 24:
+            start, length = 19, data[18]
+        elif head == 0x59 and data[18]:
+            start, length = 20, int.from_bytes(data[18:20], "big")
+        if start >= 0 and start + length == n - 66:
+            payload = data[start:n - 66]
+            return Envelope(data[3:16], data[8:16], payload, data[n - 64:], decode_claims(payload))
+    return _parse_decoded(data)
+
+
+def _parse_decoded(data: bytes) -> Envelope:
     obj = obj_tagged = _loads(data, "envelope")
     if isinstance(obj, cbor2.CBORTag):
         if obj.tag != COSE_SIGN1_TAG:
@@ -173,10 +200,19 @@ def _plain(v: Any, depth: int) -> bool:
     if t is dict:
         last = b""
         for k, x in v.items():
-            enc = _key_encoding(k)
-            if enc is None or enc <= last or not _plain(x, depth + 1):
+            enc = _KEY_ENCODINGS.get((type(k), k))
+            if enc is None:
+                enc = _key_encoding(k)
+            if enc is None or enc <= last:
                 return False
             last = enc
+            # Scalars inline: this runs for every claim of every report.
+            tx = type(x)
+            if tx is int:
+                if not _INT_MIN <= x <= _INT_MAX:
+                    return False
+            elif tx is not bytes and tx is not str and tx is not bool and not _plain(x, depth + 1):
+                return False
         return True
     if t is list:
         return all(_plain(x, depth + 1) for x in v)
@@ -209,8 +245,10 @@ def _from_cbor2(v: Any) -> Any:
 
 def verify(env: Envelope, public: bytes) -> bool:
     """True when the signature is valid for ``public`` (32 bytes)."""
+    if len(public) != 32:  # libsodium reads 32 bytes whatever it is given
+        raise ValueError("an Ed25519 public key is 32 bytes, not %d" % len(public))
     try:
-        VerifyKey(public).verify(env.to_be_signed(), env.signature)
+        crypto_sign_open(env.signature + env.to_be_signed(), public)
     except BadSignatureError:
         return False
     return True

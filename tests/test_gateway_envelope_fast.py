@@ -70,3 +70,45 @@ def test_fast_path_takes_a_typical_report() -> None:
     assert bad != payload
     assert not envelope._fast_deterministic(cbor2.loads(bad), bad)
     assert decide(bad, True) == ("rejected", "not_deterministic")
+
+
+def parse_outcome(data: bytes, by_bytes: bool) -> Any:
+    try:
+        env = envelope.parse(data) if by_bytes else envelope._parse_decoded(data)
+    except COSEError as exc:
+        return ("rejected", exc.reason)
+    return ("ok", env.protected, env.kid, env.payload, env.signature, dict(env.claims))
+
+
+def _envelope(payload: bytes, kid: bytes = b"\x07" * 8) -> bytes:
+    protected = b"\xa2\x01\x27\x04\x48" + kid
+    return cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, b"\x5a" * 64]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(pad=st.integers(min_value=0, max_value=600), cut=st.integers(min_value=0, max_value=700),
+       flip=st.tuples(st.integers(min_value=0, max_value=700), st.integers(min_value=1, max_value=255)),
+       how=st.sampled_from(["as is", "flip", "truncate", "append", "long head"]))
+def test_envelope_recognised_by_bytes_exactly_when_decoding_accepts_it(pad: int, cut: int, flip: tuple[int, int],
+                                                                       how: str) -> None:
+    # Payloads under 24, under 256 and above (three head forms), then one change.
+    data = _envelope(portable_cbor.dumps({261: 1, 270: "x" * pad} if pad else {261: 1}))
+    if how == "flip":
+        i = flip[0] % len(data)
+        data = data[:i] + bytes((data[i] ^ flip[1],)) + data[i + 1:]
+    elif how == "truncate":
+        data = data[:cut % len(data)]
+    elif how == "append":
+        data = data + b"\x00"
+    elif how == "long head":  # the payload's length in a longer head than needed
+        payload = portable_cbor.dumps({261: 1, 270: "x" * pad} if pad else {261: 1})
+        longer = (b"\x59" + len(payload).to_bytes(2, "big") if len(payload) < 256
+                  else b"\x5a" + len(payload).to_bytes(4, "big"))
+        data = (b"\xd2\x84\x4d\xa2\x01\x27\x04\x48" + b"\x07" * 8 + b"\xa0" + longer + payload
+                + b"\x58\x40" + b"\x5a" * 64)
+    outcome = parse_outcome(data, True)
+    assert outcome == parse_outcome(data, False)
+    if how == "as is":
+        assert outcome[0] == "ok"
+    if how == "long head":
+        assert outcome == ("rejected", "not_deterministic")
