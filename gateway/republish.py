@@ -56,13 +56,18 @@ _HEAD = '{"v":1,"device":%s,"fleet":%s,"board":%s,"boot":%d,"seq":%d,"received_a
 
 
 def verified_body(device_id: str, fleet: str, board: str, boot: int, seq: int, received_at: float, gap: bool,
-                  claims: Mapping[Any, Any], cose: bytes, batch: dict[str, Any] | None) -> bytes:
-    """The integrator-facing JSON of one accepted report (docs/protocol.md §2.5)."""
+                  claims: Mapping[Any, Any], cose: bytes, batch: dict[str, Any] | str | None) -> bytes:
+    """The integrator-facing JSON of one accepted report (docs/protocol.md §2.5).
+
+    ``batch`` is None before anchoring, else the batch object, or its JSON text
+    when one batch's messages share all of it but the leaf index.
+    """
+    if batch is not None and not isinstance(batch, str):
+        batch = json.dumps(batch, separators=(",", ":"))
     return "".join((
         _HEAD % (_jstr(device_id), _jstr(fleet), _jstr(board), boot, seq, round(received_at * 1000),
                  "true" if gap else "false"),
-        claims_json(claims), ',"report":"', cose.hex(), '","batch":',
-        "null" if batch is None else json.dumps(batch, separators=(",", ":")), "}")).encode()
+        claims_json(claims), ',"report":"', cose.hex(), '","batch":', batch or "null", "}")).encode()
 
 
 def claims_json(claims: Mapping[Any, Any]) -> str:
@@ -127,6 +132,8 @@ def republish_anchored(store: Store, batch: Batch, anchor: Anchor, publish: Call
     """Each report of a confirmed batch again on its verified topic, now with ``batch`` filled in."""
     info = {"status": "confirmed", "batch_seq": batch.seq, "tree_size": batch.size, "root": batch.root.hex(),
             "gateway_id": batch.gateway_id, **anchor_fields(anchor)}
+    # The batch object of every message: this, then the leaf index last.
+    info_head = json.dumps(info, separators=(",", ":"))[:-1] + ',"leaf_index":'
     devices = store.batch_devices(batch.seq)  # one query, not one per leaf
     for rep in leaves if leaves is not None else store.batch_leaves(batch.seq):
         dev = devices.get(rep.device_id)
@@ -136,7 +143,7 @@ def republish_anchored(store: Store, batch: Batch, anchor: Anchor, publish: Call
         # gap is reported on the first `verified` message only, as before.
         publish("surge/v1/%s/%s/verified" % (fleet, rep.device_id),
                 verified_body(rep.device_id, fleet, board, rep.boot, rep.seq, rep.received_at, False,
-                              _stored_claims(rep.cose), rep.cose, dict(info, leaf_index=rep.leaf_index)))
+                              _stored_claims(rep.cose), rep.cose, "%s%d}" % (info_head, rep.leaf_index)))
 
 
 class Publisher:

@@ -31,6 +31,8 @@ from gateway.store import Anchor, Batch, Store
 log = logging.getLogger("surge.gateway")
 
 TICK_S = 0.2
+# Closed batches waiting for the chain before the gateway warns that anchoring falls behind.
+BACKLOG_WARN_BATCHES = 10
 
 
 def gateway_id(store: Store, configured: str | None) -> str:
@@ -81,6 +83,7 @@ class Gateway:
         self.mine_blocks = cfg.chain == "memory" and isinstance(self.chain, Web3Chain)
         self.nice = nice
         self.exit_code = 0
+        self.behind = False  # anchoring backlog warned about (_watch_backlog)
 
     def _publish(self, topic: str, payload: bytes) -> None:
         # Queued for the publisher's own connection and thread (gateway/republish.py).
@@ -137,9 +140,24 @@ class Gateway:
             assert isinstance(self.chain, Web3Chain)
             self.chain.mine(1)
         self.anchorer.step(now)
+        self._watch_backlog()
         while not self.receipted.empty():
             self.anchor_store.mark_receipted(self.receipted.get())
         self.metrics.unbatched.set(self.batcher.store.unbatched_count())
+
+    def _watch_backlog(self) -> None:
+        # One batch is anchored at a time and waits for its confirmations, so
+        # sustained load above batch_size / (confirmations x block time) queues
+        # closed batches without end; say so once per episode, with the remedy.
+        waiting = self.anchor_store.unconfirmed_count()
+        if waiting >= BACKLOG_WARN_BATCHES and not self.behind:
+            self.behind = True
+            log.warning("anchoring falls behind: %d closed batches wait for the chain (one is anchored at a time, "
+                        "each waits for %d confirmations); if this lasts, raise batch_size (now %d) so that each "
+                        "anchor carries more reports", waiting, self.cfg.confirmations, self.cfg.batch_size)
+        elif waiting <= 1 and self.behind:
+            self.behind = False
+            log.info("anchoring caught up")
 
     def run(self, duration: float | None = None) -> None:
         self.start()

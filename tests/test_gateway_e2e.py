@@ -44,6 +44,12 @@ def test_reports_to_receipts_and_bundles(tmp_path: Path, broker: Mosquitto) -> N
         anchored = [v for v in verified if v["batch"] is not None]
         assert len(first) == len(sent) and len(anchored) == len(sent)
         assert {v["claims"]["storage_total"] for v in first} == {4_000_000}
+        # The anchored copy names the same leaf, root and transaction as the receipt.
+        by_report = {(r["device"], r["seq"]): r for r in (json.loads(p) for _, p in watch.of_kind("receipt"))}
+        for v in anchored:
+            rec = by_report[(v["device"], v["seq"])]
+            assert (v["batch"]["leaf_index"], v["batch"]["root"], v["batch"]["tx_hash"]) == \
+                (rec["leaf_index"], rec["root"], rec["chain"]["tx_hash"])
         assert watch.of_kind("batches")
         st = status(db)
         assert st["reports"]["accepted"] == len(sent) and st["rejections"] == {}

@@ -86,3 +86,26 @@ def test_flooding_device_cannot_starve_the_fleet(tmp_path: Path, broker: Mosquit
         flood_pub.loop_stop()
         pub.close()
         stop(gw)
+
+
+@pytest.mark.timeout(120)
+def test_anchoring_backlog_is_reported_with_its_remedy(tmp_path: Path, broker: Mosquitto) -> None:
+    # Batches of one report, and more confirmations than the in-process chain
+    # makes in the test's time: closed batches queue behind the one in flight.
+    db = tmp_path / "gw.db"
+    dev = Device(board="rpi-4")
+    enroll(db, dev)
+    gw = start_gateway(db, broker, batch_size=1, batch_seconds=3600, confirmations=100000)
+    pub = AckPublisher(broker.port)
+    try:
+        wait_online(broker, gw)
+        for _ in range(12):
+            pub.send(dev.topic, dev.report())
+        wait_for(lambda: "anchoring falls behind" in gateway_log(db), 30, "the backlog warning")
+        line = next(x for x in gateway_log(db).splitlines() if "anchoring falls behind" in x)
+        assert "raise batch_size (now 1)" in line and "100000 confirmations" in line
+        assert gateway_log(db).count("anchoring falls behind") == 1  # once per episode
+        assert gw.poll() is None
+    finally:
+        pub.close()
+        stop(gw)
