@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker import Mosquitto, free_port, mosquitto_binary
+from broker import free_port, mosquitto_binary
 from gateway.acl import password_hash
 from gw_helpers import Device
 
