@@ -30,6 +30,8 @@ log = logging.getLogger("surge.gateway.anchorer")
 DROP_AFTER_S = 120.0
 # How many recent confirmed batches are re-checked for reorgs on every pass.
 REORG_WINDOW = 16
+# Shortest time between two reorg checks.
+REORG_CHECK_S = 1.0
 
 
 class Anchorer:
@@ -46,6 +48,7 @@ class Anchorer:
         self.drop_after_s = drop_after_s
         self.chain_down = False
         self._checked_head = -1
+        self._checked_at = float("-inf")
         self._idle = 0
         self._passes = 0
 
@@ -56,7 +59,7 @@ class Anchorer:
         """One pass; chain outages are logged and retried on the next pass."""
         now = time.time() if now is None else now
         try:
-            self._check_reorgs()
+            self._check_reorgs(now)
             self._advance(now)
             if self.chain_down:
                 log.info("chain endpoint reachable again")
@@ -81,14 +84,20 @@ class Anchorer:
                 self.store.set_batch_state(b.seq, "closed")
         log.warning("re-anchoring from batch %d: %s", seq, why)
 
-    def _check_reorgs(self) -> None:
+    def _check_reorgs(self, now: float) -> None:
         # Little can have changed on chain unless its head moved; still look every
         # 25 passes (~5 s), since a reorg can leave the head at the same height.
-        head = self.chain.head()
+        # At most once a second otherwise: the in-process chain makes a block every
+        # pass, and each look costs three calls into py-evm.
+        # While the chain is down every pass asks, so that a success means it is back.
         self._idle += 1
+        if now - self._checked_at < REORG_CHECK_S and self._idle < 25 and not self.chain_down:
+            return
+        head = self.chain.head()
         if head == self._checked_head and self._idle < 25:
             return
         self._checked_head = head
+        self._checked_at = now
         self._idle = 0
         self._passes += 1
         recent = self.store.recent_confirmed(REORG_WINDOW)

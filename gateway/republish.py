@@ -73,24 +73,29 @@ def verified_body(device_id: str, fleet: str, board: str, boot: int, seq: int, r
 def claims_json(claims: Mapping[Any, Any]) -> str:
     """``json.dumps(C.named(claims))``, compact, without building the named dict."""
     parts = []
-    unknown = False
     for k, v in claims.items():
         if k == C.SURGE and type(v) is dict:
             for sk, sv in v.items():
-                name = C.SURGE_NAMES.get(sk)
-                if name is None:
-                    name, unknown = "surge_%s" % sk, True
-                parts.append('"%s":%s' % (name, _value(sv)))
+                head = _SURGE_HEADS.get(sk)
+                if head is None:
+                    return _named_json(claims)
+                parts.append(head + (int.__repr__(sv) if type(sv) is int else _value(sv)))
         else:
-            name = C.NAMES.get(k)
-            if name is None:
-                name, unknown = "claim_%s" % k, True
-            parts.append('"%s":%s' % (name, _value(v)))
-    if unknown:
-        # Unregistered keys may share a name (5 and "5" both give "claim_5"):
-        # then named() keeps one, and so must this.
-        return json.dumps(C.named(claims), separators=(",", ":"))
+            head = _CLAIM_HEADS.get(k)
+            if head is None:
+                return _named_json(claims)
+            parts.append(head + (int.__repr__(v) if type(v) is int else _value(v)))
     return "{" + ",".join(parts) + "}"
+
+
+_CLAIM_HEADS = {k: '"%s":' % name for k, name in C.NAMES.items()}
+_SURGE_HEADS = {k: '"%s":' % name for k, name in C.SURGE_NAMES.items()}
+
+
+def _named_json(claims: Mapping[Any, Any]) -> str:
+    # Unregistered keys may share a name (5 and "5" both give "claim_5"): then
+    # named() keeps one, and so must the JSON. Rare; the plain way.
+    return json.dumps(C.named(claims), separators=(",", ":"))
 
 
 def _value(v: Any) -> str:
