@@ -54,7 +54,8 @@ def _run(args: argparse.Namespace) -> int:
                                                "contract", "keystore", "gateway_id", "batch_size", "batch_seconds",
                                                "confirmations", "anchor_timeout_s", "metrics_port", "share_group",
                                                "max_report_bytes",
-                                               "rate_limit_per_s", "rate_burst", "commit_group", "log_level",
+                                               "rate_limit_per_s", "rate_burst", "commit_group", "pipeline_nice",
+                                               "log_level",
                                                "mqtt_version")}
     if args.no_republish:
         overrides["republish"] = False
@@ -272,6 +273,8 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--rate-burst", dest="rate_burst", type=int, metavar="N", help="burst per device (50)")
     run.add_argument("--commit-group", dest="commit_group", type=int, metavar="N",
                      help="messages verified per store commit at most (500)")
+    run.add_argument("--pipeline-nice", dest="pipeline_nice", type=int, metavar="N",
+                     help="CPU nice value of batching, anchoring and publishing, 0..19 (19: ingest first)")
     run.add_argument("--no-republish", dest="no_republish", action="store_true",
                      help="do not republish verified reports as JSON")
     run.add_argument("--share-group", dest="share_group", metavar="NAME",

@@ -40,6 +40,9 @@ class GatewayConfig:
     rate_burst: int = 50
     commit_group: int = 500
     republish: bool = True
+    # CPU priority of the pipeline process (batching, anchoring, receipts,
+    # publishing): 19 = only CPU the ingest process and the broker leave.
+    pipeline_nice: int = 19
     log_level: str = "info"
     # "3.1.1" for brokers without MQTT 5 (the demo's embedded amqtt): same
     # persistent session through clean_session=False, no ReceiveMaximum.
@@ -93,6 +96,8 @@ def validate(cfg: GatewayConfig) -> GatewayConfig:
         raise ConfigError("rate_limit_per_s must be positive, got %r" % cfg.rate_limit_per_s)
     if cfg.chain != "memory" and not cfg.chain.startswith(("http://", "https://")):
         raise ConfigError("chain must be 'memory' or an http(s):// JSON-RPC URL")
+    if not 0 <= cfg.pipeline_nice <= 19:
+        raise ConfigError("pipeline_nice must be 0..19, got %r" % cfg.pipeline_nice)
     if cfg.mqtt_version not in ("5", "3.1.1"):
         raise ConfigError("mqtt_version must be \"5\" or \"3.1.1\", got %r" % cfg.mqtt_version)
     parse_broker(cfg.broker)

@@ -61,8 +61,7 @@ def open_gateway_chain(cfg: GatewayConfig, store: Store) -> Web3Chain:
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, chain: ChainBackend | None = None, log_json: bool = False,
-                 nice: int = 10) -> None:
+    def __init__(self, cfg: GatewayConfig, chain: ChainBackend | None = None, log_json: bool = False) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
         self.store = Store(cfg.db)
@@ -81,7 +80,6 @@ class Gateway:
         # thread, written to the store by the main loop, which owns that connection).
         self.receipted: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.mine_blocks = cfg.chain == "memory" and isinstance(self.chain, Web3Chain)
-        self.nice = nice
         self.exit_code = 0
         self.behind = False  # anchoring backlog warned about (_watch_backlog)
 
@@ -120,10 +118,12 @@ class Gateway:
                  self.chain.chain_id, self.chain.contract_address, self.cfg.batch_size, self.cfg.batch_seconds,
                  self.cfg.confirmations)
         self.ingest.start()
-        if self.nice:
+        if self.cfg.pipeline_nice:
             # Ingest acknowledges first; this thread, and the publisher thread it
             # starts next, take the CPU it leaves (Linux nice values are per thread).
-            os.nice(self.nice)
+            # At 10 the pipeline still took ~10% of a contended core from ingest
+            # during bursts, at 19 ~1.5% (docs/performance.md).
+            os.nice(self.cfg.pipeline_nice)
         self.publisher.start()
 
     def step(self) -> None:
