@@ -134,6 +134,20 @@ class Ingest:
                 self.boards[name] = None
         return self.boards[name]
 
+    def _prefetch(self, group: list[Incoming]) -> None:
+        """Load the group's devices that are not cached yet, and their states, in bulk."""
+        missing = []
+        for msg in group:
+            parts = msg.topic.split("/")
+            if len(parts) == 5 and parts[3] not in self.devices:
+                missing.append(parts[3])
+        if not missing:
+            return
+        for dev, state in self.store.devices_with_state(list(dict.fromkeys(missing))):
+            self.devices[dev.device_id] = dev
+            if state is not None and dev.device_id not in self.states:
+                self.states[dev.device_id] = state
+
     def _registry_changed(self) -> None:
         """Forget cached devices when enroll, revoke or a key rotation changed the registry."""
         version = self.store.meta("registry_version")
@@ -219,6 +233,7 @@ class Ingest:
         rejected: list[RejectedRow] = []
         dupes = 0
         self._registry_changed()
+        self._prefetch(group)
         self.pending_state.clear()
         self.pending_seen.clear()
         try:

@@ -351,6 +351,20 @@ class Store:
                               (device_id,)).fetchone()
         return None if row is None else DeviceState(row[0], row[1], bytes(row[2]))
 
+    def devices_with_state(self, device_ids: Sequence[str]) -> list[tuple[Device, DeviceState | None]]:
+        """The enrolled devices among ``device_ids``, each with its state if it has one (ingest's
+        cold cache: one query per few hundred ids instead of two per id)."""
+        out: list[tuple[Device, DeviceState | None]] = []
+        cols = ", ".join("d." + c for c in _DEVICE_COLS.split(", "))
+        for i in range(0, len(device_ids), 500):
+            chunk = device_ids[i:i + 500]
+            for r in self.db.execute(
+                    "SELECT %s, s.boot, s.seq, s.last_hash FROM devices d LEFT JOIN device_state s "
+                    "ON s.device_id = d.device_id WHERE d.device_id IN (%s)" % (cols, ",".join("?" * len(chunk))),
+                    chunk):
+                out.append((_device(r), None if r[8] is None else DeviceState(r[8], r[9], bytes(r[10]))))
+        return out
+
     def device_stats(self) -> dict[str, tuple[int, int, float]]:
         """device id -> (reports, gaps, last seen)."""
         return {r[0]: (r[1], r[2], r[3]) for r in
