@@ -23,6 +23,11 @@ with the in-process memory chain and its default batch size, and with the
 per-device rate limit lifted (a burst of N/D reports from one device would
 otherwise be refused as rate_limited, by design).
 
+``--cpu-split`` prints where the CPU went while the reports were stored (and,
+with ``--gas``, until all were anchored): user + system CPU per report of the
+gateway's pipeline and ingest processes (main thread, other threads), the
+broker and the load generator, from ``/proc``.
+
 ``--profile FILE`` additionally runs the gateway's per-message path
 (``Ingest.process``: verify + commit) in this process under
 cProfile on the same reports, without broker or chain, and writes the stats.
@@ -251,8 +256,46 @@ def count_reports(db: Path) -> int:
         con.close()
 
 
+def thread_cpu(roles: dict[int, str]) -> dict[str, float]:
+    """CPU seconds (user + system) so far per role: each process's main thread and its other threads
+    (the process total counts threads that have ended, e.g. the publisher's network thread)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def seconds(path: str) -> float:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    for pid, role in roles.items():
+        try:
+            total, main = seconds("/proc/%d/stat" % pid), seconds("/proc/%d/task/%d/stat" % (pid, pid))
+        except OSError:
+            continue
+        out[role + ": main thread"] = main
+        out[role + ": other threads"] = total - main
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in os.listdir("/proc/%d/task" % pid)
+                for c in Path("/proc/%d/task/%s/children" % (pid, t)).read_text().split()]
+    except OSError:
+        return []
+
+
+def cpu_split_table(roles: dict[int, str], marks: list[tuple[str, dict[str, float]]], n: int) -> str:
+    """µs of CPU per report for each role between the first mark and each later one."""
+    _, first = marks[0]
+    lines = ["%-52s %s" % ("CPU per report (us)", "  ".join("%14s" % name for name, _ in marks[1:]))]
+    for key in sorted({k for _, m in marks for k in m}):  # threads may start after the first mark
+        lines.append("%-52s %s" % (key, "  ".join("%14.1f" % ((m.get(key, 0.0) - first.get(key, 0.0)) / n * 1e6)
+                                                    for _, m in marks[1:])))
+    return "\n".join(lines)
+
+
 def measure_gateway(workdir: Path, messages: list[tuple[str, bytes]], publics: list[bytes],
-                    inflight: int, extra: list[str], gas: bool = False) -> dict[str, Any]:
+                    inflight: int, extra: list[str], gas: bool = False, cpu_split: bool = False) -> dict[str, Any]:
     gwdir = workdir / "gateway"
     gwdir.mkdir()
     broker = Broker(workdir / "gw-broker", inflight)
@@ -274,9 +317,14 @@ def measure_gateway(workdir: Path, messages: list[tuple[str, bytes]], publics: l
             result["done"] = time.monotonic()
 
         poller = threading.Thread(target=poll_db, daemon=True)
+        roles = {proc.pid: "gateway pipeline process", broker.proc.pid: "mosquitto",
+                 os.getpid(): "load generator (this process)"}
+        roles.update({c: "gateway ingest process" for c in _children(proc.pid)})
+        marks = [("start", thread_cpu(roles))]
         poller.start()
         first, _ = publish_all(broker.port, messages, inflight)
         poller.join(600)
+        marks.append(("until stored", thread_cpu(roles)))
         if "done" not in result:
             raise RuntimeError("gateway stored %d of %d reports (see %s)"
                                % (count_reports(db), len(messages), gwdir / "gateway.log"))
@@ -288,6 +336,9 @@ def measure_gateway(workdir: Path, messages: list[tuple[str, bytes]], publics: l
                                "rejections": rejected}
         if gas:
             out["gas"] = anchored_gas(db, len(messages), proc)
+            marks.append(("until anchored", thread_cpu(roles)))
+        if cpu_split:
+            out["cpu_split"] = cpu_split_table(roles, marks, len(messages))
         return out
     finally:
         proc.terminate()
@@ -371,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra TOML line for the gateway's config, e.g. batch_size=10000 (repeatable)")
     parser.add_argument("--gas", action="store_true",
                         help="after the timing, wait until all reports are anchored and report gas per report")
+    parser.add_argument("--cpu-split", action="store_true",
+                        help="print CPU per report of each process (main thread and the others): gateway "
+                             "pipeline and ingest, broker, load generator; with --gas also until anchored")
     parser.add_argument("--skip-raw", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--_subscriber", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -394,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             print("raw paho QoS 1 through Mosquitto:  %8.0f msg/s" % result["raw_qos1"]["per_s"], flush=True)
         result["gateway_options"] = args.gateway_option
         result["gateway"] = measure_gateway(workdir, messages, publics, args.inflight, args.gateway_option,
-                                            gas=args.gas)
+                                            gas=args.gas, cpu_split=args.cpu_split)
         print("gateway verified + stored:          %8.0f reports/s" % result["gateway"]["per_s"], flush=True)
         if "raw_qos1" in result:
             result["ratio"] = result["gateway"]["per_s"] / result["raw_qos1"]["per_s"]
@@ -403,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             g = result["gateway"]["gas"]
             print("gas: %d anchors of %s reports, mean %.0f gas per anchor, %.1f gas per report"
                   % (g["batches"], g["batch_sizes"], g["mean_gas_per_anchor"], g["gas_per_report"]))
+        if args.cpu_split:
+            print(result["gateway"]["cpu_split"])
         if result["gateway"]["rejections"]:
             print("WARNING: the gateway rejected some reports: %s" % result["gateway"]["rejections"])
         if args.profile:
