@@ -13,24 +13,35 @@ import os
 from agent import fsutil
 
 class Outbox:
+    """The queue is the range lo..hi of seqs, not a list of them: files are
+    written in seq order and leave oldest first, so the range has no holes
+    unless files were removed by hand (oldest() steps over those, and len()
+    counts them). A list of hundreds of names and ints did not fit 48K."""
+
     def __init__(self, directory, max_entries):
         self.dir = directory
         self.max = max_entries
+        self.lo, self.hi = 1, 0  # empty
         fsutil.makedirs(directory)
-        seqs = []
-        for name in os.listdir(directory):
+        torn = []
+        # MicroPython's ilistdir yields one entry at a time; listdir holds them all.
+        for name in os.ilistdir(directory) if hasattr(os, "ilistdir") else os.listdir(directory):
+            name = name if isinstance(name, str) else name[0]
             if name.endswith(".tmp"):
-                os.remove(fsutil.join(directory, name))
+                torn.append(name)
             elif name.endswith(".rep") and len(name) == 20:
                 try:
-                    seqs.append(int(name[:16]))
+                    seq = int(name[:16])
                 except ValueError:
-                    pass
-        seqs.sort()
-        self.seqs = seqs
+                    continue
+                if not len(self):
+                    self.lo = self.hi = seq
+                self.lo, self.hi = min(self.lo, seq), max(self.hi, seq)
+        for name in torn:  # unfinished writes; not removed while listing
+            os.remove(fsutil.join(directory, name))
 
     def __len__(self):
-        return len(self.seqs)
+        return self.hi - self.lo + 1
 
     def _path(self, seq):
         return fsutil.join(self.dir, "%016d.rep" % seq)
@@ -38,30 +49,36 @@ class Outbox:
     def put(self, seq, data):
         """Store one report; returns how many old reports were dropped for room."""
         dropped = 0
-        while len(self.seqs) >= self.max:
-            self.remove(self.seqs[0])
+        while len(self) >= self.max:
+            self.remove(self.lo)
             dropped += 1
         fsutil.atomic_write(self._path(seq), data)
-        self.seqs.append(seq)
+        if not len(self):
+            self.lo = seq
+        self.hi = seq  # seqs only grow: agent.runner resumes after the newest queued
         return dropped
 
     def oldest(self):
         """(seq, bytes) of the oldest report, or None when empty."""
-        if not self.seqs:
-            return None
-        seq = self.seqs[0]
-        return seq, fsutil.read(self._path(seq))
+        while len(self):
+            path = self._path(self.lo)
+            try:
+                return self.lo, fsutil.read(path)
+            except OSError:
+                if fsutil.exists(path):
+                    raise
+                self.lo += 1  # a hole
+        return None
 
     def newest(self):
-        if not self.seqs:
+        if not len(self):
             return None
-        seq = self.seqs[-1]
-        return seq, fsutil.read(self._path(seq))
+        return self.hi, fsutil.read(self._path(self.hi))
 
     def remove(self, seq):
         try:
             os.remove(self._path(seq))
         except OSError:
             pass  # already gone: removing is idempotent
-        if seq in self.seqs:
-            self.seqs.remove(seq)
+        if seq == self.lo and len(self):
+            self.lo += 1

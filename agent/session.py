@@ -8,6 +8,7 @@ exponential backoff and jitter up to a cap.  Functions of the agent
 more heap than a 64 KB board has to compile as .py.
 """
 
+import gc
 import os
 
 from agent import clock, reason
@@ -56,7 +57,11 @@ def flush(agent):
     """Publish queued reports oldest first; each leaves only after its PUBACK."""
     topic = agent.topic("report")
     while agent.link.connected:
-        item = agent.outbox.oldest()
+        try:
+            item = agent.outbox.oldest()
+        except MemoryError:
+            gc.collect()  # it stays queued; the next pass tries again
+            return
         if item is None:
             return
         try:

@@ -25,9 +25,9 @@ HEAP_PY = "64K"
 HEAP_MPY = "48K"
 
 
-def _build(tmp: Path, port: int, *extra: str) -> Path:
+def _build(tmp: Path, port: int, *extra: str, **over: Any) -> Path:
     cfg, _ = write_config(tmp, port, board="esp32", name="esp", mounts=["/"],
-                          net_interface="sta", bw_probe_bytes=1024)
+                          net_interface="sta", bw_probe_bytes=1024, **over)
     out = tmp / "bundle"
     assert surge(["firmware", "build", "--board", "esp32", "--config", str(cfg),
                   "--out", str(out), *extra]) == 0
@@ -110,6 +110,39 @@ def test_esp32_mpy_bundle_first_start_makes_its_key(broker: Any, tmp_path: Path,
     assert secret not in proc.stdout
     verify(sub.of("birth")[0].payload, public)
     assert len(report_chain(sub.of("report"), public)) == 2
+
+
+def test_esp32_mpy_bundle_delivers_a_full_outbox_in_48k(broker: Any, tmp_path: Path, micropython: str) -> None:
+    # A board that was offline for hours starts with its outbox (500 by
+    # default) all but full: it must still fit the 48K heap and send every
+    # report, oldest first, then carry on the chain. Before the outbox kept runs
+    # of seqs instead of every file name and seq, 100 queued reports crashed
+    # the start-up; and a MemoryError while reading a queued report ended the
+    # run loop (session.flush now leaves it queued and tries again).
+    from agent import report
+
+    host_key, key = _host_key(tmp_path)
+    bundle = _build(tmp_path, broker.port, "--mpy", "--with-key", str(host_key),
+                    outbox={"dir": "outbox", "max_entries": 500})
+    outbox = bundle / "outbox"
+    outbox.mkdir()
+    prev = None
+    for seq in range(1, 500):
+        data = report.sign_report(key.secret, key.public, report.build_claims(
+            seq=seq, bootcount=1, uptime=seq, interval=60, prev=prev))
+        (outbox / ("%016d.rep" % seq)).write_bytes(data)
+        prev = C.prev_hash(data)
+    sub = Subscriber(broker.port).start()
+    try:
+        proc = _run(micropython, bundle, HEAP_MPY, 1)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "499 queued" in proc.stdout
+        sub.wait(lambda: len(sub.of("report")) >= 500, 30, "500 reports")
+    finally:
+        sub.stop()
+    chain = report_chain(sub.of("report"), key.public)
+    assert [c[C.SURGE][C.SEQ] for c in chain] == list(range(1, 501))
+    assert not list(outbox.iterdir())
 
 
 @pytest.mark.parametrize("field,value", [("interval", 0), ("fleet", "a/b")])

@@ -107,11 +107,17 @@ def check_outbox(tmp):
     f.write(b"torn")
     f.close()
     box = Outbox(d, 3)
-    assert box.seqs == [43, 44, 45] and "0000000000000046.rep.tmp" not in os.listdir(d)
+    assert (box.lo, box.hi, len(box)) == (43, 45, 3) and "0000000000000046.rep.tmp" not in os.listdir(d)
     box.remove(43)
     box.remove(43)  # idempotent
-    assert box.oldest() == (44, b"r44")
-    return 8
+    assert box.oldest() == (44, b"r44") and len(box) == 2
+    # A file removed by hand is a hole that oldest() steps over; empty is empty.
+    os.remove(fsutil.join(d, "0000000000000044.rep"))
+    assert box.oldest() == (45, b"r45") and (box.lo, box.hi) == (45, 45)
+    box.remove(45)
+    assert len(box) == 0 and box.oldest() is None and box.newest() is None
+    assert box.put(46, b"r46") == 0 and (box.lo, box.hi) == (46, 46)
+    return 13
 
 
 def check_state(tmp):
