@@ -36,8 +36,10 @@ class Agent:
         self.outbox = Outbox(cfg.path("outbox.dir"), cfg.get("outbox.max_entries"))
         newest = self.outbox.newest()
         if newest is not None and newest[0] > self.state.seq:
-            # Killed between writing a report and saving the state: the
-            # report already carried the dropped count.
+            # Killed between storing a report and saving the state: resume
+            # after it. It carried the dropped count saved before it; what
+            # storing it dropped (outbox full) is not known, so the next report
+            # says 0 and the gateway sees those drops only as a seq gap.
             self.state.seq = newest[0]
             self.state.prev = report.prev_hash(newest[1])
             self.state.dropped = 0
