@@ -71,24 +71,33 @@ _FIXED_HEAD = b"\xd2\x84\x4d\xa2\x01\x27\x04\x48"
 _SIG_HEAD = b"\x58\x40"
 
 
+def payload_at(data: bytes) -> bytes | None:
+    """The payload of a message in the one valid form, found by position; None otherwise.
+
+    Performance (docs/performance.md): no decoding of the envelope and its
+    header. Used on every received report, and for reports read back from
+    the store (gateway/republish.py).
+    """
+    n = len(data)
+    if n < 84 or data[:8] != _FIXED_HEAD or data[16] != 0xA0 or data[n - 66:n - 64] != _SIG_HEAD:
+        return None
+    head = data[17]
+    start = length = -1  # no match unless the payload head is in its shortest form
+    if 0x40 <= head < 0x58:
+        start, length = 18, head - 0x40
+    elif head == 0x58 and data[18] >= 24:
+        start, length = 19, data[18]
+    elif head == 0x59 and data[18]:
+        start, length = 20, int.from_bytes(data[18:20], "big")
+    return data[start:n - 66] if start >= 0 and start + length == n - 66 else None
+
+
 def parse(data: bytes) -> Envelope:
     """Check structure and decode claims; raises ``COSEError`` with a reason code."""
-    # Performance (docs/performance.md): a message in the one valid form is
-    # recognised by its bytes, without decoding the envelope and its header;
-    # anything else takes the full path below, which picks the reason.
-    n = len(data)
-    if n >= 84 and data[:8] == _FIXED_HEAD and data[16] == 0xA0 and data[n - 66:n - 64] == _SIG_HEAD:
-        head = data[17]
-        start = length = -1  # no match unless the payload head is in its shortest form
-        if 0x40 <= head < 0x58:
-            start, length = 18, head - 0x40
-        elif head == 0x58 and data[18] >= 24:
-            start, length = 19, data[18]
-        elif head == 0x59 and data[18]:
-            start, length = 20, int.from_bytes(data[18:20], "big")
-        if start >= 0 and start + length == n - 66:
-            payload = data[start:n - 66]
-            return Envelope(data[3:16], data[8:16], payload, data[n - 64:], decode_claims(payload))
+    payload = payload_at(data)
+    if payload is not None:
+        return Envelope(data[3:16], data[8:16], payload, data[-64:], decode_claims(payload))
+    # Anything else takes the full path, which picks the rejection reason.
     return _parse_decoded(data)
 
 

@@ -28,6 +28,7 @@ import cbor2
 
 from agent import claims as C
 from gateway.config import GatewayConfig
+from gateway.envelope import payload_at
 from gateway.mqtt_client import Connection, MQTTError, backoff_delays
 from gateway.receipts import anchor_fields
 from gateway.store import Anchor, Batch, RejectedRow, Store, StoredReport
@@ -56,14 +57,12 @@ _HEAD = '{"v":1,"device":%s,"fleet":%s,"board":%s,"boot":%d,"seq":%d,"received_a
 
 
 def verified_body(device_id: str, fleet: str, board: str, boot: int, seq: int, received_at: float, gap: bool,
-                  claims: Mapping[Any, Any], cose: bytes, batch: dict[str, Any] | str | None) -> bytes:
+                  claims: Mapping[Any, Any], cose: bytes, batch: str | None) -> bytes:
     """The integrator-facing JSON of one accepted report (docs/protocol.md §2.5).
 
-    ``batch`` is None before anchoring, else the batch object, or its JSON text
-    when one batch's messages share all of it but the leaf index.
+    ``batch`` is None before anchoring, else the batch object as JSON text
+    (one batch's messages share all of it but the leaf index).
     """
-    if batch is not None and not isinstance(batch, str):
-        batch = json.dumps(batch, separators=(",", ":"))
     return "".join((
         _HEAD % (_jstr(device_id), _jstr(fleet), _jstr(board), boot, seq, round(received_at * 1000),
                  "true" if gap else "false"),
@@ -121,15 +120,10 @@ def _stored_claims(cose: bytes) -> dict[Any, Any]:
     """Claims of a report the gateway verified and stored: plain decoding, no re-verification.
 
     The bytes were checked in full (structure, determinism, signature) before
-    they were stored, so the payload sits at a known place: after the tag, the
-    array head and the 13-byte protected header (docs/protocol.md §4.1), and
-    before the 64-byte signature.
+    they were stored, so the payload is where the one valid form puts it.
     """
-    head = cose[17] if len(cose) > 84 else 0
-    start = 18 if 0x40 <= head < 0x58 else 19 if head == 0x58 else 20 if head == 0x59 else 0
-    if start and cose[:3] == b"\xd2\x84\x4d" and cose[-66:-64] == b"\x58\x40":
-        return dict(cbor2.loads(cose[start:-66]))
-    return dict(cbor2.loads(cbor2.loads(cose).value[2]))
+    payload = payload_at(cose)
+    return dict(cbor2.loads(payload if payload is not None else cbor2.loads(cose).value[2]))
 
 
 def republish_anchored(store: Store, batch: Batch, anchor: Anchor, publish: Callable[[str, bytes], None],

@@ -58,7 +58,7 @@ def test_writer_matches_json_dumps_of_named_claims(claims: dict[Any, Any], gap: 
                                                    batch: dict[str, Any] | None) -> None:
     assert claims_json(claims) == json.dumps(C.named(claims), separators=(",", ":"))
     body = verified_body("0011223344556677", "fleet-é", "rpi4", 3, 2 ** 40, 1764000000.1235, gap, claims,
-                         b"\xd2\x84", batch)
+                         b"\xd2\x84", None if batch is None else json.dumps(batch, separators=(",", ":")))
     assert body == reference(claims, b"\xd2\x84", batch, gap)
     json.loads(body)
 
