@@ -133,23 +133,23 @@ class Gateway:
             self.metrics.batches.inc()
             self.metrics.batch_size.observe(b.size)
             receipts.batch_event(self.batcher.store, b, "closed", self._publish)
-        if self.mine_blocks and self.anchor_store.unconfirmed_count():
+        waiting = self.anchor_store.unconfirmed_count()
+        if self.mine_blocks and waiting:
             # The in-process chain makes blocks only for transactions; one empty
             # block per pass stands in for block time so confirmations advance
             # (only while an anchor waits: py-evm spends milliseconds on each).
             assert isinstance(self.chain, Web3Chain)
             self.chain.mine(1)
         self.anchorer.step(now)
-        self._watch_backlog()
+        self._watch_backlog(waiting)
         while not self.receipted.empty():
             self.anchor_store.mark_receipted(self.receipted.get())
         self.metrics.unbatched.set(self.batcher.store.unbatched_count())
 
-    def _watch_backlog(self) -> None:
+    def _watch_backlog(self, waiting: int) -> None:
         # One batch is anchored at a time and waits for its confirmations, so
         # sustained load above batch_size / (confirmations x block time) queues
         # closed batches without end; say so once per episode, with the remedy.
-        waiting = self.anchor_store.unconfirmed_count()
         if waiting >= BACKLOG_WARN_BATCHES and not self.behind:
             self.behind = True
             log.warning("anchoring falls behind: %d closed batches wait for the chain (one is anchored at a time, "
