@@ -256,32 +256,35 @@ def count_reports(db: Path) -> int:
         con.close()
 
 
+def with_children(pid: int) -> list[int]:
+    """``pid`` and its child processes (the gateway's ingest process, gateway/ingest_process.py)."""
+    pids = [pid]
+    try:
+        for task in os.listdir("/proc/%d/task" % pid):
+            pids += [int(c) for c in Path("/proc/%d/task/%s/children" % (pid, task)).read_text().split()]
+    except OSError:
+        pass
+    return pids
+
+
+def stat_cpu_s(path: str) -> float:
+    """User + system CPU seconds in a /proc ``stat`` file (a process's or one thread's)."""
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def thread_cpu(roles: dict[int, str]) -> dict[str, float]:
     """CPU seconds (user + system) so far per role: each process's main thread and its other threads
     (the process total counts threads that have ended, e.g. the publisher's network thread)."""
     out: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def seconds(path: str) -> float:
-        fields = Path(path).read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
-
     for pid, role in roles.items():
         try:
-            total, main = seconds("/proc/%d/stat" % pid), seconds("/proc/%d/task/%d/stat" % (pid, pid))
+            total, main = stat_cpu_s("/proc/%d/stat" % pid), stat_cpu_s("/proc/%d/task/%d/stat" % (pid, pid))
         except OSError:
             continue
         out[role + ": main thread"] = main
         out[role + ": other threads"] = total - main
     return out
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for t in os.listdir("/proc/%d/task" % pid)
-                for c in Path("/proc/%d/task/%s/children" % (pid, t)).read_text().split()]
-    except OSError:
-        return []
 
 
 def cpu_split_table(roles: dict[int, str], marks: list[tuple[str, dict[str, float]]], n: int) -> str:
@@ -319,7 +322,7 @@ def measure_gateway(workdir: Path, messages: list[tuple[str, bytes]], publics: l
         poller = threading.Thread(target=poll_db, daemon=True)
         roles = {proc.pid: "gateway pipeline process", broker.proc.pid: "mosquitto",
                  os.getpid(): "load generator (this process)"}
-        roles.update({c: "gateway ingest process" for c in _children(proc.pid)})
+        roles.update({c: "gateway ingest process" for c in with_children(proc.pid)[1:]})
         marks = [("start", thread_cpu(roles))]
         poller.start()
         first, _ = publish_all(broker.port, messages, inflight)

@@ -194,30 +194,15 @@ def bulk_enroll(db: Path, publics: list[bytes]) -> None:
     store.close()
 
 
-def with_children(pid: int) -> list[int]:
-    """``pid`` and its child processes (the gateway's ingest process, gateway/ingest_process.py)."""
-    pids = [pid]
-    try:
-        for task in os.listdir("/proc/%d/task" % pid):
-            pids += [int(c) for c in Path("/proc/%d/task/%s/children" % (pid, task)).read_text().split()]
-    except OSError:
-        pass
-    return pids
-
-
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds so far of process ``pid`` and its children."""
-    total = 0.0
-    for p in with_children(pid):
-        fields = Path("/proc/%d/stat" % p).read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(gt.stat_cpu_s("/proc/%d/stat" % p) for p in gt.with_children(pid))
 
 
 def rss_kb(pid: int) -> int:
     """Resident memory of process ``pid`` and its children."""
     total = 0
-    for p in with_children(pid):
+    for p in gt.with_children(pid):
         with open("/proc/%d/status" % p) as f:
             for line in f:
                 if line.startswith("VmRSS:"):
