@@ -1,7 +1,8 @@
 """Anchoring stage: put each closed batch's root on chain, exactly once, in order.
 
 The contract accepts batch ``n`` only after ``n - 1``, so batches are anchored
-strictly in sequence, one in flight at a time.  For every attempt the pending
+strictly in sequence, one in flight at a time (the batcher sizes batches so
+that this keeps up with any load, gateway/batcher.py).  For every attempt the pending
 record is written *before* the transaction is sent; after a crash the record
 tells whether a send may have happened, and the chain (``last_seq`` and
 ``root_of``) tells whether it landed.  A transaction that disappears (dropped,
@@ -51,6 +52,7 @@ class Anchorer:
         self._checked_at = float("-inf")
         self._idle = 0
         self._passes = 0
+        self.confirmed_count = 0  # confirmations seen by this process (the gateway closes the next batch on one)
 
     def _here(self, a: Anchor) -> bool:
         return a.chain_id == self.chain.chain_id and a.contract.lower() == self.chain.contract_address.lower()
@@ -158,6 +160,7 @@ class Anchorer:
         self.store.update_anchor(a.id, "confirmed", block_number=rc.block_number,
                                  block_hash=rc.block_hash, gas_used=rc.gas_used, attestation=attestation)
         self.metrics.anchors_confirmed.inc()
+        self.confirmed_count += 1
         self.metrics.gas_used.inc(rc.gas_used)
         self.metrics.time_to_anchor.observe(max(0.0, time.time() - b.closed_at))
         log.info("batch %d confirmed in block %d (%d confirmations, %d gas)",

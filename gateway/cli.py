@@ -52,7 +52,7 @@ def _open_store(path: str) -> Store:
 def _run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("broker", "username", "password_file", "broker_ca", "db", "chain",
                                                "contract", "keystore", "gateway_id", "batch_size", "batch_seconds",
-                                               "confirmations", "anchor_timeout_s", "metrics_port", "share_group",
+                                               "batch_max", "confirmations", "anchor_timeout_s", "metrics_port", "share_group",
                                                "max_report_bytes",
                                                "rate_limit_per_s", "rate_burst", "commit_group", "pipeline_nice",
                                                "log_level",
@@ -262,6 +262,8 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--batch-size", dest="batch_size", type=int, metavar="N", help="close a batch at N reports (1000)")
     run.add_argument("--batch-seconds", dest="batch_seconds", type=float, metavar="S",
                      help="or when its oldest report is S seconds old (10)")
+    run.add_argument("--batch-max", dest="batch_max", type=int, metavar="N",
+                     help="largest batch; under load a batch grows up to N reports (100000)")
     run.add_argument("--confirmations", type=int, metavar="K", help="blocks before an anchor counts (2)")
     run.add_argument("--anchor-timeout", dest="anchor_timeout_s", type=float, metavar="S",
                      help="send an anchor again when its transaction has no receipt after S seconds (120)")

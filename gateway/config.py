@@ -31,6 +31,9 @@ class GatewayConfig:
     gateway_id: str | None = None
     batch_size: int = 1000
     batch_seconds: float = 10.0
+    # Largest batch: under load a batch takes every report that waited behind
+    # the anchor in flight, up to this many (gateway/batcher.py).
+    batch_max: int = 100_000
     confirmations: int = 2
     anchor_timeout_s: float = 120.0
     metrics_port: int = 0
@@ -67,7 +70,7 @@ def parse_broker(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port, tls
 
 
-_POSITIVE = ("batch_size", "commit_group", "max_report_bytes", "rate_burst")
+_POSITIVE = ("batch_size", "batch_max", "commit_group", "max_report_bytes", "rate_burst")
 
 
 def _read_password(cfg: GatewayConfig) -> GatewayConfig:
@@ -84,6 +87,8 @@ def validate(cfg: GatewayConfig) -> GatewayConfig:
     for name in _POSITIVE:
         if getattr(cfg, name) < 1:
             raise ConfigError("%s must be at least 1, got %r" % (name, getattr(cfg, name)))
+    if cfg.batch_max < cfg.batch_size:
+        raise ConfigError("batch_max (%d) must be at least batch_size (%d)" % (cfg.batch_max, cfg.batch_size))
     if cfg.batch_seconds <= 0:
         raise ConfigError("batch_seconds must be positive, got %r" % cfg.batch_seconds)
     if cfg.anchor_timeout_s <= 0:

@@ -31,7 +31,8 @@ from gateway.store import Anchor, Batch, Store
 log = logging.getLogger("surge.gateway")
 
 TICK_S = 0.2
-# Closed batches waiting for the chain before the gateway warns that anchoring falls behind.
+# Closed batches waiting for the chain before the gateway warns that anchoring
+# falls behind (batches queue only when each is at batch_max, gateway/batcher.py).
 BACKLOG_WARN_BATCHES = 10
 
 
@@ -71,7 +72,8 @@ class Gateway:
         self.metrics.registry.register(self.ingest.samples)
         self.publisher = Publisher(cfg, self.gateway_id)
         self.tail = Tail(Store(cfg.db), self.publisher, cfg.republish)
-        self.batcher = Batcher(Store(cfg.db), self.gateway_id, cfg.batch_size, cfg.batch_seconds)
+        self.batcher = Batcher(Store(cfg.db), self.gateway_id, cfg.batch_size, cfg.batch_seconds,
+                               cfg.batch_max)
         self.anchor_store = Store(cfg.db)
         self.anchorer = Anchorer(self.anchor_store, self.chain, cfg.confirmations, self.metrics, self._confirmed,
                                  self._reorged, drop_after_s=cfg.anchor_timeout_s)
@@ -129,10 +131,7 @@ class Gateway:
     def step(self) -> None:
         now = time.time()
         self.tail.step()
-        for b in self.batcher.step(now):
-            self.metrics.batches.inc()
-            self.metrics.batch_size.observe(b.size)
-            receipts.batch_event(self.batcher.store, b, "closed", self._publish)
+        self._close_batches(now)
         waiting = self.anchor_store.unconfirmed_count()
         if self.mine_blocks and waiting:
             # The in-process chain makes blocks only for transactions; one empty
@@ -140,21 +139,36 @@ class Gateway:
             # (only while an anchor waits: py-evm spends milliseconds on each).
             assert isinstance(self.chain, Web3Chain)
             self.chain.mine(1)
+        confirmed = self.anchorer.confirmed_count
         self.anchorer.step(now)
+        if self.anchorer.confirmed_count != confirmed and self._close_batches(now):
+            # The batch in flight was confirmed: the next one (everything that
+            # waited behind it) closes and goes out in this pass, not the next.
+            self.anchorer.step(now)
         self._watch_backlog(waiting)
         while not self.receipted.empty():
             self.anchor_store.mark_receipted(self.receipted.get())
         self.metrics.unbatched.set(self.batcher.store.unbatched_count())
 
+    def _close_batches(self, now: float) -> int:
+        closed = self.batcher.step(now)
+        for b in closed:
+            self.metrics.batches.inc()
+            self.metrics.batch_size.observe(b.size)
+            receipts.batch_event(self.batcher.store, b, "closed", self._publish)
+        return len(closed)
+
     def _watch_backlog(self, waiting: int) -> None:
-        # One batch is anchored at a time and waits for its confirmations, so
-        # sustained load above batch_size / (confirmations x block time) queues
-        # closed batches without end; say so once per episode, with the remedy.
+        # One batch is anchored at a time and waits for its confirmations; the
+        # next takes everything that waited behind it, up to batch_max.  Closed
+        # batches queue only when more than batch_max reports arrive per anchor
+        # cycle (or the chain stalls): say so once per episode, with the remedy.
         if waiting >= BACKLOG_WARN_BATCHES and not self.behind:
             self.behind = True
             log.warning("anchoring falls behind: %d closed batches wait for the chain (one is anchored at a time, "
-                        "each waits for %d confirmations); if this lasts, raise batch_size (now %d) so that each "
-                        "anchor carries more reports", waiting, self.cfg.confirmations, self.cfg.batch_size)
+                        "each waits for %d confirmations, each already holds batch_max = %d reports); if this "
+                        "lasts, raise batch_max so that each anchor carries more reports, or check the chain's "
+                        "block rate", waiting, self.cfg.confirmations, self.cfg.batch_max)
         elif waiting <= 1 and self.behind:
             self.behind = False
             log.info("anchoring caught up")

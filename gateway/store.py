@@ -468,6 +468,17 @@ class Store:
         row = self.db.execute("SELECT MIN(received_at) FROM reports WHERE batch_seq IS NULL").fetchone()
         return None if row[0] is None else float(row[0])
 
+    def unbatched_received_at(self, n: int) -> float | None:
+        """``received_at`` of the n-th (from 1) unbatched report in order, if that many wait."""
+        row = self.db.execute("SELECT received_at FROM reports WHERE batch_seq IS NULL ORDER BY id LIMIT 1 "
+                              "OFFSET ?", (n - 1,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def leaf_received_at(self, seq: int, leaf_index: int) -> float | None:
+        row = self.db.execute("SELECT received_at FROM reports WHERE batch_seq=? AND leaf_index=?",
+                              (seq, leaf_index)).fetchone()
+        return None if row is None else float(row[0])
+
     def last_batch(self) -> Batch | None:
         row = self.db.execute("SELECT %s FROM batches ORDER BY seq DESC LIMIT 1" % _BATCH_COLS).fetchone()
         return None if row is None else _batch(row)

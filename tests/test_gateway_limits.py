@@ -90,12 +90,12 @@ def test_flooding_device_cannot_starve_the_fleet(tmp_path: Path, broker: Mosquit
 
 @pytest.mark.timeout(120)
 def test_anchoring_backlog_is_reported_with_its_remedy(tmp_path: Path, broker: Mosquitto) -> None:
-    # Batches of one report, and more confirmations than the in-process chain
-    # makes in the test's time: closed batches queue behind the one in flight.
+    # Batches of at most one report, and more confirmations than the in-process
+    # chain makes in the test's time: closed batches queue behind the one in flight.
     db = tmp_path / "gw.db"
     dev = Device(board="rpi-4")
     enroll(db, dev)
-    gw = start_gateway(db, broker, batch_size=1, batch_seconds=3600, confirmations=100000)
+    gw = start_gateway(db, broker, "--batch-max", "1", batch_size=1, batch_seconds=3600, confirmations=100000)
     pub = AckPublisher(broker.port)
     try:
         wait_online(broker, gw)
@@ -103,7 +103,7 @@ def test_anchoring_backlog_is_reported_with_its_remedy(tmp_path: Path, broker: M
             pub.send(dev.topic, dev.report())
         wait_for(lambda: "anchoring falls behind" in gateway_log(db), 30, "the backlog warning")
         line = next(x for x in gateway_log(db).splitlines() if "anchoring falls behind" in x)
-        assert "raise batch_size (now 1)" in line and "100000 confirmations" in line
+        assert "batch_max = 1 reports" in line and "raise batch_max" in line and "100000 confirmations" in line
         assert gateway_log(db).count("anchoring falls behind") == 1  # once per episode
         assert gw.poll() is None
     finally:
