@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     """``surge`` with these commands present even if agent.cli does not list this module yet."""
     from agent import cli
 
-    if MODULE not in cli._COMMAND_MODULES:
-        setattr(cli, "_COMMAND_MODULES", (*cli._COMMAND_MODULES, MODULE))
+    # The registry maps module -> (its commands, its pip extra); add to it in place.
+    cli._COMMAND_MODULES.setdefault(MODULE, (("flash", "device"), "flash"))
     return cli.main(argv)
 
 
