@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from web3 import Web3
+
 from agent import claims as C
 from broker import Mosquitto
 from gw_helpers import Collector, Device
@@ -101,7 +103,7 @@ def check_anchored_once(db: Path, chain_url: str, key_hex: str = HARDHAT_KEY_0) 
     assert [b[0] for b in batches] == list(range(1, len(batches) + 1)), "batch numbers are not 1..n"
     assert chain.last_seq() == len(batches), (chain.last_seq(), len(batches))
     # One Anchored event per batch number: the contract refuses a second one, and the logs agree.
-    logs = chain.web3.eth.get_logs({"address": chain.contract_address, "fromBlock": 0, "toBlock": "latest"})
+    logs = chain.web3.eth.get_logs({"address": Web3.to_checksum_address(chain.contract_address), "fromBlock": 0, "toBlock": "latest"})
     per_seq: dict[int, int] = {}
     for lg in logs:
         if len(lg["topics"]) == 3:
@@ -176,7 +178,7 @@ def gateway_random_kills(tmp: Path, broker: Mosquitto, node: HardhatNode, kills:
             stored = query(db, "SELECT COUNT(*) FROM reports")[0][0]
             pending = query(db, "SELECT COUNT(*) FROM batches WHERE state != 'receipted'")[0][0]
             unbatched = query(db, "SELECT COUNT(*) FROM reports WHERE batch_seq IS NULL")[0][0]
-            return stored >= len(sent) and pending == 0 and unbatched == 0
+            return bool(stored >= len(sent) and pending == 0 and unbatched == 0)
 
         wait_for(settled, 120 + len(sent) / 50, "every acknowledged report stored, batched and receipted", 0.5)
         wait_for(lambda: set(sent) <= _confirmed_receipts(watch), 60, "a confirmed receipt for every report")
@@ -258,7 +260,7 @@ def broker_kills_with_agents(tmp: Path, broker: Mosquitto, kills: int, agents: i
         ids = [key.device_id for _, key in cfgs]
 
         def all_in() -> bool:
-            return query(db, "SELECT COUNT(*) FROM reports")[0][0] >= fig.reports_sent
+            return bool(query(db, "SELECT COUNT(*) FROM reports")[0][0] >= fig.reports_sent)
 
         try:
             wait_for(all_in, 60, "every agent report at the gateway", 0.5)
