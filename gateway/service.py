@@ -168,7 +168,7 @@ class Gateway:
             log.warning("anchoring falls behind: %d closed batches wait for the chain (one is anchored at a time, "
                         "each waits for %d confirmations, each already holds batch_max = %d reports); if this "
                         "lasts, raise batch_max so that each anchor carries more reports, or check the chain's "
-                        "block rate", waiting, self.cfg.confirmations, self.cfg.batch_max)
+                        "block rate", waiting, self.cfg.confirmations, self.batcher.batch_max)
         elif waiting <= 1 and self.behind:
             self.behind = False
             log.info("anchoring caught up")
