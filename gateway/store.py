@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Each entry moves the schema from version i to i + 1.  Never edit a shipped
 # migration: append a new one.
@@ -160,6 +160,44 @@ MIGRATIONS: tuple[str, ...] = (
         outcome TEXT NOT NULL,
         count   INTEGER NOT NULL,
         PRIMARY KEY (fleet, kind, outcome)
+    );
+    """,
+    # 6: storage audit (gateway/storage_audit/, docs/protocol.md §10): one plot
+    # per device (its secret seed and how many blocks the device acknowledged),
+    # every challenge with its outcome, and outcome counts per fleet.
+    """
+    CREATE TABLE audit_plots (
+        device_id   TEXT PRIMARY KEY REFERENCES devices(device_id),
+        plot        INTEGER NOT NULL,
+        seed        BLOB NOT NULL,
+        block_size  INTEGER NOT NULL,
+        blocks      INTEGER NOT NULL,
+        stored      INTEGER NOT NULL DEFAULT 0,
+        sent_at     REAL,
+        resends     INTEGER NOT NULL DEFAULT 0,
+        created_at  REAL NOT NULL
+    );
+    CREATE TABLE audit_challenges (
+        id          INTEGER PRIMARY KEY,
+        device_id   TEXT NOT NULL,
+        plot        INTEGER NOT NULL,
+        nonce       BLOB NOT NULL UNIQUE,
+        indices     TEXT NOT NULL,
+        blocks      INTEGER NOT NULL,
+        block_size  INTEGER NOT NULL,
+        sent_at     REAL NOT NULL,
+        deadline    REAL NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 1,
+        outcome     TEXT,
+        resolved_at REAL
+    );
+    CREATE INDEX audit_challenges_device ON audit_challenges(device_id, resolved_at);
+    CREATE INDEX audit_challenges_open ON audit_challenges(deadline) WHERE outcome IS NULL;
+    CREATE TABLE audit_counts (
+        fleet   TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        count   INTEGER NOT NULL,
+        PRIMARY KEY (fleet, outcome)
     );
     """,
 )
