@@ -47,6 +47,11 @@ class GatewayConfig:
     # "3.1.1" for brokers without MQTT 5 (the demo's embedded amqtt): same
     # persistent session through clean_session=False, no ReceiveMaximum.
     mqtt_version: str = "5"
+    # Bandwidth probes checked by the gateway (gateway/probe_check.py, docs/operators.md):
+    # per-device token bucket in chunks, and the largest chunk message kept.
+    probe_rate_per_s: float = 100.0
+    probe_burst: int = 4096
+    max_probe_bytes: int = 16384
 
     def broker_host_port(self) -> tuple[str, int, bool]:
         return parse_broker(self.broker)
@@ -67,7 +72,7 @@ def parse_broker(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port, tls
 
 
-_POSITIVE = ("batch_size", "commit_group", "max_report_bytes", "rate_burst")
+_POSITIVE = ("batch_size", "commit_group", "max_report_bytes", "rate_burst", "probe_burst", "max_probe_bytes")
 
 
 def _read_password(cfg: GatewayConfig) -> GatewayConfig:
@@ -94,6 +99,8 @@ def validate(cfg: GatewayConfig) -> GatewayConfig:
         raise ConfigError("metrics_port must be 0 (off) or a TCP port, got %r" % cfg.metrics_port)
     if cfg.rate_limit_per_s <= 0:
         raise ConfigError("rate_limit_per_s must be positive, got %r" % cfg.rate_limit_per_s)
+    if cfg.probe_rate_per_s <= 0:
+        raise ConfigError("probe_rate_per_s must be positive, got %r" % cfg.probe_rate_per_s)
     if cfg.chain != "memory" and not cfg.chain.startswith(("http://", "https://")):
         raise ConfigError("chain must be 'memory' or an http(s):// JSON-RPC URL")
     if not 0 <= cfg.pipeline_nice <= 19:

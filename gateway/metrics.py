@@ -19,6 +19,7 @@ class IngestMetrics:
         self.queue_depth = Gauge("surge_ingest_queue_depth", "Messages received and not yet committed", registry=r)
         self.commit_errors = Counter("surge_commit_errors", "Failed store commits (messages kept unacknowledged)",
                                      registry=r)
+        self.probes = ProbeMetrics(r)  # bandwidth probes (block below)
 
 
 class Metrics:
@@ -40,7 +41,32 @@ class Metrics:
         self.chain_errors = Counter("surge_chain_errors", "Chain calls that failed (endpoint unreachable etc.)",
                                     registry=r)
         self.receipts = Counter("surge_receipts_published", "Receipts published to devices", registry=r)
+        self.attest = AttestMetrics(r)  # attestations (block below)
 
     def serve(self, port: int) -> None:
         """Expose /metrics on 127.0.0.1:port (bind elsewhere behind a proxy)."""
         start_http_server(port, addr="127.0.0.1", registry=self.registry)
+
+
+# -- Verified bandwidth and attestations (issue 12 part A) ------------------------
+class ProbeMetrics:
+    """Probe chunks and runs the ingest process checked (gateway/probe_check.py), per fleet."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.chunks = Counter("surge_probe_chunks_checked", "Probe chunks that passed every check", ["fleet"],
+                              registry=r)
+        self.dropped = Counter("surge_probe_chunks_dropped", "Probe chunks dropped, by reason", ["fleet", "reason"],
+                               registry=r)
+        self.runs = Counter("surge_probe_runs", "Probe runs ended, by outcome (checked or why not)",
+                            ["fleet", "outcome"], registry=r)
+        self.connected = Gauge("surge_probe_connected", "The probe listener's broker connection is up", registry=r)
+
+
+class AttestMetrics:
+    """Reports the pipeline attested (gateway/attest.py)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.attested = Counter("surge_reports_attested", "Reports attested and signed by this gateway", registry=r)
+        self.measured = Counter("surge_reports_bw_measured", "Attested reports with a gateway-measured bw_up",
+                                registry=r)
+        self.flags = Counter("surge_attestation_flags", "Attestation flags raised, by flag", ["flag"], registry=r)

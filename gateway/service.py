@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from gateway import receipts
+from gateway.attest import AttestStage
 from gateway.anchorer import Anchorer
 from gateway.batcher import Batcher
 from gateway.chain import ChainBackend, Web3Chain, load_chain_key, load_keystore, open_chain
@@ -70,7 +71,10 @@ class Gateway:
         self.ingest = IngestProcess(cfg, self.gateway_id, log_json)
         self.metrics.registry.register(self.ingest.samples)
         self.publisher = Publisher(cfg, self.gateway_id)
-        self.tail = Tail(Store(cfg.db), self.publisher, cfg.republish)
+        # Each accepted report is attested (signed by the chain key) before its
+        # `verified` message goes out (gateway/attest.py).
+        self.attest = AttestStage(Store(cfg.db), self.gateway_id, self.chain.gateway_address, self.chain.attest)
+        self.tail = Tail(Store(cfg.db), self.publisher, cfg.republish, lambda: self.attest.cursor)
         self.batcher = Batcher(Store(cfg.db), self.gateway_id, cfg.batch_size, cfg.batch_seconds)
         self.anchor_store = Store(cfg.db)
         self.anchorer = Anchorer(self.anchor_store, self.chain, cfg.confirmations, self.metrics, self._confirmed,
@@ -128,6 +132,7 @@ class Gateway:
 
     def step(self) -> None:
         now = time.time()
+        self._attest_step()
         self.tail.step()
         for b in self.batcher.step(now):
             self.metrics.batches.inc()
@@ -145,6 +150,17 @@ class Gateway:
         while not self.receipted.empty():
             self.anchor_store.mark_receipted(self.receipted.get())
         self.metrics.unbatched.set(self.batcher.store.unbatched_count())
+
+    def _attest_step(self) -> None:
+        self.attest.step()
+        m = self.metrics.attest
+        for key, n in self.attest.drain().items():
+            if key == "attested":
+                m.attested.inc(n)
+            elif key == "measured":
+                m.measured.inc(n)
+            else:
+                m.flags.labels(key).inc(n)
 
     def _watch_backlog(self, waiting: int) -> None:
         # One batch is anchored at a time and waits for its confirmations, so
@@ -194,6 +210,7 @@ class Gateway:
     def shutdown(self) -> None:
         self.ingest.stop()
         try:
+            self._attest_step()
             self.tail.step()  # what ingest stored last still goes out
         except Exception:
             log.exception("could not queue the last stored reports for publishing")
@@ -203,6 +220,8 @@ class Gateway:
 
 def status(store: Store) -> dict[str, Any]:
     """What `surge gateway status` prints."""
+    from gateway.attest import attestation_counts, probe_counts
+
     devices = store.devices()
     by_state = store.batch_state_counts()
     last = store.last_batch()
@@ -220,6 +239,8 @@ def status(store: Store) -> dict[str, Any]:
         "batches": {"total": sum(by_state.values()), "by_state": by_state,
                     "last": last.record() if last else None},
         "last_confirmed_anchor": last_anchor,
+        "attestations": attestation_counts(store),
+        "probes": probe_counts(store),
         "recent_rejections": [{"at": r.at, "device": r.device_id, "reason": r.reason, "detail": r.detail}
                               for r in store.recent_rejections(10)],
         "pid": os.getpid(),
