@@ -1,0 +1,19 @@
+from typing import Any
+
+MAX_BYTES: int
+MIN_BLOCK: int
+MAX_BLOCK: int
+MAX_K: int
+
+class PlotFile:
+    data: str
+    meta: str
+    plot: int
+    size: int
+    def __init__(self, dirpath: str) -> None: ...
+    def count(self) -> int: ...
+    def reset(self) -> None: ...
+    def store(self, plot: int, index: int, data: bytes) -> bool: ...
+    def answer(self, plot: int, nonce: bytes, indices: list[int]) -> tuple[bytes | None, str | None]: ...
+
+def handle(agent: Any, name: str, doc: dict[str, Any]) -> None: ...
