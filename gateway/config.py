@@ -47,6 +47,17 @@ class GatewayConfig:
     # "3.1.1" for brokers without MQTT 5 (the demo's embedded amqtt): same
     # persistent session through clean_session=False, no ReceiveMaximum.
     mqtt_version: str = "5"
+    # Storage audit (gateway/storage_audit/, docs/operators.md): plots and
+    # challenges for every recently reporting device; off unless asked for.
+    storage_audit: bool = False
+    audit_plot_kib: int = 4096
+    audit_plot_kib_small: int = 64
+    audit_k: int = 16
+    audit_interval_s: float = 600.0
+    audit_deadline_s: float = 30.0
+    audit_retries: int = 2
+    audit_window_s: float = 3600.0
+    audit_blocks_per_s: float = 50.0
     # Bandwidth probes checked by the gateway (gateway/probe_check.py, docs/operators.md):
     # per-device token bucket in chunks, and the largest chunk message kept.
     probe_rate_per_s: float = 100.0
@@ -107,8 +118,25 @@ def validate(cfg: GatewayConfig) -> GatewayConfig:
         raise ConfigError("pipeline_nice must be 0..19, got %r" % cfg.pipeline_nice)
     if cfg.mqtt_version not in ("5", "3.1.1"):
         raise ConfigError("mqtt_version must be \"5\" or \"3.1.1\", got %r" % cfg.mqtt_version)
+    _validate_audit(cfg)
     parse_broker(cfg.broker)
     return cfg
+
+
+def _validate_audit(cfg: GatewayConfig) -> None:
+    for name in ("audit_plot_kib", "audit_plot_kib_small"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError("%s must be at least 1, got %r" % (name, getattr(cfg, name)))
+    if not 1 <= cfg.audit_k <= 64:
+        raise ConfigError("audit_k must be 1..64, got %r" % cfg.audit_k)
+    if not 0 <= cfg.audit_retries <= 10:
+        raise ConfigError("audit_retries must be 0..10, got %r" % cfg.audit_retries)
+    for name in ("audit_interval_s", "audit_deadline_s", "audit_window_s", "audit_blocks_per_s"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError("%s must be positive, got %r" % (name, getattr(cfg, name)))
+    if cfg.audit_window_s < cfg.audit_interval_s:
+        raise ConfigError("audit_window_s (%r) must be at least audit_interval_s (%r): a window needs a challenge"
+                          % (cfg.audit_window_s, cfg.audit_interval_s))
 
 
 def load(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:

@@ -70,3 +70,31 @@ class AttestMetrics:
         self.measured = Counter("surge_reports_bw_measured", "Attested reports with a gateway-measured bw_up",
                                 registry=r)
         self.flags = Counter("surge_attestation_flags", "Attestation flags raised, by flag", ["flag"], registry=r)
+
+
+# -- storage audit (gateway/storage_audit/) -----------------------------------
+
+class StorageAuditMetrics:
+    """Storage challenges, plot blocks and dropped audit messages, per fleet, on
+    the gateway's registry (docs/operators.md, storage audit)."""
+
+    CHALLENGES = frozenset(("sent", "retried", "passed", "failed", "timed_out"))
+    BLOCKS = frozenset(("blocks_sent", "blocks_stored", "ack_ignored"))
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.challenges = Counter("surge_storage_challenges",
+                                  "Storage challenges by fleet and outcome: sent, retried (after a timeout), "
+                                  "passed, failed, timed_out (after every retry)", ["fleet", "outcome"],
+                                  registry=registry)
+        self.blocks = Counter("surge_storage_plot_blocks", "Plot blocks by fleet: sent, stored (acknowledged), "
+                              "ack_ignored (repeats)", ["fleet", "kind"], registry=registry)
+        self.rejected = Counter("surge_storage_audit_rejected", "Device audit messages dropped, by fleet and reason",
+                                ["fleet", "reason"], registry=registry)
+
+    def count(self, fleet: str, outcome: str, n: int = 1) -> None:
+        if outcome in self.CHALLENGES:
+            self.challenges.labels(fleet, outcome).inc(n)
+        elif outcome in self.BLOCKS:
+            self.blocks.labels(fleet, outcome.replace("blocks_", "")).inc(n)
+        else:
+            self.rejected.labels(fleet, outcome).inc(n)

@@ -27,6 +27,7 @@ from gateway.config import GatewayConfig
 from gateway.ingest_process import IngestProcess
 from gateway.metrics import Metrics
 from gateway.republish import Publisher, Tail
+from gateway.storage_audit.stage import AuditStage
 from gateway.store import Anchor, Batch, Store
 
 log = logging.getLogger("surge.gateway")
@@ -86,6 +87,11 @@ class Gateway:
         self.mine_blocks = cfg.chain == "memory" and isinstance(self.chain, Web3Chain)
         self.exit_code = 0
         self.behind = False  # anchoring backlog warned about (_watch_backlog)
+        # Storage audit (gateway/storage_audit/): its own thread and connection, off unless configured.
+        self.audit: AuditStage | None = None
+        if cfg.storage_audit:
+            from gateway.metrics import StorageAuditMetrics
+            self.audit = AuditStage(cfg, self.gateway_id, StorageAuditMetrics(self.metrics.registry).count)
 
     def _publish(self, topic: str, payload: bytes) -> None:
         # Queued for the publisher's own connection and thread (gateway/republish.py).
@@ -129,6 +135,8 @@ class Gateway:
             # during bursts, at 19 ~1.5% (docs/performance.md).
             os.nice(self.cfg.pipeline_nice)
         self.publisher.start()
+        if self.audit is not None:
+            self.audit.start()  # after nice: a thread inherits its creator's priority
 
     def step(self) -> None:
         now = time.time()
@@ -208,6 +216,8 @@ class Gateway:
         self.shutdown()
 
     def shutdown(self) -> None:
+        if self.audit is not None:
+            self.audit.stop()
         self.ingest.stop()
         try:
             self._attest_step()
