@@ -170,13 +170,17 @@ def verify(attested: Any, cose: bytes, boot: Any, seq: Any, gateway_address: str
 
 # -- the pipeline stage -------------------------------------------------------
 
-_PENDING = ("SELECT r.id, r.device_id, r.boot, r.seq, r.cose, p.outcome, p.bw_up FROM reports r "
+_TO_ATTEST = ("SELECT r.id, r.device_id, r.boot, r.seq, r.cose, r.received_at, p.outcome, p.bw_up FROM reports r "
             "LEFT JOIN probe_runs p ON p.device_id = r.device_id AND p.boot = r.boot AND p.seq = r.seq "
             "WHERE r.id > ? ORDER BY r.id LIMIT ?")
 _INSERT = ("INSERT OR IGNORE INTO attestations(report_id, device_id, boot, seq, bw_up, storage_bytes, "
            "challenges_passed, challenges_failed, challenges_timed_out, flags, body, signature, at) "
            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 CURSOR = "cursor:attested"
+# A report accepted while its probe run was still arriving waits this long for
+# the run's outcome (gateway/probe_listener.py); after that the run counts as
+# out of order.  Later reports wait behind it, so attestations stay in order.
+PENDING_WAIT_S = 5.0
 
 
 def claims_of(cose: bytes) -> dict[Any, Any]:
@@ -218,12 +222,19 @@ class AttestStage:
         """Attest what was accepted since the last step; returns how many."""
         done = 0
         while True:
-            rows = self.store.db.execute(_PENDING, (self.cursor, self.CHUNK)).fetchall()
+            now = self.clock()
+            rows = self.store.db.execute(_TO_ATTEST, (self.cursor, self.CHUNK)).fetchall()
+            waiting = next((i for i, r in enumerate(rows) if r[6] == "pending" and r[5] > now - PENDING_WAIT_S),
+                           None)
+            if waiting is not None:
+                rows = rows[:waiting]
             if not rows:
                 return done
-            now = self.clock()
             out = []
-            for rid, device_id, boot, seq, cose, outcome, bw_up in rows:
+            gave_up = []
+            for rid, device_id, boot, seq, cose, _, outcome, bw_up in rows:
+                if outcome == "pending":
+                    gave_up.append((device_id, boot, seq))
                 cose = bytes(cose)
                 standing = self.standing(self.store, device_id, now)
                 measured = bw_up if outcome == "checked" else None
@@ -237,10 +248,15 @@ class AttestStage:
                     self.counts[key] = self.counts.get(key, 0) + 1
             with self.store._tx():
                 self.store.db.executemany(_INSERT, out)
+                self.store.db.executemany("UPDATE probe_runs SET outcome=CASE WHEN chunks=0 THEN 'absent' ELSE "
+                                          "'out_of_order' END WHERE device_id=? AND boot=? AND seq=? AND "
+                                          "outcome='pending'", gave_up)
                 self.store.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) "
                                       "DO UPDATE SET value=excluded.value", (CURSOR, str(rows[-1][0])))
             self.cursor = rows[-1][0]
             done += len(out)
+            if waiting is not None:
+                return done
 
     def drain(self) -> dict[str, int]:
         """Counts since the last call (for the pipeline's metrics)."""

@@ -307,7 +307,7 @@ class Ingest:
         key = (acc.device.device_id, acc.boot, acc.seq)
         run = self.probe_results.get(key)
         if run is None:
-            run = self.probes.claim(acc.device.device_id, fleet, acc.seq, arrived)
+            run = self.probes.claim(acc.device.device_id, fleet, acc.boot, acc.seq, arrived)
             if run is not None:
                 self.probe_results[key] = run
         return run

@@ -50,6 +50,8 @@ MAX_DEVICES = 100_000   # tracked devices (least recently seen dropped first)
 
 # Run outcomes (the `probe_runs.outcome` column and the runs metric).
 CHECKED = "checked"
+PENDING = "pending"  # only in probe_runs: the report came before its run was all read
+ABSENT = "absent"    # only in probe_runs: a probing device's report had no run after all
 RUN_OUTCOMES = (CHECKED, "invalid_chunk", "missing_chunks", "out_of_order", "too_short", "unclaimed")
 # Reasons a chunk is dropped (the chunks metric).
 CHUNK_REASONS = ("oversize", "rate_limited", "malformed", "bad_topic", "unknown_device", "foreign_nonce",
@@ -107,6 +109,14 @@ class RunResult:
     last_at: float           # arrival of the last valid chunk
 
 
+def _ordered(result: RunResult, report_at: float) -> RunResult:
+    """A checked run that ended more than ORDER_SLACK_S after its report arrived is out of order."""
+    if result.outcome == CHECKED and result.last_at > report_at + ORDER_SLACK_S:
+        return RunResult(result.seq, "out_of_order", None, result.bytes, result.chunks, result.elapsed_us,
+                         result.last_at)
+    return result
+
+
 @dataclass(slots=True)
 class _Run:
     nonce: bytes
@@ -118,7 +128,8 @@ class _Run:
     bytes: int = 0
     after_first: int = 0
     failed: str | None = None
-    counted: bool = False       # ended at a claim; its late chunks are still refused as its reason
+    counted: bool = False       # its outcome is counted; its later chunks are refused as its reason
+    claimed: tuple[int, float] | None = None  # (boot, report arrival) of a report that came mid-run
 
     def result(self, outcome: str | None = None) -> RunResult:
         elapsed = self.last_at - self.first_at
@@ -139,6 +150,8 @@ class _Device:
     run: _Run | None = None
     done: "collections.OrderedDict[int, RunResult]" = field(default_factory=collections.OrderedDict)
     used: "collections.OrderedDict[bytes, None]" = field(default_factory=collections.OrderedDict)
+    # seq -> (boot, report arrival) of accepted reports whose run had not started yet
+    awaiting: "collections.OrderedDict[int, tuple[int, float]]" = field(default_factory=collections.OrderedDict)
 
 
 class ProbeTracker:
@@ -154,6 +167,8 @@ class ProbeTracker:
         self.owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
         # (fleet, "run" | "chunk", outcome) -> count since the last drain_counts().
         self.counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        # (device id, boot, result) of PENDING claims that have ended, for the caller to store.
+        self.resolved: list[tuple[str, int, RunResult]] = []
 
     # -- devices -------------------------------------------------------------
     def knows(self, device_id: str) -> bool:
@@ -166,7 +181,7 @@ class ProbeTracker:
         self.devices[device_id] = _Device(fleet, last_seq, float(self.burst), now)
         while len(self.devices) > self.max_devices:
             old_id, old = self.devices.popitem(last=False)
-            self._end_all(old)
+            self._end_all(old_id, old)
 
     def fleet_of(self, device_id: str) -> str:
         return self.devices[device_id].fleet
@@ -200,39 +215,57 @@ class ProbeTracker:
             return "foreign_nonce"
         run = d.run
         if run is not None and now - run.first_at > RUN_TIMEOUT_S:
-            self._end_run(d, run)
+            self._end_run(d, device_id, run)
             run = d.run = None
         if run is None or run.nonce != c.nonce:
-            if c.nonce in d.used or c.seq < d.claimed_seq:
-                return "replayed"  # an old nonce, or the seq of a report already accepted
-            if c.seq == d.claimed_seq:
-                return "out_of_order"  # a run for a report that has arrived already
+            claimed = d.awaiting.pop(c.seq, None) if c.nonce not in d.used else None
+            if claimed is None:
+                if c.nonce in d.used or c.seq < d.claimed_seq:
+                    return "replayed"  # an old nonce, or the seq of a report already accepted
+                if c.seq == d.claimed_seq:
+                    return "out_of_order"  # a run for a report that has arrived already
             if run is not None:
-                self._end_run(d, run)  # superseded before it completed
-            run = d.run = _Run(c.nonce, c.seq, c.count, now, now)
+                self._end_run(d, device_id, run)  # superseded before it completed
+            run = d.run = _Run(c.nonce, c.seq, c.count, now, now, claimed=claimed)
             self._use_nonce(d, device_id, c.nonce)
+            self._no_run_before(d, device_id, c.seq)
         if run.failed is not None:
             return run.failed  # the rest of a run that already failed
         if c.seq != run.seq or c.count != run.count:
-            run.failed = "invalid_chunk"
-            return run.failed
+            return self._fail(d, device_id, run, "invalid_chunk")
         if c.index != run.next_index:
-            run.failed = "missing_chunks" if c.index > run.next_index else "out_of_order"
-            return run.failed
+            return self._fail(d, device_id, run, "missing_chunks" if c.index > run.next_index else "out_of_order")
         if c.data != stream(c.nonce, c.index, len(c.data)):
-            run.failed = "invalid_chunk"
-            return run.failed
+            return self._fail(d, device_id, run, "invalid_chunk")
         if run.next_index:
             run.after_first += len(payload)
         run.next_index += 1
         run.bytes += len(payload)
         run.last_at = now
         if run.next_index == run.count:
-            self._finish(d, run)
+            self._finish(d, device_id, run)
         return None
 
-    def _finish(self, d: _Device, run: _Run) -> None:
+    def _fail(self, d: _Device, device_id: str, run: _Run, reason: str) -> str:
+        run.failed = reason
+        if run.claimed is not None and not run.counted:
+            self._resolve(d, device_id, run, run.result())
+        return reason
+
+    def _resolve(self, d: _Device, device_id: str, run: _Run, result: RunResult) -> None:
+        """The outcome of a run whose report was accepted while it was in progress."""
+        assert run.claimed is not None
+        boot, report_at = run.claimed
+        result = _ordered(result, report_at)
+        run.counted = True
+        self._count_run(d, result.outcome)
+        self.resolved.append((device_id, boot, result))
+
+    def _finish(self, d: _Device, device_id: str, run: _Run) -> None:
         d.run = None
+        if run.claimed is not None:
+            self._resolve(d, device_id, run, run.result())
+            return
         d.done[run.seq] = run.result()
         while len(d.done) > DONE_RUNS:
             _, old = d.done.popitem(last=False)
@@ -247,13 +280,16 @@ class ProbeTracker:
             self.owners.popitem(last=False)
 
     # -- reports -------------------------------------------------------------
-    def claim(self, device_id: str, fleet: str, seq: int, report_at: float) -> RunResult | None:
-        """The run for report ``seq`` of an enrolled device, which ingest has just accepted.
+    def claim(self, device_id: str, fleet: str, seq: int, report_at: float, boot: int = 0) -> RunResult | None:
+        """The run for report (``boot``, ``seq``) of an enrolled device, which ingest has just accepted.
 
         ``report_at``: when the report came off the socket (same clock as the
-        chunks).  None when no run for ``seq`` was seen.  Runs for earlier
-        seqs still waiting end as unclaimed; later chunks for ``seq`` or below
-        are refused as replays.
+        chunks).  None when no run for ``seq`` was seen.  A run still in
+        progress gives a PENDING result: chunks and report come over two
+        connections, so its last chunks may not have been read yet; its
+        outcome lands in ``resolved`` when it completes or fails, checked
+        against ``report_at`` then.  Runs for earlier seqs still waiting end
+        as unclaimed; later chunks for ``seq`` or below are refused.
         """
         d = self.devices.get(device_id)
         if d is None:
@@ -267,39 +303,57 @@ class ProbeTracker:
             self._count_run(d, "unclaimed" if old.outcome == CHECKED else old.outcome)
         run = d.run
         if result is None and run is not None and run.seq <= seq and not run.counted:
-            if run.seq == seq:
-                # Still incomplete when its report came: the rest would arrive after it,
-                # and is refused as out_of_order (the run stays, marked, to say so).
-                result = run.result(run.failed or "out_of_order")
-                run.failed = result.outcome
-                run.counted = True
-            else:
-                self._end_run(d, run)
+            if run.seq < seq:
+                self._end_run(d, device_id, run)
                 d.run = None
+            elif run.failed is not None:
+                result = run.result()
+                run.counted = True  # stays, to refuse the rest of its chunks as its reason
+            else:
+                run.claimed = (boot, report_at)
+                return run.result(PENDING)
         if result is None:
-            return None
-        if result.outcome == CHECKED and result.last_at > report_at + ORDER_SLACK_S:
-            result = RunResult(result.seq, "out_of_order", None, result.bytes, result.chunks, result.elapsed_us,
-                               result.last_at)
+            if not d.used or (d.run is not None and d.run.seq > seq):
+                return None  # a device that does not probe, or whose next run has begun
+            # A device that probes: its run may still be on the other connection.
+            d.awaiting[seq] = (boot, report_at)
+            while len(d.awaiting) > DONE_RUNS:
+                old_seq, (old_boot, _) = d.awaiting.popitem(last=False)
+                self.resolved.append((device_id, old_boot, RunResult(old_seq, ABSENT, None, 0, 0, 0, 0.0)))
+            return RunResult(seq, PENDING, None, 0, 0, 0, 0.0)
+        result = _ordered(result, report_at)
         self._count_run(d, result.outcome)
         return result
 
     # -- housekeeping ----------------------------------------------------------
     def sweep(self, now: float) -> None:
         """End runs incomplete for longer than RUN_TIMEOUT_S (call every few seconds)."""
-        for d in self.devices.values():
+        for device_id, d in self.devices.items():
             if d.run is not None and now - d.run.first_at > RUN_TIMEOUT_S:
-                self._end_run(d, d.run)
+                self._end_run(d, device_id, d.run)
                 d.run = None
+            for s in [s for s, (_, at) in d.awaiting.items() if now - at > RUN_TIMEOUT_S]:
+                boot, _ = d.awaiting.pop(s)
+                self.resolved.append((device_id, boot, RunResult(s, ABSENT, None, 0, 0, 0, 0.0)))
 
-    def _end_run(self, d: _Device, run: _Run) -> None:
+    def _no_run_before(self, d: _Device, device_id: str, seq: int) -> None:
+        """A run for ``seq`` began: reports before it that waited for a run have none."""
+        for s in [s for s in d.awaiting if s < seq]:
+            boot, _ = d.awaiting.pop(s)
+            self.resolved.append((device_id, boot, RunResult(s, ABSENT, None, 0, 0, 0, 0.0)))
+
+    def _end_run(self, d: _Device, device_id: str, run: _Run) -> None:
         # A run in progress is never complete (complete runs move to ``done``).
-        if not run.counted:
+        if run.counted:
+            return
+        if run.claimed is not None:
+            self._resolve(d, device_id, run, run.result(run.failed or "missing_chunks"))
+        else:
             self._count_run(d, run.failed or "missing_chunks")
 
-    def _end_all(self, d: _Device) -> None:
+    def _end_all(self, device_id: str, d: _Device) -> None:
         if d.run is not None:
-            self._end_run(d, d.run)
+            self._end_run(d, device_id, d.run)
         for r in d.done.values():
             self._count_run(d, "unclaimed" if r.outcome == CHECKED else r.outcome)
 

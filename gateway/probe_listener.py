@@ -33,6 +33,7 @@ from gateway.verify import Rejection, parse_topic
 log = logging.getLogger("surge.gateway.probes")
 
 FLUSH_S = 1.0           # counts to metrics and the database, runs swept, this often
+RETRY_S = 10.0         # a resolved run waits this long for ingest to commit its pending row
 UNKNOWN_CACHE = 10_000  # device ids found not enrolled, remembered until the registry changes
 
 
@@ -53,6 +54,8 @@ class ProbeListener:
         self.conn = Connection(host, port, "surge-gw-%s-probe" % gateway_id, version=cfg.mqtt_version,
                                username=cfg.username, password=cfg.password, tls=tls, ca_file=cfg.broker_ca,
                                keepalive=30, clean_start=True)
+        # (first tried, device, boot, result) of resolved runs whose pending row was not there yet
+        self.unstored: list[tuple[float, str, int, RunResult]] = []
         self.subscribed = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -60,10 +63,37 @@ class ProbeListener:
         self.thread = threading.Thread(target=self.run, args=(stop,), name="surge-probes", daemon=True)
         self.thread.start()
 
-    def claim(self, device_id: str, fleet: str, seq: int, report_at: float) -> RunResult | None:
-        """The checked run (or its failure) for an accepted report; ``report_at`` on time.monotonic()."""
+    def claim(self, device_id: str, fleet: str, boot: int, seq: int, report_at: float) -> RunResult | None:
+        """The checked run (or its failure, or PENDING) for an accepted report; ``report_at`` on
+        time.monotonic()."""
         with self.lock:
-            return self.tracker.claim(device_id, fleet, seq, report_at)
+            return self.tracker.claim(device_id, fleet, seq, report_at, boot)
+
+    def _store_resolved(self) -> None:
+        """Runs that were still arriving when their report was accepted: their outcome, now known.
+
+        Ingest writes their probe_runs row as 'pending' with the report; the
+        attestation stage waits for this update (gateway/attest.py).  The
+        outcome can be known here before ingest has committed that row, so an
+        update that finds no pending row is tried again for a while.
+        """
+        assert self.store is not None
+        with self.lock:
+            done, self.tracker.resolved = self.tracker.resolved, []
+        now = time.monotonic()
+        todo = self.unstored + [(now, dev, boot, r) for dev, boot, r in done]
+        self.unstored = []
+        try:
+            with self.store._tx():
+                for first, dev, boot, r in todo:
+                    cur = self.store.db.execute(
+                        "UPDATE probe_runs SET outcome=?, bw_up=?, bytes=?, chunks=?, elapsed_us=? "
+                        "WHERE device_id=? AND boot=? AND seq=? AND outcome='pending'",
+                        (r.outcome, r.bw_up, r.bytes, r.chunks, r.elapsed_us, dev, boot, r.seq))
+                    if cur.rowcount == 0 and now - first < RETRY_S:
+                        self.unstored.append((first, dev, boot, r))
+        except Exception as exc:  # the attestation then gives up waiting and counts the run out of order
+            log.warning("cannot store %d probe run results: %s", len(todo), exc)
 
     # -- the thread ------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -96,6 +126,7 @@ class ProbeListener:
         self.subscribed.set()
         self.metrics.connected.set(1)
         next_flush = time.monotonic() + FLUSH_S
+        next_retry = 0.0
         while not stop.is_set():
             msgs = conn.poll(0.2)
             # Read from the socket just now: every message of this read arrived by
@@ -103,6 +134,9 @@ class ProbeListener:
             now = time.monotonic()
             for msg in msgs:
                 self._chunk(msg.topic, msg.payload, now)
+            if self.tracker.resolved or (self.unstored and now >= next_retry):
+                next_retry = now + 0.05
+                self._store_resolved()
             if now >= next_flush:
                 next_flush = now + FLUSH_S
                 self._flush()

@@ -89,7 +89,23 @@ def test_replayed_run_is_refused() -> None:
     assert set(feed_all(t, old, 2.0, 0.001)) == {"replayed"}
     # A fresh nonce for a seq already accepted is a replay too.
     assert set(feed_all(t, run_msgs(0), 3.0, 0.001)) == {"replayed"}
-    assert t.claim(DEV, FLEET, 2, 3.1) is None
+    # A device that probes waits for its run (it may still be on the other connection) ...
+    r = t.claim(DEV, FLEET, 2, 3.1, boot=1)
+    assert r is not None and r.outcome == P.PENDING
+    # ... which resolves as absent when its next run begins without one for this report.
+    feed_all(t, run_msgs(3), 4.0, 0.001)
+    assert [(b, r.seq, r.outcome) for _, b, r in t.resolved] == [(1, 2, P.ABSENT)]
+
+
+def test_run_read_after_its_report_is_still_tied_to_it_within_the_slack() -> None:
+    t = tracker()
+    feed_all(t, run_msgs(1), 1.0, 0.001)
+    t.claim(DEV, FLEET, 1, 1.1)
+    # Report 2 is read before any chunk of its run (two connections).
+    assert t.claim(DEV, FLEET, 2, 2.0, boot=1).outcome == P.PENDING  # type: ignore[union-attr]
+    feed_all(t, run_msgs(2), 2.001, 0.001)
+    (_, boot, r), = t.resolved
+    assert boot == 1 and r.outcome == P.CHECKED and r.bw_up
 
 
 def test_missing_and_reordered_chunks() -> None:
@@ -104,22 +120,42 @@ def test_missing_and_reordered_chunks() -> None:
     assert r is not None and r.outcome == "out_of_order"
 
 
-def test_run_completing_after_its_report_is_out_of_order() -> None:
+def test_report_arriving_mid_run_waits_for_the_run_and_orders_it_by_arrival_times() -> None:
     t = tracker()
+    # The report is read while the run is still arriving (two connections): the
+    # claim is pending, and the run resolves when its last chunk comes.
     msgs = run_msgs(1)
     feed_all(t, msgs[:2], 1.0, 0.001)
-    r = t.claim(DEV, FLEET, 1, 1.01)  # the report came while the run was still going
-    assert r is not None and r.outcome == "out_of_order"
-    assert feed_all(t, msgs[2:], 1.02, 0.001) == ["out_of_order", "out_of_order"]
-    # A complete run whose last chunk came well after its report arrived.
+    r = t.claim(DEV, FLEET, 1, 1.002, boot=3)
+    assert r is not None and r.outcome == P.PENDING and r.bw_up is None
+    assert feed_all(t, msgs[2:], 1.003, 0.001) == [None, None]
+    (dev, boot, res), = t.resolved
+    assert (dev, boot, res.outcome) == (DEV, 3, P.CHECKED) and res.bw_up
+    t.resolved.clear()
+    # The same, but the run ends well after its report: out of order, no rate.
     msgs = run_msgs(2)
+    feed_all(t, msgs[:2], 2.0, 0.001)
+    assert t.claim(DEV, FLEET, 2, 2.002, boot=3).outcome == P.PENDING  # type: ignore[union-attr]
+    feed_all(t, msgs[2:], 2.01 + P.ORDER_SLACK_S, 0.001)
+    (_, _, res), = t.resolved
+    assert res.outcome == "out_of_order" and res.bw_up is None
+    t.resolved.clear()
+    # A pending run that never completes resolves as missing_chunks when it goes stale.
+    msgs = run_msgs(3)
+    feed_all(t, msgs[:1], 3.0, 0.001)
+    t.claim(DEV, FLEET, 3, 3.001)
+    t.sweep(3.0 + P.RUN_TIMEOUT_S + 1)
+    (_, _, res), = t.resolved
+    assert res.outcome == "missing_chunks"
+    # A complete run whose last chunk came well after its report arrived.
+    msgs = run_msgs(4)
     feed_all(t, msgs, 5.0, 0.001)
-    r = t.claim(DEV, FLEET, 2, 5.0 - P.ORDER_SLACK_S - 0.1)
+    r = t.claim(DEV, FLEET, 4, 5.0 - P.ORDER_SLACK_S - 0.1)
     assert r is not None and r.outcome == "out_of_order" and r.bw_up is None
     # A run that starts after its report was accepted.
-    assert t.feed(DEV, run_msgs(2)[0], 6.0) == "out_of_order"
+    assert t.feed(DEV, run_msgs(4)[0], 6.0) == "out_of_order"
     counts = t.drain_counts()
-    assert counts[(FLEET, "run", "out_of_order")] == 2
+    assert counts[(FLEET, "run", "out_of_order")] == 2 and counts[(FLEET, "run", "checked")] == 1
 
 
 def test_oversize_malformed_and_single_chunk_runs() -> None:
