@@ -799,9 +799,12 @@ def watchdog(seconds: float, write_partial: Callable[[str], None]) -> threading.
     return t
 
 
+from bench import probe_check  # noqa: E402  (group 8, bandwidth probes; it imports this module lazily)
+
 GROUPS: list[tuple[str, Callable[[Results, Sizes, Path, dict[str, Any]], None]]] = [
     ("1 throughput", group_throughput), ("2 verify", group_verify), ("3 wire", group_wire), ("4 gas", group_gas),
     ("5 device", group_device), ("6 proofs", group_proofs), ("7 scale", group_scale)]
+GROUPS.append(("8 probes", probe_check.group_probe))
 
 
 def main(argv: list[str] | None = None) -> int:

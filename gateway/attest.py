@@ -33,10 +33,13 @@ log = logging.getLogger("surge.gateway.attest")
 VERSION = 1
 # Claimed bw_up above measured x (1 + BW_TOLERANCE) + BW_FLOOR is flagged
 # bw_overclaim.  An honest agent's own figure (its send time including the
-# last chunk's PUBACK) and the gateway's (first to last arrival) differ; the
-# spread measured on loopback is in docs/protocol.md §2.8 and these leave a
-# margin above it.
-BW_TOLERANCE = 1.0
+# last chunk's PUBACK, in whole ms) and the gateway's (first to last arrival)
+# differ: real agent, Mosquitto (set_tcp_nodelay true) and gateway on
+# loopback, claimed/measured ranged 0.01..2.62 over 30 4 KB runs and
+# 0.01..1.53 over 30 64 KB runs (`python -m bench.probe_check --ratio 30 SIZE`,
+# docs/protocol.md §2.8).  The flag is generous because it costs nothing: what
+# is attested (and paid) is always the measured figure, never the claim.
+BW_TOLERANCE = 3.0
 BW_FLOOR = 65536
 FLAGS = ("bw_overclaim", "bw_unverified", "challenge_failed", "storage_overclaim", "storage_unverified")
 MEMBERS = ("v", "gateway_id", "device", "boot", "seq", "report_sha256", "at", "bw_up", "storage_bytes",

@@ -19,12 +19,22 @@ from gw_helpers import Collector
 from gw_process import start_gateway, stop, surge, wait_for, wait_online, query
 from test_agent_harness import ROOT, write_config
 
-# The agent with its probe's result multiplied: everything else (chunks, signing, MQTT) is the real agent.
+# A device on a slow link (2 ms per chunk, about 250 kB/s, where an ESP32 on Wi-Fi sits) that claims
+# 10x the rate it measured itself: everything else (chunks, signing, MQTT) is the real agent.  On bare
+# loopback the device's own figure is too noisy (whole ms, tiny runs) for "10x" to mean one thing.
 CHEAT = """
-import sys
+import sys, time
 from agent import bwprobe
 real = bwprobe.run
-bwprobe.run = lambda *a: real(*a) * 10
+
+class SlowLink:
+    def __init__(self, link):
+        self.link = link
+    def publish(self, topic, data, qos):
+        time.sleep(0.002)
+        self.link.publish(topic, data, qos)
+
+bwprobe.run = lambda link, topic, seq, total: real(SlowLink(link), topic, seq, total) * 10
 from agent.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -45,8 +55,18 @@ def _verified(watch: Collector, device: str) -> list[dict[str, Any]]:
     return [json.loads(p) for t, p in watch.of_kind("verified") if "/%s/" % device in t]
 
 
+@pytest.fixture
+def nodelay_broker(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Mosquitto as docs/operators.md configures it for probes: no Nagle delay on its writes."""
+    b = Mosquitto(tmp_path / "mosquitto-nodelay", extra_conf="set_tcp_nodelay true")
+    b.start()
+    yield b
+    b.stop()
+
+
 def test_honest_agent_gets_attested_bandwidth_and_a_tampered_attestation_fails(tmp_path: Path,
-                                                                              broker: Mosquitto) -> None:
+                                                                              nodelay_broker: Mosquitto) -> None:
+    broker = nodelay_broker
     db = tmp_path / "gw.db"
     cfg, key = write_config(tmp_path, broker.port, bw_probe_bytes=4096, interval=0.5)
     _enroll(db, key)
@@ -120,7 +140,8 @@ def test_agent_claiming_ten_times_its_bandwidth_is_flagged_and_stored(tmp_path: 
         for v in _verified(watch, key.device_id)[:3]:
             att = v["attested"]
             assert att["flags"] == sorted(att["flags"]) and "bw_overclaim" in att["flags"], (v["claims"], att)
-            assert att["bw_up"] is not None and att["bw_up"] < v["claims"]["bw_up"]
+            # What is attested is what the gateway timed: about the slow link's rate, not the claim.
+            assert att["bw_up"] is not None and att["bw_up"] * 4 < v["claims"]["bw_up"], (v["claims"], att)
         assert query(db, "SELECT COUNT(*) FROM reports")[0][0] == 3
         flags = query(db, "SELECT flags FROM attestations")
         assert len(flags) == 3 and all("bw_overclaim" in f for (f,) in flags)
