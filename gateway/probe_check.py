@@ -292,13 +292,19 @@ class ProbeTracker:
         progress gives a PENDING result: chunks and report come over two
         connections, so its last chunks may not have been read yet; its
         outcome lands in ``resolved`` when it completes or fails, checked
-        against ``report_at`` then.  Runs for earlier seqs still waiting end
-        as unclaimed; later chunks for ``seq`` or below are refused.
+        against ``report_at`` then.  When no chunk of a run for ``seq`` has
+        come yet, the claim waits too (PENDING) if the device has sent runs
+        before.  (Not on whether the report states a bw_up: every synthetic or
+        cheating device that states one without probing would make its
+        `verified` messages wait; a device's first run after a gateway start
+        can therefore be missed if its report is read first.)  Runs for earlier seqs still
+        waiting end as unclaimed; later chunks for ``seq`` or below are refused.
         """
         d = self.devices.get(device_id)
         if d is None:
             self.add_device(device_id, fleet, seq, report_at)
-            return None
+            d = self.devices[device_id]
+            d.claimed_seq = seq - 1  # raised below, after the run it may still be waiting for
         self.devices.move_to_end(device_id)
         d.claimed_seq = max(d.claimed_seq, seq)
         result = d.done.pop(seq, None)
