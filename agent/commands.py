@@ -31,11 +31,6 @@ def handle(agent, msg):
             agent.state.interval = arg
             agent.state.save()
             agent.log("interval set to %s s by command" % arg)
-        elif name == "store" or name == "challenge":
-            # Storage proof (protocol §10), in a module of its own: a device
-            # that is never audited never loads it.
-            from agent import storage_proof
-            storage_proof.handle(agent, name, doc)
         else:
             agent.log("ignored command %r" % (name,))
     except Exception as exc:

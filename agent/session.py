@@ -55,6 +55,8 @@ def lost(agent, exc):
 
 def flush(agent):
     """Publish queued reports oldest first; each leaves only after its PUBACK."""
+    if getattr(agent, "audit_out", None) and not send_audit(agent):
+        return
     topic = agent.topic("report")
     while agent.link.connected:
         try:
@@ -70,6 +72,20 @@ def flush(agent):
             lost(agent, exc)
             return
         agent.outbox.remove(item[0])
+
+
+def send_audit(agent):
+    """Publish the storage proof replies agent.storage_proof queued, oldest
+    first (QoS 1); False when the connection was lost."""
+    q = agent.audit_out
+    while q:
+        try:
+            agent.link.publish(agent.topic("audit"), q[0], 1)
+        except Exception as exc:
+            lost(agent, exc)
+            return False
+        q.pop(0)
+    return True
 
 
 def stop(agent):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import storage_proof
+from agent import runner, session, storage_proof
 from conftest import VECTORS
 from gateway.storage_audit import core
 from gateway.storage_audit.auditor import AuditSettings, Auditor
@@ -32,8 +32,8 @@ def test_vectors_reproduce() -> None:
         assert b0[:64].hex() == c["block0_head"] and len(b0) == c["block_size"]
         got = core.expected_proof(seed, c["plot"], c["block_size"], bytes.fromhex(c["nonce"]), c["idx"])
         assert got.hex() == c["proof"]
-    assert core.store_command(7, 0, core.block(seed, 7, 0, 64)).decode() == doc["store_command"]
-    assert core.challenge_command(7, bytes(range(16)), [3, 0, 3, 1], 10000).decode() == doc["challenge_command"]
+    assert core.store_command(7, 0, core.block(seed, 7, 0, 64)).hex() == doc["store_command"]
+    assert core.challenge_command(7, bytes(range(16)), [3, 0, 3, 1], 10000).hex() == doc["challenge_command"]
 
 
 def test_probabilities() -> None:
@@ -134,10 +134,10 @@ class DeviceSim:
         self.id, self.fleet = device_id, fleet
         self.cfg = _Cfg(str(d))
         self.link = _Link()
-        self.plot_file: Any = None
         self.lines: list[str] = []
         self.answering = True
         self.key: Any = None
+        self.audit_out: list[bytes] = []
 
     def topic(self, kind: str) -> str:
         return "surge/v1/%s/%s/%s" % (self.fleet, self.id, kind)
@@ -146,10 +146,10 @@ class DeviceSim:
         self.lines.append(msg)
 
     def receive(self, payload: bytes) -> list[tuple[str, bytes]]:
-        doc = json.loads(payload)
-        if doc["cmd"] == "challenge" and not self.answering:
+        if payload[0] == core.CHALLENGE and not self.answering:
             return []
-        storage_proof.handle(self, doc["cmd"], doc)
+        runner.storage_command(self, payload)
+        session.send_audit(self)
         out, self.link.sent = self.link.sent, []
         return out
 
@@ -191,7 +191,7 @@ def test_honest_device_stores_plot_and_passes(tmp_path: Path) -> None:
     outcomes = _exchange(aud, dev, clock, 5)
     p = aud.ledger.plot(dev.id)
     assert p is not None and p.block_size == 256 and p.blocks == 16 and p.stored == 16
-    assert storage_proof.PlotFile(dev.cfg.d).count() == 16
+    assert storage_proof.held(dev.cfg.d) == (1, 256, 16)
     assert outcomes.count("stored") == 16 and outcomes.count("passed") == 1  # challenged once complete
     outcomes = _exchange(aud, dev, clock, 200)
     assert outcomes.count("passed") == 3  # then every 60 s
@@ -246,7 +246,7 @@ def test_retry_answered_in_time_passes(tmp_path: Path) -> None:
     (topic, first), = msgs
     clock.t += 6
     (_, again), = aud.tick(clock.t)  # the same challenge, resent
-    assert json.loads(again)["nonce"] == json.loads(first)["nonce"]
+    assert again[9:25] == first[9:25]  # same nonce
     (t, p), = dev.receive(again)
     assert aud.on_message(t, p, clock.t) == "passed"
 
@@ -259,7 +259,7 @@ def test_bad_answers_are_counted_and_change_nothing(tmp_path: Path) -> None:
     # A challenge is open; answers to it and around it:
     (_, cmd), = aud.tick(clock.t + 61)
     clock.t += 61
-    nonce = json.loads(cmd)["nonce"]
+    nonce = cmd[9:25].hex()
 
     def answer(n: str, proof: str = "00" * 32) -> bytes:
         return ('{"t":"answer","plot":1,"nonce":"%s","proof":"%s"}' % (n, proof)).encode()

@@ -104,14 +104,17 @@ def challenges_to_catch(f: float, k: int, confidence: float) -> int:
 
 # -- commands (gateway -> device, on cmd) -------------------------------------
 
+STORE, CHALLENGE = 1, 2
+
+
 def store_command(plot: int, index: int, data: bytes) -> bytes:
-    return json.dumps({"cmd": "store", "plot": plot, "index": index, "size": len(data),
-                       "data": data.hex()}, separators=(",", ":")).encode()
+    """01 || u32be(plot) || u32be(index) || block (binary: see agent/storage_proof.py)."""
+    return struct.pack(">BII", STORE, plot, index) + data
 
 
 def challenge_command(plot: int, nonce: bytes, indices: Sequence[int], deadline_ms: int) -> bytes:
-    return json.dumps({"cmd": "challenge", "plot": plot, "nonce": nonce.hex(), "idx": list(indices),
-                       "ms": deadline_ms}, separators=(",", ":")).encode()
+    """02 || u32be(plot) || u32be(deadline ms) || nonce(16) || u32be(index) for each index."""
+    return struct.pack(">BII", CHALLENGE, plot, deadline_ms) + nonce + struct.pack(">%dI" % len(indices), *indices)
 
 
 # -- device messages (device -> gateway, on audit) ----------------------------

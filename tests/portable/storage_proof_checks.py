@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from agent import commands, fsutil
+from agent import commands, fsutil, runner, session
 from agent import storage_proof as sp
 
 
@@ -58,7 +58,7 @@ class _Agent:
         self.cfg = _Cfg(d)
         self.link = _Link()
         self.lines = []
-        self.plot_file = None
+        self.audit_out = []
 
     def topic(self, kind):
         return "surge/v1/t/0011223344556677/" + kind
@@ -74,23 +74,25 @@ def check_vectors(vectors, tmp):
     for case in doc["cases"]:
         d = fsutil.join(tmp, "v%d" % case["plot"])
         fsutil.makedirs(d)
-        pf = sp.PlotFile(d)
         size = case["block_size"]
         for i in range(case["blocks"]):
             b = _block(seed, case["plot"], i, size)
             assert _hex(hashlib.sha256(b).digest()) == case["block_sha256"][i]
             if i == 0:
                 assert _hex(b[:64]) == case["block0_head"]
-            assert pf.store(case["plot"], i, b)
+            assert sp.store(d, case["plot"], i, b)
             n += 1
-        # A fresh PlotFile reads back what is on flash.
-        pf = sp.PlotFile(d)
-        assert pf.plot == case["plot"] and pf.size == size and pf.count() == case["blocks"]
-        nonce = _unhex(case["nonce"])
-        proof, err = pf.answer(case["plot"], nonce, case["idx"])
+        assert sp.held(d) == (case["plot"], size, case["blocks"])
+        proof, err = sp.answer(d, case["plot"], _unhex(case["nonce"]), case["idx"])
         assert err is None and _hex(proof) == case["proof"], (err, proof)
         n += 2
-    return n
+    # The binary commands of the vectors, as the device reads them.
+    a = _Agent(fsutil.join(tmp, "vc"))
+    fsutil.makedirs(a.cfg.d)
+    runner.storage_command(a, _unhex(doc["store_command"]))
+    assert a.audit_out == [b'{"t":"stored","plot":7,"index":0}'] and sp.held(a.cfg.d) == (7, 64, 1)
+    assert _unhex(doc["store_command"])[9:] == _block(seed, 7, 0, 64)
+    return n + 2
 
 
 def check_store_rules(tmp):
@@ -98,37 +100,56 @@ def check_store_rules(tmp):
     d = fsutil.join(tmp, "rules")
     fsutil.makedirs(d)
     seed = b"\x01" * 32
-    pf = sp.PlotFile(d)
-    assert pf.count() == 0 and pf.answer(3, b"n" * 16, [0]) == (None, "no_plot")
+    data = fsutil.join(d, "plot.bin")
+    assert sp.held(d) == (-1, 0, 0) and sp.answer(d, 3, b"n" * 16, [0]) == (None, b"no_plot")
     # Blocks of a plot the device has not started (no block 0 yet) are refused.
-    assert not pf.store(3, 1, _block(seed, 3, 1, 64))
-    assert pf.store(3, 0, _block(seed, 3, 0, 64)) and pf.store(3, 1, _block(seed, 3, 1, 64))
+    assert not sp.store(d, 3, 1, _block(seed, 3, 1, 64))
+    assert sp.store(d, 3, 0, _block(seed, 3, 0, 64)) and sp.store(d, 3, 1, _block(seed, 3, 1, 64))
     # A resend of a block held: acknowledged, not written twice; a hole: refused.
-    assert pf.store(3, 1, _block(seed, 3, 1, 64)) and pf.count() == 2
-    assert not pf.store(3, 5, _block(seed, 3, 5, 64)) and pf.count() == 2
+    assert sp.store(d, 3, 1, _block(seed, 3, 1, 64)) and sp.held(d) == (3, 64, 2)
+    assert not sp.store(d, 3, 5, _block(seed, 3, 5, 64)) and sp.held(d) == (3, 64, 2)
     # Another block size for the same plot is another plot: refused past block 0.
-    assert not pf.store(3, 2, _block(seed, 3, 2, 128))
+    assert not sp.store(d, 3, 2, _block(seed, 3, 2, 128))
     n += 6
     # An index not held answers "missing", never a proof.
-    assert pf.answer(3, b"n" * 16, [0, 2]) == (None, "missing")
-    proof, err = pf.answer(3, b"n" * 16, [1, 0])
+    assert sp.answer(d, 3, b"n" * 16, [0, 2]) == (None, b"missing")
+    proof, err = sp.answer(d, 3, b"n" * 16, [1, 0])
     want = hashlib.sha256(b"n" * 16 + _block(seed, 3, 1, 64) + _block(seed, 3, 0, 64)).digest()
     assert err is None and proof == want
     n += 2
+    # The data file gone while the plot id stays: "no_plot", not an error.
+    os.rename(data, data + ".away")
+    assert sp.answer(d, 3, b"n" * 16, [0]) == (None, b"no_plot")
+    os.rename(data + ".away", data)
+    n += 1
     # A torn append (power cut mid-write) drops the plot.
-    with open(pf.data, "ab") as f:
+    with open(data, "ab") as f:
         f.write(b"xx")
-    assert pf.count() == 0 and pf.plot == -1 and not fsutil.exists(pf.meta)
+    assert sp.held(d) == (-1, 0, 0) and not fsutil.exists(data) and not fsutil.exists(fsutil.join(d, "plot.id"))
     n += 1
     # Block 0 of a new plot replaces the old one.
-    assert pf.store(3, 0, _block(seed, 3, 0, 64)) and pf.store(4, 0, _block(seed, 4, 0, 64))
-    assert pf.plot == 4 and pf.count() == 1 and sp.PlotFile(d).plot == 4
+    assert sp.store(d, 3, 0, _block(seed, 3, 0, 64)) and sp.store(d, 4, 0, _block(seed, 4, 0, 64))
+    assert sp.held(d) == (4, 64, 1)
     n += 2
     # The device's own cap.
-    big = sp.MAX_BYTES // 64
-    assert not pf.store(4, big, _block(seed, 4, 0, 64)) or big <= 1
+    assert not sp.store(d, 4, sp.MAX_BYTES // 64, _block(seed, 4, 0, 64))
     n += 1
     return n
+
+
+def _u32(x):
+    return x.to_bytes(4, "big")
+
+
+def _store(plot, index, block):
+    return b"\x01" + _u32(plot) + _u32(index) + bytes(block)
+
+
+def _challenge(plot, nonce, idx, ms=10000):
+    out = b"\x02" + _u32(plot) + _u32(ms) + nonce
+    for i in idx:
+        out += _u32(i)
+    return out
 
 
 def check_commands(tmp):
@@ -138,39 +159,37 @@ def check_commands(tmp):
     seed = b"\x02" * 32
     a = _Agent(d)
     for i in range(3):
-        msg = json.dumps({"cmd": "store", "plot": 9, "index": i, "size": 64, "data": _hex(_block(seed, 9, i, 64))})
-        commands.handle(a, msg.encode())
+        runner.storage_command(a, _store(9, i, _block(seed, 9, i, 64)))
+    assert a.link.sent == [] and len(a.audit_out) == 3  # replies wait for the run loop
+    assert session.send_audit(a) and a.audit_out == []
     assert [json.loads(m[1])["index"] for m in a.link.sent] == [0, 1, 2]
     assert all(m[0].endswith("/audit") and m[2] == 1 for m in a.link.sent)
     assert json.loads(a.link.sent[0][1]) == {"t": "stored", "plot": 9, "index": 0}
-    n += 3
+    n += 4
     a.link.sent = []
-    commands.handle(a, json.dumps({"cmd": "challenge", "plot": 9, "nonce": "ab" * 16, "idx": [2, 2, 0],
-                                   "ms": 10000}).encode())
+    runner.storage_command(a, _challenge(9, b"\xab" * 16, [2, 2, 0]))
+    session.send_audit(a)
     ans = json.loads(a.link.sent[0][1])
     want = hashlib.sha256(b"\xab" * 16 + _block(seed, 9, 2, 64) + _block(seed, 9, 2, 64) + _block(seed, 9, 0, 64)).digest()
     assert ans == {"t": "answer", "plot": 9, "nonce": "ab" * 16, "proof": _hex(want)}, ans
     n += 1
     a.link.sent = []
-    commands.handle(a, json.dumps({"cmd": "challenge", "plot": 8, "nonce": "ab" * 16, "idx": [0]}).encode())
+    runner.storage_command(a, _challenge(8, b"\xab" * 16, [0]))
+    session.send_audit(a)
     assert json.loads(a.link.sent[0][1])["error"] == "no_plot"
     n += 1
     # Malformed commands: nothing published, nothing stored, the agent goes on.
     a.link.sent = []
-    for bad in ({"cmd": "store", "plot": -1, "index": 3, "data": "00" * 64},
-                {"cmd": "store", "plot": 9, "index": "3", "data": "00" * 64},
-                {"cmd": "store", "plot": 9, "index": 3, "data": "00" * 8},
-                {"cmd": "store", "plot": 9, "index": 3, "data": "zz" * 64},
-                {"cmd": "store", "plot": 9, "index": 3, "data": "00" * 4097},
-                {"cmd": "challenge", "plot": 9, "nonce": "ab", "idx": [0]},
-                {"cmd": "challenge", "plot": 9, "nonce": "ab" * 16, "idx": []},
-                {"cmd": "challenge", "plot": 9, "nonce": "ab" * 16, "idx": [True]},
-                {"cmd": "challenge", "plot": 9, "nonce": "ab" * 16, "idx": list(range(65))},
-                {"cmd": "challenge", "plot": 9, "nonce": "zz" * 16, "idx": [0]}):
-        commands.handle(a, json.dumps(bad).encode())
+    for bad in (b"\x01", _store(9, 3, b"\0" * 8), _store(9, 3, b"\0" * 4097), b"\x03" + b"\0" * 40,
+                _challenge(9, b"\xab" * 16, []), _challenge(9, b"\xab" * 16, [0])[:-1],
+                _challenge(9, b"\xab" * 16, list(range(65))), b"\x02" + b"\0" * 20):
+        runner.storage_command(a, bad)
         n += 1
-    assert a.link.sent == [] and sp.PlotFile(d).count() == 3
-    return n + 1
+    assert a.link.sent == [] and a.audit_out == [] and sp.held(d)[2] == 3
+    # JSON commands still go their own way.
+    commands.handle(a, b'{"cmd":"store","plot":9,"index":3,"data":"00"}')
+    assert a.audit_out == [] and a.lines[-1] == "ignored command 'store'"
+    return n + 2
 
 
 def _rmtree(path):
