@@ -8,6 +8,7 @@ storage 0 for the window, the outcome counted per fleet.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from agent.cli import main as surge_main
 from broker import Mosquitto
 from gateway.storage_audit.standing import storage_standing
 from gateway.store import Store
+from gw_helpers import Collector
 from broker import free_port
 from gw_process import gateway_log, wait_for, metric_value, metrics_text, start_gateway, stop, surge, wait_online
 from test_agent_harness import start_agent, write_config
@@ -79,6 +81,14 @@ def _plot_stored(db: Path, device: str) -> int:
         store.close()
 
 
+def _attested_with(watch: Collector, pred: Any) -> dict[str, Any] | None:
+    for _, payload in list(watch.messages):
+        att = json.loads(payload).get("attested")
+        if att is not None and pred(att):
+            return dict(att)
+    return None
+
+
 def _stop_agent(proc: subprocess.Popen[str]) -> str:
     if proc.poll() is None:
         proc.send_signal(signal.SIGCONT)
@@ -96,6 +106,7 @@ def test_honest_cpython_device_proves_its_plot(tmp_path: Path, broker: Mosquitto
     db, gw = _gateway(tmp_path, broker, port)
     _enroll(db, key, "linux-generic")
     wait_online(broker, gw)
+    watch = Collector(broker.port, "surge/v1/test/+/verified")
     agent = start_agent(cfg)
     try:
         s = _wait_standing(db, key.device_id, lambda s: s[1] >= 2, 90, "two passed challenges")
@@ -105,8 +116,14 @@ def test_honest_cpython_device_proves_its_plot(tmp_path: Path, broker: Mosquitto
         text = metrics_text(port)
         assert metric_value(text, 'surge_storage_challenges_total{fleet="test",outcome="passed"}') >= 2
         assert metric_value(text, 'surge_storage_plot_blocks_total{fleet="test",kind="stored"}') == 16
+        # The gateway attests the proven storage in the reports that follow (docs/protocol.md §2.8).
+        att = wait_for(lambda: _attested_with(watch, lambda a: a["storage_bytes"] == 64 * 1024), 30,
+                       "a report attested with the proven storage")
+        assert att["challenges"]["passed"] >= 1 and att["challenges"]["failed"] == 0
+        assert "challenge_failed" not in att["flags"] and "storage_unverified" not in att["flags"]
     finally:
         out = _stop_agent(agent)
+        watch.close()
         stop(gw)
     assert "storing plot 1 (4096-byte blocks)" in out and "challenge on plot 1 answered" in out
 
@@ -116,6 +133,7 @@ def test_cheating_devices_are_caught(tmp_path: Path, broker: Mosquitto) -> None:
     # with other bytes, one deletes it after acknowledging every block, one
     # stops answering (its process frozen).  An honest one beside them keeps passing.
     db, gw = _gateway(tmp_path, broker)
+    watch = Collector(broker.port, "surge/v1/test/+/verified")
     agents: dict[str, tuple[Path, Any, subprocess.Popen[str] | None]] = {}
     for name in ("half", "gone", "silent", "honest"):
         cfg, key = write_config(tmp_path, broker.port, name=name, interval=1, bw_probe_bytes=0)
@@ -141,6 +159,11 @@ def test_cheating_devices_are_caught(tmp_path: Path, broker: Mosquitto) -> None:
         # Half the blocks gone: each challenge of 16 misses with 1 - 2^-16.
         s = _wait_standing(db, agents["half"][1].device_id, lambda s: s[2] >= 1, 60, "half: a failed challenge")
         assert s[0] == 0
+        # Its next reports are attested with nothing proven, and flagged.
+        half_id = agents["half"][1].device_id
+        att = wait_for(lambda: _attested_with(watch, lambda a: a["device"] == half_id
+                                              and "challenge_failed" in a["flags"]), 30, "half: flagged")
+        assert att["storage_bytes"] == 0 and att["challenges"]["failed"] >= 1
         s = _wait_standing(db, agents["gone"][1].device_id, lambda s: s[2] >= 1, 60, "gone: a failed challenge")
         assert s[0] == 0
         # Deadline 3 s, one retry: timed out ~6 s after the first unanswered send.
@@ -170,6 +193,7 @@ def test_cheating_devices_are_caught(tmp_path: Path, broker: Mosquitto) -> None:
         for name, (_, _, p) in agents.items():
             if p is not None:
                 logs[name] = _stop_agent(p)
+        watch.close()
         stop(gw)
     # The devices that failed were given a new plot (id 2) to earn their standing back.
     assert "storing plot 2" in logs["gone"] and "storing plot 2" in logs["half"]
