@@ -193,6 +193,13 @@ def _status(args: argparse.Namespace) -> int:
         print("probes %s: runs %s; chunks %s" % (
             fleet, ", ".join("%s %d" % kv for kv in pc["runs"].items()) or "none",
             ", ".join("%s %d" % kv for kv in pc["chunks"].items()) or "none"))
+    for fleet, counts in sorted((st.get("storage_audit") or {}).items()):
+        # docs/operators.md, storage audit: challenge outcomes, plot blocks, dropped messages.
+        ch = ("sent", "retried", "passed", "failed", "timed_out")
+        print("storage %s: challenges %s; blocks stored %d; dropped %s" % (
+            fleet, ", ".join("%s %d" % (k, counts.get(k, 0)) for k in ch), counts.get("blocks_stored", 0),
+            ", ".join("%s %d" % kv for kv in sorted(counts.items())
+                      if kv[0] not in ch and kv[0] not in ("blocks_sent", "blocks_stored")) or "none"))
     return 0
 
 

@@ -251,7 +251,14 @@ def status(store: Store) -> dict[str, Any]:
         "last_confirmed_anchor": last_anchor,
         "attestations": attestation_counts(store),
         "probes": probe_counts(store),
+        "storage_audit": _storage_audit_counts(store),
         "recent_rejections": [{"at": r.at, "device": r.device_id, "reason": r.reason, "detail": r.detail}
                               for r in store.recent_rejections(10)],
         "pid": os.getpid(),
     }
+
+
+def _storage_audit_counts(store: Store) -> dict[str, dict[str, int]]:
+    """Storage audit outcomes per fleet (gateway/storage_audit, docs/operators.md)."""
+    from gateway.storage_audit.ledger import Ledger
+    return Ledger(store).counts()

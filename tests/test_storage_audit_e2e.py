@@ -23,7 +23,7 @@ from gateway.storage_audit.standing import storage_standing
 from gateway.store import Store
 from gw_helpers import Collector
 from broker import free_port
-from gw_process import gateway_log, wait_for, metric_value, metrics_text, start_gateway, stop, surge, wait_online
+from gw_process import gateway_log, status, wait_for, metric_value, metrics_text, start_gateway, stop, surge, wait_online
 from test_agent_harness import start_agent, write_config
 
 # The esp32 .mpy bundle stores and answers without a MemoryError from 52K of
@@ -188,6 +188,12 @@ def test_cheating_devices_are_caught(tmp_path: Path, broker: Mosquitto) -> None:
         finally:
             store.close()
         assert counts["passed"] >= 7
+        # The operator's view of the same counts.
+        st = status(db)
+        assert st["storage_audit"]["test"]["failed"] >= 2
+        text = surge("gateway", "status", "--db", str(db)).stdout
+        line = [x for x in text.splitlines() if x.startswith("storage test: ")]
+        assert line and "timed_out " in line[0] and "blocks stored" in line[0], text
         assert not [o for d, o in outcomes if d == agents["honest"][1].device_id and o != "passed"]
     finally:
         for name, (_, _, p) in agents.items():
