@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import runner, session, storage_proof
+from agent import runner, session
 from conftest import VECTORS
 from gateway.storage_audit import core
 from gateway.storage_audit.auditor import AuditSettings, Auditor
@@ -191,7 +191,8 @@ def test_honest_device_stores_plot_and_passes(tmp_path: Path) -> None:
     outcomes = _exchange(aud, dev, clock, 5)
     p = aud.ledger.plot(dev.id)
     assert p is not None and p.block_size == 256 and p.blocks == 16 and p.stored == 16
-    assert storage_proof.held(dev.cfg.d) == (1, 256, 16)
+    assert (Path(dev.cfg.d) / "plot.bin").stat().st_size == 16 * 256
+    assert (Path(dev.cfg.d) / "plot.id").read_text() == "1 256"
     assert outcomes.count("stored") == 16 and outcomes.count("passed") == 1  # challenged once complete
     outcomes = _exchange(aud, dev, clock, 200)
     assert outcomes.count("passed") == 3  # then every 60 s
@@ -321,3 +322,25 @@ def test_plot_capped_by_reported_free_storage_and_window_meta(tmp_path: Path) ->
     _exchange(aud, dev, clock, 3)
     assert storage_standing(store, dev.id, clock.t)[1] == 1
     assert storage_standing(store, dev.id, clock.t + 61) == (0, 0, 0, 0)  # aged out of a 60 s window
+
+
+def test_restart_resumes_plot_and_open_challenge(tmp_path: Path) -> None:
+    # The audit's state is in the database: a gateway restarted in the middle of
+    # plotting goes on from the acknowledged count, and one restarted with a
+    # challenge open sends it again with a fresh deadline (its outage is not the device's).
+    store, aud, dev, clock = _setup(tmp_path, plot_bytes_small=64 * 256, blocks_per_s=10.0)
+    _exchange(aud, dev, clock, 1.5)
+    stored = aud.ledger.plot(dev.id).stored  # type: ignore[union-attr]
+    assert 0 < stored < 64
+    aud2 = Auditor(Store(tmp_path / "gw.db"), aud.s)
+    _exchange(aud2, dev, clock, 10)
+    assert aud2.ledger.plot(dev.id).stored == 64  # type: ignore[union-attr]
+    assert storage_standing(store, dev.id, clock.t)[1] == 1
+    (_, cmd), = aud2.tick(clock.t + 61)  # the next challenge; the gateway "dies" before any answer
+    clock.t += 61 + 100                  # ... and is back long after its deadline
+    aud3 = Auditor(Store(tmp_path / "gw.db"), aud.s)
+    (_, again), = aud3.resume(clock.t)
+    assert again == cmd
+    (t, p), = dev.receive(again)
+    assert aud3.on_message(t, p, clock.t + 1) == "passed"
+    assert storage_standing(store, dev.id, clock.t + 1) == (64 * 256, 2, 0, 0)

@@ -67,72 +67,105 @@ class _Agent:
         self.lines.append(msg)
 
 
+def _held(d):
+    """(plot, block size, blocks) on "flash", read from the files themselves."""
+    try:
+        p = fsutil.read(fsutil.join(d, "plot.id")).split()
+        n = os.stat(fsutil.join(d, "plot.bin"))[6]
+    except OSError:
+        return -1, 0, 0
+    return int(p[0]), int(p[1]), n // int(p[1])
+
+
+def _st(a, plot, index, block):
+    """Send a store command; True when the device acknowledged that block."""
+    runner.storage_command(a, _store(plot, index, block))
+    out, a.audit_out = a.audit_out, []
+    assert len(out) <= 1
+    return out == [b'{"t":"stored","plot":%d,"index":%d}' % (plot, index)]
+
+
+def _ans(a, plot, nonce, idx):
+    """Send a challenge; (proof, None) or (None, error) from the device's answer."""
+    runner.storage_command(a, _challenge(plot, nonce, idx))
+    out, a.audit_out = a.audit_out, []
+    assert len(out) == 1, out
+    doc = json.loads(out[0])
+    assert doc["t"] == "answer" and doc["plot"] == plot and doc["nonce"] == _hex(nonce), doc
+    return (_unhex(doc["proof"]), None) if "proof" in doc else (None, doc["error"])
+
+
 def check_vectors(vectors, tmp):
     n = 0
     doc = json.loads(fsutil.read(fsutil.join(vectors, "storage_audit.json")).decode())
     seed = _unhex(doc["seed"])
     for case in doc["cases"]:
-        d = fsutil.join(tmp, "v%d" % case["plot"])
-        fsutil.makedirs(d)
+        a = _Agent(fsutil.join(tmp, "v%d" % case["plot"]))
+        fsutil.makedirs(a.cfg.d)
         size = case["block_size"]
         for i in range(case["blocks"]):
             b = _block(seed, case["plot"], i, size)
             assert _hex(hashlib.sha256(b).digest()) == case["block_sha256"][i]
             if i == 0:
                 assert _hex(b[:64]) == case["block0_head"]
-            assert sp.store(d, case["plot"], i, b)
+            assert _st(a, case["plot"], i, b)
             n += 1
-        assert sp.held(d) == (case["plot"], size, case["blocks"])
-        proof, err = sp.answer(d, case["plot"], _unhex(case["nonce"]), case["idx"])
+        assert _held(a.cfg.d) == (case["plot"], size, case["blocks"])
+        proof, err = _ans(a, case["plot"], _unhex(case["nonce"]), case["idx"])
         assert err is None and _hex(proof) == case["proof"], (err, proof)
         n += 2
     # The binary commands of the vectors, as the device reads them.
     a = _Agent(fsutil.join(tmp, "vc"))
     fsutil.makedirs(a.cfg.d)
     runner.storage_command(a, _unhex(doc["store_command"]))
-    assert a.audit_out == [b'{"t":"stored","plot":7,"index":0}'] and sp.held(a.cfg.d) == (7, 64, 1)
+    assert a.audit_out == [b'{"t":"stored","plot":7,"index":0}'] and _held(a.cfg.d) == (7, 64, 1)
     assert _unhex(doc["store_command"])[9:] == _block(seed, 7, 0, 64)
-    return n + 2
+    a.audit_out = []
+    runner.storage_command(a, _unhex(doc["challenge_command"]))
+    assert json.loads(a.audit_out[0])["error"] == "missing"  # plot 7 here holds only block 0
+    return n + 3
 
 
 def check_store_rules(tmp):
     n = 0
     d = fsutil.join(tmp, "rules")
     fsutil.makedirs(d)
+    a = _Agent(d)
     seed = b"\x01" * 32
     data = fsutil.join(d, "plot.bin")
-    assert sp.held(d) == (-1, 0, 0) and sp.answer(d, 3, b"n" * 16, [0]) == (None, b"no_plot")
+    assert _held(d) == (-1, 0, 0) and _ans(a, 3, b"n" * 16, [0]) == (None, "no_plot")
     # Blocks of a plot the device has not started (no block 0 yet) are refused.
-    assert not sp.store(d, 3, 1, _block(seed, 3, 1, 64))
-    assert sp.store(d, 3, 0, _block(seed, 3, 0, 64)) and sp.store(d, 3, 1, _block(seed, 3, 1, 64))
+    assert not _st(a, 3, 1, _block(seed, 3, 1, 64))
+    assert _st(a, 3, 0, _block(seed, 3, 0, 64)) and _st(a, 3, 1, _block(seed, 3, 1, 64))
     # A resend of a block held: acknowledged, not written twice; a hole: refused.
-    assert sp.store(d, 3, 1, _block(seed, 3, 1, 64)) and sp.held(d) == (3, 64, 2)
-    assert not sp.store(d, 3, 5, _block(seed, 3, 5, 64)) and sp.held(d) == (3, 64, 2)
+    assert _st(a, 3, 1, _block(seed, 3, 1, 64)) and _held(d) == (3, 64, 2)
+    assert not _st(a, 3, 5, _block(seed, 3, 5, 64)) and _held(d) == (3, 64, 2)
     # Another block size for the same plot is another plot: refused past block 0.
-    assert not sp.store(d, 3, 2, _block(seed, 3, 2, 128))
+    assert not _st(a, 3, 2, _block(seed, 3, 2, 128)) and _held(d) == (3, 64, 2)
     n += 6
     # An index not held answers "missing", never a proof.
-    assert sp.answer(d, 3, b"n" * 16, [0, 2]) == (None, b"missing")
-    proof, err = sp.answer(d, 3, b"n" * 16, [1, 0])
+    assert _ans(a, 3, b"n" * 16, [0, 2]) == (None, "missing")
+    proof, err = _ans(a, 3, b"n" * 16, [1, 0])
     want = hashlib.sha256(b"n" * 16 + _block(seed, 3, 1, 64) + _block(seed, 3, 0, 64)).digest()
     assert err is None and proof == want
     n += 2
     # The data file gone while the plot id stays: "no_plot", not an error.
     os.rename(data, data + ".away")
-    assert sp.answer(d, 3, b"n" * 16, [0]) == (None, b"no_plot")
+    assert _ans(a, 3, b"n" * 16, [0]) == (None, "no_plot")
     os.rename(data + ".away", data)
     n += 1
-    # A torn append (power cut mid-write) drops the plot.
+    # A torn append (power cut mid-write): the plot no longer counts, and only
+    # a block 0 starts one again.
     with open(data, "ab") as f:
         f.write(b"xx")
-    assert sp.held(d) == (-1, 0, 0) and not fsutil.exists(data) and not fsutil.exists(fsutil.join(d, "plot.id"))
-    n += 1
-    # Block 0 of a new plot replaces the old one.
-    assert sp.store(d, 3, 0, _block(seed, 3, 0, 64)) and sp.store(d, 4, 0, _block(seed, 4, 0, 64))
-    assert sp.held(d) == (4, 64, 1)
+    assert _ans(a, 3, b"n" * 16, [0]) == (None, "no_plot") and not _st(a, 3, 2, _block(seed, 3, 2, 64))
+    assert _st(a, 3, 0, _block(seed, 3, 0, 64)) and _held(d) == (3, 64, 1)
     n += 2
+    # Block 0 of a new plot replaces the old one.
+    assert _st(a, 4, 0, _block(seed, 4, 0, 64)) and _held(d) == (4, 64, 1)
+    n += 1
     # The device's own cap.
-    assert not sp.store(d, 4, sp.MAX_BYTES // 64, _block(seed, 4, 0, 64))
+    assert not _st(a, 4, sp.MAX_BYTES // 64, _block(seed, 4, 0, 64))
     n += 1
     return n
 
@@ -185,7 +218,7 @@ def check_commands(tmp):
                 _challenge(9, b"\xab" * 16, list(range(65))), b"\x02" + b"\0" * 20):
         runner.storage_command(a, bad)
         n += 1
-    assert a.link.sent == [] and a.audit_out == [] and sp.held(d)[2] == 3
+    assert a.link.sent == [] and a.audit_out == [] and _held(d)[2] == 3
     # JSON commands still go their own way.
     commands.handle(a, b'{"cmd":"store","plot":9,"index":3,"data":"00"}')
     assert a.audit_out == [] and a.lines[-1] == "ignored command 'store'"
