@@ -85,6 +85,9 @@ class Auditor:
         self.refilled: float | None = None
         self.last_plan = float("-inf")
         self.pending_counts: dict[tuple[str, str], int] = {}
+        # Devices whose plot is not complete, refreshed by each planning pass, so
+        # that a tick (every 50 ms) reads only their rows.
+        self.incomplete: set[str] = set()
         # Per device: acknowledgements come at most at the plotting rate, answers rarely.
         self.limiter = RateLimiter(settings.blocks_per_s + 2.0, 2 * settings.window_blocks + 10)
 
@@ -177,6 +180,7 @@ class Auditor:
             if p is not None:
                 self.ledger.new_plot(device_id, self.entropy(core.SEED_BYTES), p.block_size, p.blocks, now)
                 self.inflight.pop(device_id, None)
+                self.incomplete.add(device_id)
         return outcome
 
     # -- what to send -------------------------------------------------------
@@ -205,6 +209,7 @@ class Auditor:
             ch.plot, ch.nonce, ch.indices, int(self.s.deadline_s * 1000))
 
     def _plan(self, now: float, out: list[Message]) -> None:
+        self.incomplete = self.ledger_incomplete()
         recent = self.ledger_recent(now - self.s.window_s)
         plots = {p.device_id: p for p in self.ledger.plots()}
         open_devices = {c.device_id for c in self.ledger.open_challenges()}
@@ -235,6 +240,7 @@ class Auditor:
         if blocks < 1:
             return
         self.ledger.new_plot(device_id, self.entropy(core.SEED_BYTES), size, blocks, now)
+        self.incomplete.add(device_id)
         log.info("device %s: plot of %d blocks of %d bytes", device_id, blocks, size)
 
     def _expire(self, now: float, out: list[Message]) -> None:
@@ -258,9 +264,13 @@ class Auditor:
         self.refilled = now
         if self.tokens < 1.0:
             return
-        for p in self.ledger_incomplete():
+        for device_id in list(self.incomplete):
             if self.tokens < 1.0:
                 return
+            p = self.ledger.plot(device_id)
+            if p is None or p.stored >= p.blocks:
+                self.incomplete.discard(device_id)
+                continue
             self._send_blocks(p, now, out)
 
     def _send_blocks(self, p: Plot, now: float, out: list[Message]) -> None:
@@ -293,8 +303,8 @@ class Auditor:
             "SELECT d.device_id, d.board, d.fleet FROM devices d JOIN device_state s USING (device_id) "
             "WHERE d.revoked_at IS NULL AND s.last_seen > ? ORDER BY d.device_id", (since,))]
 
-    def ledger_incomplete(self) -> list[Plot]:
-        return [p for p in self.ledger.plots() if p.stored < p.blocks]
+    def ledger_incomplete(self) -> set[str]:
+        return {str(r[0]) for r in self.store.db.execute("SELECT device_id FROM audit_plots WHERE stored < blocks")}
 
     def _free_storage(self, device_id: str) -> int | None:
         row = self.store.db.execute("SELECT cose FROM reports WHERE device_id=? ORDER BY id DESC LIMIT 1",
