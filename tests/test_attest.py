@@ -52,10 +52,11 @@ def test_flag_rules() -> None:
 
 
 def test_vector_reproduces_and_verifies() -> None:
-    standing = tuple(VECTOR["standing"])
+    p, ok, failed, timed_out = VECTOR["standing"]
+    standing = (p, ok, failed, timed_out)
     body = attest.build("gw-lab", KEY.address, "21fe31dfa154a261", 12, 123456, REPORT, 1795000000.123,
-                        VECTOR["measured_bw_up"], standing,  # type: ignore[arg-type]
-                        attest.flags_for(attest.claims_of(REPORT), VECTOR["measured_bw_up"], standing))  # type: ignore[arg-type]
+                        VECTOR["measured_bw_up"], standing,
+                        attest.flags_for(attest.claims_of(REPORT), VECTOR["measured_bw_up"], standing))
     message, sig = attest.signed(body, KEY.sign_message)
     assert message.decode() == VECTOR["canonical_body"]
     assert sig.hex() == VECTOR["signature"]  # EIP-191 with RFC 6979 nonces: deterministic
