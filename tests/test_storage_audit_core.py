@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import session, storage_proof
+from agent import runner, session
 from conftest import VECTORS
 from gateway.storage_audit import core
 from gateway.storage_audit.auditor import AuditSettings, Auditor
@@ -148,7 +148,7 @@ class DeviceSim:
     def receive(self, payload: bytes) -> list[tuple[str, bytes]]:
         if payload[0] == core.CHALLENGE and not self.answering:
             return []
-        storage_proof.handle(self, payload)  # what agent.runner does with a binary cmd
+        runner.storage_command(self, payload)
         session.send_audit(self)
         out, self.link.sent = self.link.sent, []
         return out
