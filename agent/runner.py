@@ -75,7 +75,7 @@ class Agent:
         elif topic.endswith("/cmd") and msg and msg[0] < 32:
             # Not JSON: a binary storage proof command (protocol §10), handled
             # without agent.commands, which a 48 KB board then need not hold.
-            storage_command(self, msg)
+            session.storage_command(self, msg)
         elif topic.endswith("/cmd"):
             try:
                 from agent import commands
@@ -141,15 +141,3 @@ class Agent:
     def stop(self):
         session.stop(self)
 
-
-def storage_command(agent, msg):
-    # agent.storage_proof stays loaded while commands come (a plot arrives as
-    # a burst of them); agent.cycle unloads it before signing, whose peak needs
-    # its RAM on a 48 KB board.
-    try:
-        from agent import storage_proof
-        storage_proof.handle(agent, msg)
-    except Exception as exc:  # MemoryError on a full board heap among them
-        agent.log("bad storage command: %s" % reason(exc))
-    storage_proof = None
-    gc.collect()
