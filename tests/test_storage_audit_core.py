@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import runner, session
+from agent import session
 from conftest import VECTORS
 from gateway.storage_audit import core
 from gateway.storage_audit.auditor import AuditSettings, Auditor
@@ -148,7 +148,7 @@ class DeviceSim:
     def receive(self, payload: bytes) -> list[tuple[str, bytes]]:
         if payload[0] == core.CHALLENGE and not self.answering:
             return []
-        runner.storage_command(self, payload)
+        session.storage_command(self, payload)  # what agent.runner does with a binary cmd
         session.send_audit(self)
         out, self.link.sent = self.link.sent, []
         return out
@@ -224,6 +224,12 @@ def test_device_that_lost_part_of_its_plot_is_caught(tmp_path: Path) -> None:
     assert "failed" not in outcomes
     proven, passed, failed, _ = storage_standing(store, dev.id, clock.t)
     assert proven == 64 * 256 and passed >= 59 and failed == 0  # one every 60 s in the hour
+    # Challenges older than two windows are forgotten; the counts per fleet stay.
+    _exchange(aud, dev, clock, 3700, step=5.0)
+    oldest = store.db.execute("SELECT MIN(resolved_at) FROM audit_challenges").fetchone()[0]
+    assert oldest >= clock.t - 2 * 3600 - 61
+    aud.flush_counts()
+    assert aud.ledger.counts()["lab"]["failed"] >= 1
 
 
 def test_silent_device_times_out_after_retries(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ from gateway.store import Store
 log = logging.getLogger("surge.gateway.audit")
 
 AUDIT_TOPIC = re.compile(r"^surge/v1/([a-z0-9-]{1,32})/([0-9a-f]{16})/audit$")
+PRUNE_EVERY_S = 60.0
 NO_FLEET = "-"  # the fleet label of a message whose topic names none
 Message = tuple[str, bytes]
 CountFn = Callable[[str, str, int], None]
@@ -84,6 +85,7 @@ class Auditor:
         self.tokens = 0.0
         self.refilled: float | None = None
         self.last_plan = float("-inf")
+        self.last_prune = float("-inf")
         self.pending_counts: dict[tuple[str, str], int] = {}
         # Devices whose plot is not complete, refreshed by each planning pass, so
         # that a tick (every 50 ms) reads only their rows.
@@ -191,6 +193,10 @@ class Auditor:
             self.last_plan = now
             self._plan(now, out)
             self.flush_counts()
+            if now - self.last_prune >= PRUNE_EVERY_S:
+                # Two windows back: the standing reads one, at times up to "now".
+                self.last_prune = now
+                self.ledger.prune(now - 2 * self.s.window_s)
         self._expire(now, out)
         self._plot_blocks(now, out)
         return out

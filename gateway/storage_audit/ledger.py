@@ -139,6 +139,13 @@ class Ledger:
                                   (outcome, now, cid))
         return cur.rowcount == 1
 
+    def prune(self, before: float) -> int:
+        """Forget challenges resolved before ``before`` (outside every window still read)."""
+        with self.store._tx():
+            cur = self.db.execute("DELETE FROM audit_challenges WHERE outcome IS NOT NULL AND resolved_at<?",
+                                  (before,))
+        return cur.rowcount
+
     # -- counts per fleet (the durable side of the metrics) ------------------------
 
     def add_counts(self, counts: dict[tuple[str, str], int]) -> None:

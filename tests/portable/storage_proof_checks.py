@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from agent import commands, fsutil, runner, session
+from agent import commands, fsutil, session
 from agent import storage_proof as sp
 
 
@@ -79,7 +79,7 @@ def _held(d):
 
 def _st(a, plot, index, block):
     """Send a store command; True when the device acknowledged that block."""
-    runner.storage_command(a, _store(plot, index, block))
+    session.storage_command(a, _store(plot, index, block))
     out, a.audit_out = a.audit_out, []
     assert len(out) <= 1
     return out == [b'{"t":"stored","plot":%d,"index":%d}' % (plot, index)]
@@ -87,7 +87,7 @@ def _st(a, plot, index, block):
 
 def _ans(a, plot, nonce, idx):
     """Send a challenge; (proof, None) or (None, error) from the device's answer."""
-    runner.storage_command(a, _challenge(plot, nonce, idx))
+    session.storage_command(a, _challenge(plot, nonce, idx))
     out, a.audit_out = a.audit_out, []
     assert len(out) == 1, out
     doc = json.loads(out[0])
@@ -117,11 +117,11 @@ def check_vectors(vectors, tmp):
     # The binary commands of the vectors, as the device reads them.
     a = _Agent(fsutil.join(tmp, "vc"))
     fsutil.makedirs(a.cfg.d)
-    runner.storage_command(a, _unhex(doc["store_command"]))
+    session.storage_command(a, _unhex(doc["store_command"]))
     assert a.audit_out == [b'{"t":"stored","plot":7,"index":0}'] and _held(a.cfg.d) == (7, 64, 1)
     assert _unhex(doc["store_command"])[9:] == _block(seed, 7, 0, 64)
     a.audit_out = []
-    runner.storage_command(a, _unhex(doc["challenge_command"]))
+    session.storage_command(a, _unhex(doc["challenge_command"]))
     assert json.loads(a.audit_out[0])["error"] == "missing"  # plot 7 here holds only block 0
     return n + 3
 
@@ -192,7 +192,7 @@ def check_commands(tmp):
     seed = b"\x02" * 32
     a = _Agent(d)
     for i in range(3):
-        runner.storage_command(a, _store(9, i, _block(seed, 9, i, 64)))
+        session.storage_command(a, _store(9, i, _block(seed, 9, i, 64)))
     assert a.link.sent == [] and len(a.audit_out) == 3  # replies wait for the run loop
     assert session.send_audit(a) and a.audit_out == []
     assert [json.loads(m[1])["index"] for m in a.link.sent] == [0, 1, 2]
@@ -200,14 +200,14 @@ def check_commands(tmp):
     assert json.loads(a.link.sent[0][1]) == {"t": "stored", "plot": 9, "index": 0}
     n += 4
     a.link.sent = []
-    runner.storage_command(a, _challenge(9, b"\xab" * 16, [2, 2, 0]))
+    session.storage_command(a, _challenge(9, b"\xab" * 16, [2, 2, 0]))
     session.send_audit(a)
     ans = json.loads(a.link.sent[0][1])
     want = hashlib.sha256(b"\xab" * 16 + _block(seed, 9, 2, 64) + _block(seed, 9, 2, 64) + _block(seed, 9, 0, 64)).digest()
     assert ans == {"t": "answer", "plot": 9, "nonce": "ab" * 16, "proof": _hex(want)}, ans
     n += 1
     a.link.sent = []
-    runner.storage_command(a, _challenge(8, b"\xab" * 16, [0]))
+    session.storage_command(a, _challenge(8, b"\xab" * 16, [0]))
     session.send_audit(a)
     assert json.loads(a.link.sent[0][1])["error"] == "no_plot"
     n += 1
@@ -216,7 +216,7 @@ def check_commands(tmp):
     for bad in (b"\x01", _store(9, 3, b"\0" * 8), _store(9, 3, b"\0" * 4097), b"\x03" + b"\0" * 40,
                 _challenge(9, b"\xab" * 16, []), _challenge(9, b"\xab" * 16, [0])[:-1],
                 _challenge(9, b"\xab" * 16, list(range(65))), b"\x02" + b"\0" * 20):
-        runner.storage_command(a, bad)
+        session.storage_command(a, bad)
         n += 1
     assert a.link.sent == [] and a.audit_out == [] and _held(d)[2] == 3
     # JSON commands still go their own way.
