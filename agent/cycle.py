@@ -46,6 +46,7 @@ def _claims(agent, seq, errors):
     # Separate from make_report also because MicroPython compiles a function's
     # bytecode into one block: two halves fit a fragmented heap where one
     # function of twice the size would not.
+    unload("agent.storage_proof")  # loaded by storage commands (agent.runner): not needed to sign
     gc.collect()
     from agent import probes
     cfg = agent.cfg

@@ -72,6 +72,10 @@ class Agent:
     def _on_message(self, topic, msg):
         if topic.endswith("/receipt"):
             self.receipts += 1
+        elif topic.endswith("/cmd") and msg and msg[0] < 32:
+            # Not JSON: a binary storage proof command (protocol §10), handled
+            # without agent.commands, which a 48 KB board then need not hold.
+            session.storage_command(self, msg)
         elif topic.endswith("/cmd"):
             try:
                 from agent import commands
@@ -136,3 +140,4 @@ class Agent:
 
     def stop(self):
         session.stop(self)
+

@@ -55,6 +55,8 @@ def lost(agent, exc):
 
 def flush(agent):
     """Publish queued reports oldest first; each leaves only after its PUBACK."""
+    if getattr(agent, "audit_out", None) and not send_audit(agent):
+        return
     topic = agent.topic("report")
     while agent.link.connected:
         try:
@@ -70,6 +72,34 @@ def flush(agent):
             lost(agent, exc)
             return
         agent.outbox.remove(item[0])
+
+
+def storage_command(agent, msg):
+    # Here rather than in agent.runner, which a board compiling .py barely has
+    # the heap to compile.  agent.storage_proof stays loaded while commands
+    # come (a plot arrives as a burst of them); agent.cycle unloads it before
+    # signing, whose peak needs its RAM on a 48 KB board.
+    try:
+        from agent import storage_proof
+        storage_proof.handle(agent, msg)
+    except Exception as exc:  # MemoryError on a full board heap among them
+        agent.log("bad storage command: %s" % reason(exc))
+    storage_proof = None
+    gc.collect()
+
+
+def send_audit(agent):
+    """Publish the storage proof replies agent.storage_proof queued, oldest
+    first (QoS 1); False when the connection was lost."""
+    q = agent.audit_out
+    while q:
+        try:
+            agent.link.publish(agent.topic("audit"), q[0], 1)
+        except Exception as exc:
+            lost(agent, exc)
+            return False
+        q.pop(0)
+    return True
 
 
 def stop(agent):

@@ -15,7 +15,9 @@ Groups (docs/performance.md has the method of each):
  4 gas per report,
  5 device (MicroPython unix port, CPython agent),
  6 Merkle proofs and bundle verification,
- 7 scale (gateway memory per active device, throughput against fleet size).
+ 7 scale (gateway memory per active device, throughput against fleet size),
+ 8 bandwidth probes (bench/probe_check.py),
+ 9 device cost of a storage challenge (bench/storage_challenge.py).
 
 Each group runs under its own deadline; a group that fails or overruns is
 recorded with its error and the run goes on, so the harness always stops and
@@ -799,9 +801,14 @@ def watchdog(seconds: float, write_partial: Callable[[str], None]) -> threading.
     return t
 
 
+from bench import probe_check  # noqa: E402  (group 8, bandwidth probes; it imports this module lazily)
+
 GROUPS: list[tuple[str, Callable[[Results, Sizes, Path, dict[str, Any]], None]]] = [
     ("1 throughput", group_throughput), ("2 verify", group_verify), ("3 wire", group_wire), ("4 gas", group_gas),
     ("5 device", group_device), ("6 proofs", group_proofs), ("7 scale", group_scale)]
+GROUPS.append(("8 probes", probe_check.group_probe))
+from bench import storage_challenge  # noqa: E402  (group 9, device cost of a storage challenge)
+GROUPS.append(("9 storage", storage_challenge.group_storage))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ def password_hash(password: str, salt: bytes | None = None, iterations: int = PB
 
 def device_rules(dev: Device) -> list[str]:
     base = "surge/v1/%s/%s/" % (dev.fleet, dev.device_id)
-    return (["topic write %s%s" % (base, kind) for kind in ("report", "status", "birth", "probe")]
+    return (["topic write %s%s" % (base, kind) for kind in ("report", "status", "birth", "probe", "audit")]
             + ["topic read %s%s" % (base, kind) for kind in ("receipt", "cmd")])
 
 
@@ -51,6 +51,7 @@ GATEWAY_RULES = [
     "topic read surge/v1/+/+/report",
     "topic read surge/v1/+/+/birth",
     "topic read surge/v1/+/+/probe",
+    "topic read surge/v1/+/+/audit",
     "topic write surge/v1/+/+/receipt",
     "topic write surge/v1/+/+/verified",
     "topic write surge/v1/+/+/cmd",

@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
                                                "max_report_bytes",
                                                "rate_limit_per_s", "rate_burst", "commit_group", "pipeline_nice",
                                                "log_level",
-                                               "mqtt_version")}
+                                               "mqtt_version", "probe_rate_per_s", "probe_burst")}
     if args.no_republish:
         overrides["republish"] = False
     try:
@@ -185,6 +185,21 @@ def _status(args: argparse.Namespace) -> int:
     a = st["last_confirmed_anchor"]
     print("anchored:   %s" % ("batch %d in block %s, tx %s" % (a["batch_seq"], a["block_number"], a["tx_hash"])
                               if a else "nothing yet"))
+    att = st.get("attestations")
+    if att is not None:
+        print("attested:   %d reports, %d with a measured bw_up; flags: %s" % (
+            att["reports"], att["bw_measured"], ", ".join("%s %d" % kv for kv in att["flags"].items()) or "none"))
+    for fleet, pc in sorted((st.get("probes") or {}).items()):
+        print("probes %s: runs %s; chunks %s" % (
+            fleet, ", ".join("%s %d" % kv for kv in pc["runs"].items()) or "none",
+            ", ".join("%s %d" % kv for kv in pc["chunks"].items()) or "none"))
+    for fleet, counts in sorted((st.get("storage_audit") or {}).items()):
+        # docs/operators.md, storage audit: challenge outcomes, plot blocks, dropped messages.
+        ch = ("sent", "retried", "passed", "failed", "timed_out")
+        print("storage %s: challenges %s; blocks stored %d; dropped %s" % (
+            fleet, ", ".join("%s %d" % (k, counts.get(k, 0)) for k in ch), counts.get("blocks_stored", 0),
+            ", ".join("%s %d" % kv for kv in sorted(counts.items())
+                      if kv[0] not in ch and kv[0] not in ("blocks_sent", "blocks_stored")) or "none"))
     return 0
 
 
@@ -241,7 +256,31 @@ def _verify(args: argparse.Namespace) -> int:
              summary["batch_seq"], summary["root"], summary["tx_hash"], summary["chain_id"]))
     if "on_chain" in summary:
         print(summary["on_chain"])
+    _print_claimed_and_attested(summary)
     return 0
+
+
+def _print_claimed_and_attested(summary: dict[str, Any]) -> None:
+    """Self-reported and gateway-attested capacity side by side (bundles of format 2 carry the latter)."""
+    att = summary.get("attested")
+    claimed = summary.get("claimed") or {}
+
+    def fig(v: Any) -> str:
+        return "-" if v is None else str(v)
+
+    if att is None:
+        print("attested:  none in this bundle (format 1): the figures below are the device's own claims")
+        print("  %-14s %14s" % ("", "claimed"))
+        for name in ("bw_up", "storage_total"):
+            print("  %-14s %14s" % (name, fig(claimed.get(name))))
+        return
+    ch = att["challenges"]
+    print("attested by gateway %s (%s) at %s ms" % (att["gateway_id"], att["gateway_address"], att["at"]))
+    print("  %-14s %14s %14s" % ("", "claimed", "attested"))
+    print("  %-14s %14s %14s" % ("bw_up B/s", fig(claimed.get("bw_up")), fig(att["bw_up"])))
+    print("  %-14s %14s %14s" % ("storage bytes", fig(claimed.get("storage_total")), fig(att["storage_bytes"])))
+    print("  challenges: %d passed, %d failed, %d timed out" % (ch["passed"], ch["failed"], ch["timed_out"]))
+    print("  flags: %s" % (", ".join(att["flags"]) or "none"))
 
 
 def add_parser(sub: Any) -> None:
@@ -273,6 +312,10 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--rate-limit", dest="rate_limit_per_s", type=float, metavar="R",
                      help="messages per second per device (5)")
     run.add_argument("--rate-burst", dest="rate_burst", type=int, metavar="N", help="burst per device (50)")
+    run.add_argument("--probe-rate", dest="probe_rate_per_s", type=float, metavar="R",
+                     help="bandwidth probe chunks/s per device (100)")
+    run.add_argument("--probe-burst", dest="probe_burst", type=int, metavar="N",
+                     help="probe chunk burst per device (4096)")
     run.add_argument("--commit-group", dest="commit_group", type=int, metavar="N",
                      help="messages verified per store commit at most (500)")
     run.add_argument("--pipeline-nice", dest="pipeline_nice", type=int, metavar="N",

@@ -51,6 +51,22 @@ class GatewayConfig:
     # "3.1.1" for brokers without MQTT 5 (the demo's embedded amqtt): same
     # persistent session through clean_session=False, no ReceiveMaximum.
     mqtt_version: str = "5"
+    # Storage audit (gateway/storage_audit/, docs/operators.md): plots and
+    # challenges for every recently reporting device; off unless asked for.
+    storage_audit: bool = False
+    audit_plot_kib: int = 4096
+    audit_plot_kib_small: int = 64
+    audit_k: int = 16
+    audit_interval_s: float = 600.0
+    audit_deadline_s: float = 30.0
+    audit_retries: int = 2
+    audit_window_s: float = 3600.0
+    audit_blocks_per_s: float = 50.0
+    # Bandwidth probes checked by the gateway (gateway/probe_check.py, docs/operators.md):
+    # per-device token bucket in chunks, and the largest chunk message kept.
+    probe_rate_per_s: float = 100.0
+    probe_burst: int = 4096
+    max_probe_bytes: int = 16384
 
     def broker_host_port(self) -> tuple[str, int, bool]:
         return parse_broker(self.broker)
@@ -71,7 +87,8 @@ def parse_broker(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port, tls
 
 
-_POSITIVE = ("batch_size", "batch_max", "commit_group", "max_report_bytes", "rate_burst")
+_POSITIVE = ("batch_size", "batch_max", "commit_group", "max_report_bytes", "rate_burst", "probe_burst",
+             "max_probe_bytes")
 
 
 def _read_password(cfg: GatewayConfig) -> GatewayConfig:
@@ -98,14 +115,33 @@ def validate(cfg: GatewayConfig) -> GatewayConfig:
         raise ConfigError("metrics_port must be 0 (off) or a TCP port, got %r" % cfg.metrics_port)
     if cfg.rate_limit_per_s <= 0:
         raise ConfigError("rate_limit_per_s must be positive, got %r" % cfg.rate_limit_per_s)
+    if cfg.probe_rate_per_s <= 0:
+        raise ConfigError("probe_rate_per_s must be positive, got %r" % cfg.probe_rate_per_s)
     if cfg.chain != "memory" and not cfg.chain.startswith(("http://", "https://")):
         raise ConfigError("chain must be 'memory' or an http(s):// JSON-RPC URL")
     if not 0 <= cfg.pipeline_nice <= 19:
         raise ConfigError("pipeline_nice must be 0..19, got %r" % cfg.pipeline_nice)
     if cfg.mqtt_version not in ("5", "3.1.1"):
         raise ConfigError("mqtt_version must be \"5\" or \"3.1.1\", got %r" % cfg.mqtt_version)
+    _validate_audit(cfg)
     parse_broker(cfg.broker)
     return cfg
+
+
+def _validate_audit(cfg: GatewayConfig) -> None:
+    for name in ("audit_plot_kib", "audit_plot_kib_small"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError("%s must be at least 1, got %r" % (name, getattr(cfg, name)))
+    if not 1 <= cfg.audit_k <= 64:
+        raise ConfigError("audit_k must be 1..64, got %r" % cfg.audit_k)
+    if not 0 <= cfg.audit_retries <= 10:
+        raise ConfigError("audit_retries must be 0..10, got %r" % cfg.audit_retries)
+    for name in ("audit_interval_s", "audit_deadline_s", "audit_window_s", "audit_blocks_per_s"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError("%s must be positive, got %r" % (name, getattr(cfg, name)))
+    if cfg.audit_window_s < cfg.audit_interval_s:
+        raise ConfigError("audit_window_s (%r) must be at least audit_interval_s (%r): a window needs a challenge"
+                          % (cfg.audit_window_s, cfg.audit_interval_s))
 
 
 def load(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:

@@ -35,10 +35,14 @@ from gateway.metrics import IngestMetrics
 from gateway.mqtt_client import Connection, Incoming, MQTTError, Refused, Will, backoff_delays
 from gateway.store import AcceptedRow, Device, DeviceState, RejectedRow, Store
 from gateway.verify import Accepted, Duplicate, Limits, Outcome, Rejection, Verifier, parse_topic
+from gateway.probe_check import RunResult
+from gateway.probe_listener import ProbeListener
 
 log = logging.getLogger("surge.gateway.ingest")
 
 SESSION_EXPIRY_S = 7 * 86400
+_INSERT_PROBE_RUN = ("INSERT OR REPLACE INTO probe_runs(device_id, boot, seq, outcome, bw_up, bytes, chunks, "
+                     "elapsed_us, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 @dataclass
@@ -101,6 +105,11 @@ class Ingest:
             # when commits stall, instead of unbounded memory here.
             receive_maximum=min(65535, max(100, 4 * cfg.commit_group)) if v5 else None,
             will=Will(self.status_topic, b"offline", qos=1, retain=True))
+        # Bandwidth probes: their own connection and thread (gateway/probe_listener.py);
+        # accepted reports claim their run here.  Claimed results wait in
+        # probe_results until their group is committed, so a retried group keeps them.
+        self.probes = ProbeListener(cfg, cfg.db, metrics.probes, gateway_id)
+        self.probe_results: dict[tuple[str, int, int], RunResult] = {}
 
     # -- lookups for the verifier (group-local state first) -----------------
     def _device(self, device_id: str) -> Device | None:
@@ -164,6 +173,7 @@ class Ingest:
         """Connect, subscribe and ingest until ``stop``; reconnect with backoff when the broker goes."""
         delays = backoff_delays(1, 30)
         failing = False
+        self.probes.start(stop)
         while not stop.is_set():
             try:
                 self._session(stop)
@@ -193,10 +203,14 @@ class Ingest:
         conn.publish([(self.status_topic, b"online", True)])
         self.connected.set()
         held: list[Incoming] = []
+        arrived: list[float] = []  # time.monotonic() when each held message was read
         retry_at = 0.0
         while not stop.is_set():
             # Drain the socket without waiting while there is work in hand.
-            held.extend(conn.poll(0.2 if not held else 0.0))
+            got = conn.poll(0.2 if not held else 0.0)
+            if got:
+                held.extend(got)
+                arrived.extend([time.monotonic()] * len(got))
             self.metrics.queue_depth.set(len(held))
             if not held or time.monotonic() < retry_at:
                 if held:
@@ -204,7 +218,7 @@ class Ingest:
                 continue
             group = held[:self.cfg.commit_group]
             try:
-                self.process(group)
+                self.process(group, arrived[:len(group)])
             except sqlite3.Error as exc:
                 # Nothing was acknowledged: keep the group and try again.
                 self.metrics.commit_errors.inc()
@@ -219,28 +233,39 @@ class Ingest:
                 retry_at = time.monotonic() + 1.0
                 continue
             del held[:len(group)]
+            del arrived[:len(group)]
             conn.ack([m.packet_id for m in group if m.qos])
         # Stopping: what is held was never acknowledged, so the broker keeps it.
         conn.publish([(self.status_topic, b"offline", True)])
         conn.wait_acked(5.0)
         conn.disconnect()
 
-    def process(self, group: list[Incoming]) -> None:
-        """Verify one group of messages and commit their outcomes (the caller acknowledges)."""
+    def process(self, group: list[Incoming], arrived: list[float] | None = None) -> None:
+        """Verify one group of messages and commit their outcomes (the caller acknowledges).
+
+        ``arrived``: when each message was read (time.monotonic()), to order a
+        report after its probe run; default now.
+        """
         now = time.time()
         accepted: list[tuple[Accepted, str]] = []
         rows: list[AcceptedRow] = []
         rejected: list[RejectedRow] = []
+        probe_rows: list[tuple[str, int, int, str, int | None, int, int, int, float]] = []
         dupes = 0
+        read_at = time.monotonic()
         self._registry_changed()
         self._prefetch(group)
         self.pending_state.clear()
         self.pending_seen.clear()
         try:
-            for msg in group:
+            for i, msg in enumerate(group):
                 outcome, fleet = self._verify_one(msg, now)
                 if isinstance(outcome, Accepted):
                     accepted.append((outcome, fleet))
+                    run = self._probe_run(outcome, fleet, arrived[i] if arrived else read_at)
+                    if run is not None:
+                        probe_rows.append((outcome.device.device_id, outcome.boot, outcome.seq, run.outcome,
+                                           run.bw_up, run.bytes, run.chunks, run.elapsed_us, now))
                     rows.append(AcceptedRow(outcome.device.device_id, outcome.boot, outcome.seq, now,
                                             outcome.cose, outcome.gap, outcome.report_hash))
                     self.pending_state[outcome.device.device_id] = DeviceState(
@@ -253,8 +278,12 @@ class Ingest:
                     rejected.append(RejectedRow(now, msg.topic[:200], outcome.device_id, outcome.reason,
                                                 outcome.detail[:500], msg.payload[:2048],
                                                 hashlib.sha256(msg.payload).hexdigest()))
-            self.store.commit_outcomes(rows, rejected)
+            with self.store._tx():  # the probe results commit with their reports, or neither does
+                self.store.commit_outcomes(rows, rejected)
+                if probe_rows:
+                    self.store.db.executemany(_INSERT_PROBE_RUN, probe_rows)
             crash_point("ingest-committed")
+            self.probe_results.clear()
             self.states.update(self.pending_state)
         finally:
             self.pending_state.clear()
@@ -273,6 +302,15 @@ class Ingest:
             if acc.gap:
                 self.metrics.gaps.inc()
                 log.info("gap for %s at boot %d seq %d: %s", acc.device.device_id, acc.boot, acc.seq, acc.gap_detail)
+
+    def _probe_run(self, acc: Accepted, fleet: str, arrived: float) -> RunResult | None:
+        key = (acc.device.device_id, acc.boot, acc.seq)
+        run = self.probe_results.get(key)
+        if run is None:
+            run = self.probes.claim(acc.device.device_id, fleet, acc.boot, acc.seq, arrived)
+            if run is not None:
+                self.probe_results[key] = run
+        return run
 
     def _verify_one(self, msg: Incoming, now: float) -> tuple[Outcome | None, str]:
         parsed = parse_topic(msg.topic)

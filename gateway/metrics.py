@@ -19,6 +19,7 @@ class IngestMetrics:
         self.queue_depth = Gauge("surge_ingest_queue_depth", "Messages received and not yet committed", registry=r)
         self.commit_errors = Counter("surge_commit_errors", "Failed store commits (messages kept unacknowledged)",
                                      registry=r)
+        self.probes = ProbeMetrics(r)  # bandwidth probes (block below)
 
 
 class Metrics:
@@ -40,7 +41,60 @@ class Metrics:
         self.chain_errors = Counter("surge_chain_errors", "Chain calls that failed (endpoint unreachable etc.)",
                                     registry=r)
         self.receipts = Counter("surge_receipts_published", "Receipts published to devices", registry=r)
+        self.attest = AttestMetrics(r)  # attestations (block below)
 
     def serve(self, port: int) -> None:
         """Expose /metrics on 127.0.0.1:port (bind elsewhere behind a proxy)."""
         start_http_server(port, addr="127.0.0.1", registry=self.registry)
+
+
+# -- Verified bandwidth and attestations (issue 12 part A) ------------------------
+class ProbeMetrics:
+    """Probe chunks and runs the ingest process checked (gateway/probe_check.py), per fleet."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.chunks = Counter("surge_probe_chunks_checked", "Probe chunks that passed every check", ["fleet"],
+                              registry=r)
+        self.dropped = Counter("surge_probe_chunks_dropped", "Probe chunks dropped, by reason", ["fleet", "reason"],
+                               registry=r)
+        self.runs = Counter("surge_probe_runs", "Probe runs ended, by outcome (checked or why not)",
+                            ["fleet", "outcome"], registry=r)
+        self.connected = Gauge("surge_probe_connected", "The probe listener's broker connection is up", registry=r)
+
+
+class AttestMetrics:
+    """Reports the pipeline attested (gateway/attest.py)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.attested = Counter("surge_reports_attested", "Reports attested and signed by this gateway", registry=r)
+        self.measured = Counter("surge_reports_bw_measured", "Attested reports with a gateway-measured bw_up",
+                                registry=r)
+        self.flags = Counter("surge_attestation_flags", "Attestation flags raised, by flag", ["flag"], registry=r)
+
+
+# -- storage audit (gateway/storage_audit/) -----------------------------------
+
+class StorageAuditMetrics:
+    """Storage challenges, plot blocks and dropped audit messages, per fleet, on
+    the gateway's registry (docs/operators.md, storage audit)."""
+
+    CHALLENGES = frozenset(("sent", "retried", "passed", "failed", "timed_out"))
+    BLOCKS = frozenset(("blocks_sent", "blocks_stored", "ack_ignored"))
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.challenges = Counter("surge_storage_challenges",
+                                  "Storage challenges by fleet and outcome: sent, retried (after a timeout), "
+                                  "passed, failed, timed_out (after every retry)", ["fleet", "outcome"],
+                                  registry=registry)
+        self.blocks = Counter("surge_storage_plot_blocks", "Plot blocks by fleet: sent, stored (acknowledged), "
+                              "ack_ignored (repeats)", ["fleet", "kind"], registry=registry)
+        self.rejected = Counter("surge_storage_audit_rejected", "Device audit messages dropped, by fleet and reason",
+                                ["fleet", "reason"], registry=registry)
+
+    def count(self, fleet: str, outcome: str, n: int = 1) -> None:
+        if outcome in self.CHALLENGES:
+            self.challenges.labels(fleet, outcome).inc(n)
+        elif outcome in self.BLOCKS:
+            self.blocks.labels(fleet, outcome.replace("blocks_", "")).inc(n)
+        else:
+            self.rejected.labels(fleet, outcome).inc(n)

@@ -19,6 +19,12 @@ from gateway.store import Anchor, Batch, Store, StoredReport
 from firmware_shim.cose import COSEError
 
 BUNDLE_FORMAT = "surge-proof-bundle/1"
+# v2 (docs/protocol.md §9.2): v1 plus `attested`, the gateway's signed
+# attestation of the report.  Written when the report has one; v1 bundles,
+# and v2 ones, both verify.
+BUNDLE_FORMAT_2 = "surge-proof-bundle/2"
+_V1_FIELDS = frozenset({"format", "report", "device", "public_key", "leaf_index", "tree_size", "proof", "batch",
+                        "chain", "gateway_signature"})
 
 Publish = Callable[[str, bytes], None]
 
@@ -114,8 +120,10 @@ def build_bundle(store: Store, device_id: str, boot: int, seq: int) -> dict[str,
     if public is None:
         raise BundleError("no key of device %s matches the report's kid" % device_id)
     tree = merkle.MerkleTree([merkle.leaf_hash(r.cose) for r in store.batch_leaves(batch.seq)])
-    return {
-        "format": BUNDLE_FORMAT,
+    from gateway.attest import attested_json
+    attested = attested_json(store, [rep.id]).get(rep.id)
+    doc = {
+        "format": BUNDLE_FORMAT if attested is None else BUNDLE_FORMAT_2,
         "report": rep.cose.hex(),
         "device": C.device_id(public),
         "public_key": public.hex(),
@@ -126,6 +134,9 @@ def build_bundle(store: Store, device_id: str, boot: int, seq: int) -> dict[str,
         "chain": anchor_fields(anchor),
         "gateway_signature": anchor.attestation.hex() if anchor.attestation else None,
     }
+    if attested is not None:
+        doc["attested"] = json.loads(attested)
+    return doc
 
 
 def _hex(doc: dict[str, Any], key: str, size: int | None = None) -> bytes:
@@ -140,8 +151,9 @@ def _hex(doc: dict[str, Any], key: str, size: int | None = None) -> bytes:
 
 def verify_bundle(doc: Any) -> dict[str, Any]:
     """Check a bundle offline; returns a summary or raises BundleError naming the failed check."""
-    if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
-        raise BundleError("not a %s file" % BUNDLE_FORMAT)
+    if not isinstance(doc, dict) or doc.get("format") not in (BUNDLE_FORMAT, BUNDLE_FORMAT_2):
+        raise BundleError("not a %s or %s file" % (BUNDLE_FORMAT, BUNDLE_FORMAT_2))
+    v2 = doc["format"] == BUNDLE_FORMAT_2
     report = _hex(doc, "report")
     public = _hex(doc, "public_key", 32)
     if C.device_id(public) != doc.get("device"):
@@ -177,14 +189,22 @@ def verify_bundle(doc: Any) -> dict[str, Any]:
     if signer is None or signer.lower() != str(chain.get("gateway_address", "")).lower():
         raise BundleError("gateway signature over the batch record and chain fields does not match "
                           "gateway_address")
-    extra = set(doc) - {"format", "report", "device", "public_key", "leaf_index", "tree_size", "proof",
-                        "batch", "chain", "gateway_signature"}
+    extra = set(doc) - (_V1_FIELDS | {"attested"} if v2 else _V1_FIELDS)
     if extra:
         raise BundleError("unknown fields %s" % ", ".join(sorted(extra)))
     claims = C.named(env.claims)
+    attested = None
+    if v2:
+        from gateway import attest
+        try:
+            attested = attest.verify(doc.get("attested"), report, claims.get("bootcount"), claims.get("seq"),
+                                     str(chain.get("gateway_address", "")))
+        except attest.AttestError as exc:
+            raise BundleError(str(exc)) from None
     return {"device": doc["device"], "boot": claims.get("bootcount"), "seq": claims.get("seq"),
             "batch_seq": batch.get("batch_seq"), "root": root.hex(), "leaf_index": index, "tree_size": size,
-            "chain_id": chain["chain_id"], "contract": chain.get("contract"), "tx_hash": chain.get("tx_hash")}
+            "chain_id": chain["chain_id"], "contract": chain.get("contract"), "tx_hash": chain.get("tx_hash"),
+            "claimed": {k: claims.get(k) for k in ("bw_up", "storage_total")}, "attested": attested}
 
 
 def _recover(message: bytes, signature: bytes) -> str | None:

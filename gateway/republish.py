@@ -30,6 +30,7 @@ from agent import claims as C
 from gateway.config import GatewayConfig
 from gateway.envelope import payload_at
 from gateway.mqtt_client import Connection, MQTTError, backoff_delays
+from gateway.attest import attested_json
 from gateway.receipts import anchor_fields
 from gateway.store import Anchor, Batch, RejectedRow, Store, StoredReport
 
@@ -57,16 +58,19 @@ _HEAD = '{"v":1,"device":%s,"fleet":%s,"board":%s,"boot":%d,"seq":%d,"received_a
 
 
 def verified_body(device_id: str, fleet: str, board: str, boot: int, seq: int, received_at: float, gap: bool,
-                  claims: Mapping[Any, Any], cose: bytes, batch: str | None) -> bytes:
+                  claims: Mapping[Any, Any], cose: bytes, batch: str | None, attested: str | None = None) -> bytes:
     """The integrator-facing JSON of one accepted report (docs/protocol.md §2.5).
 
     ``batch`` is None before anchoring, else the batch object as JSON text
-    (one batch's messages share all of it but the leaf index).
+    (one batch's messages share all of it but the leaf index).  ``attested``:
+    the gateway's attested object as JSON text (gateway/attest.py), or None
+    when this report has none (the member is then left out, as before).
     """
     return "".join((
         _HEAD % (_jstr(device_id), _jstr(fleet), _jstr(board), boot, seq, round(received_at * 1000),
                  "true" if gap else "false"),
-        claims_json(claims), ',"report":"', cose.hex(), '","batch":', batch or "null", "}")).encode()
+        claims_json(claims), ',"report":"', cose.hex(), '"', ',"attested":' + attested if attested else "",
+        ',"batch":', batch or "null", "}")).encode()
 
 
 def claims_json(claims: Mapping[Any, Any]) -> str:
@@ -134,7 +138,10 @@ def republish_anchored(store: Store, batch: Batch, anchor: Anchor, publish: Call
     # The batch object of every message: this, then the leaf index last.
     info_head = json.dumps(info, separators=(",", ":"))[:-1] + ',"leaf_index":'
     devices = store.batch_devices(batch.seq)  # one query, not one per leaf
-    for rep in leaves if leaves is not None else store.batch_leaves(batch.seq):
+    if leaves is None:
+        leaves = store.batch_leaves(batch.seq)
+    attested = attested_json(store, [rep.id for rep in leaves])
+    for rep in leaves:
         dev = devices.get(rep.device_id)
         if dev is None or rep.leaf_index is None:  # every leaf of a closed batch has its index
             continue
@@ -142,7 +149,8 @@ def republish_anchored(store: Store, batch: Batch, anchor: Anchor, publish: Call
         # gap is reported on the first `verified` message only, as before.
         publish("surge/v1/%s/%s/verified" % (fleet, rep.device_id),
                 verified_body(rep.device_id, fleet, board, rep.boot, rep.seq, rep.received_at, False,
-                              _stored_claims(rep.cose), rep.cose, "%s%d}" % (info_head, rep.leaf_index)))
+                              _stored_claims(rep.cose), rep.cose, "%s%d}" % (info_head, rep.leaf_index),
+                              attested.get(rep.id)))
 
 
 class Publisher:
@@ -276,10 +284,14 @@ class Tail:
 
     CHUNK = 2000
 
-    def __init__(self, store: Store, publisher: Publisher, republish: bool) -> None:
+    def __init__(self, store: Store, publisher: Publisher, republish: bool,
+                 attested_up_to: Callable[[], int] | None = None) -> None:
         self.store = store
         self.publisher = publisher
         self.republish = republish
+        # A report's `verified` message waits for its attestation (gateway/attest.py):
+        # only reports up to this row id go out.
+        self.attested_up_to = attested_up_to
         # Cursors start at the present the first time (history is not replayed).
         reports, rejections = store.max_ids()
         self.reports = int(store.meta("cursor:verified") or reports)
@@ -293,12 +305,17 @@ class Tail:
         queued = 0
         while self.republish:
             rows = self.store.reports_after(self.reports, self.CHUNK)
+            if self.attested_up_to is not None:
+                limit = self.attested_up_to()
+                rows = [r for r in rows if r[0] <= limit]
             if not rows:
                 break
-            self.publisher.submit(lambda rows=rows: [  # type: ignore[misc]
+            attested = attested_json(self.store, [r[0] for r in rows])
+            self.publisher.submit(lambda rows=rows, attested=attested: [  # type: ignore[misc]
                 ("surge/v1/%s/%s/verified" % (fleet, device),
-                 verified_body(device, fleet, board, boot, seq, at, bool(gap), _stored_claims(cose), cose, None))
-                for _, device, fleet, board, boot, seq, at, gap, cose in rows])
+                 verified_body(device, fleet, board, boot, seq, at, bool(gap), _stored_claims(cose), cose, None,
+                               attested.get(rid)))
+                for rid, device, fleet, board, boot, seq, at, gap, cose in rows])
             self.reports = rows[-1][0]
             self._advance("cursor:verified", self.reports)
             queued += len(rows)

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from gateway import receipts
+from gateway.attest import AttestStage
 from gateway.anchorer import Anchorer
 from gateway.batcher import Batcher
 from gateway.chain import ChainBackend, Web3Chain, load_chain_key, load_keystore, open_chain
@@ -26,6 +27,7 @@ from gateway.config import GatewayConfig
 from gateway.ingest_process import IngestProcess
 from gateway.metrics import Metrics
 from gateway.republish import Publisher, Tail
+from gateway.storage_audit.stage import AuditStage
 from gateway.store import Anchor, Batch, Store
 
 log = logging.getLogger("surge.gateway")
@@ -71,7 +73,10 @@ class Gateway:
         self.ingest = IngestProcess(cfg, self.gateway_id, log_json)
         self.metrics.registry.register(self.ingest.samples)
         self.publisher = Publisher(cfg, self.gateway_id)
-        self.tail = Tail(Store(cfg.db), self.publisher, cfg.republish)
+        # Each accepted report is attested (signed by the chain key) before its
+        # `verified` message goes out (gateway/attest.py).
+        self.attest = AttestStage(Store(cfg.db), self.gateway_id, self.chain.gateway_address, self.chain.attest)
+        self.tail = Tail(Store(cfg.db), self.publisher, cfg.republish, lambda: self.attest.cursor)
         self.batcher = Batcher(Store(cfg.db), self.gateway_id, cfg.batch_size, cfg.batch_seconds,
                                cfg.batch_max)
         self.anchor_store = Store(cfg.db)
@@ -84,6 +89,11 @@ class Gateway:
         self.mine_blocks = cfg.chain == "memory" and isinstance(self.chain, Web3Chain)
         self.exit_code = 0
         self.behind = False  # anchoring backlog warned about (_watch_backlog)
+        # Storage audit (gateway/storage_audit/): its own thread and connection, off unless configured.
+        self.audit: AuditStage | None = None
+        if cfg.storage_audit:
+            from gateway.metrics import StorageAuditMetrics
+            self.audit = AuditStage(cfg, self.gateway_id, StorageAuditMetrics(self.metrics.registry).count)
 
     def _publish(self, topic: str, payload: bytes) -> None:
         # Queued for the publisher's own connection and thread (gateway/republish.py).
@@ -127,9 +137,12 @@ class Gateway:
             # during bursts, at 19 ~1.5% (docs/performance.md).
             os.nice(self.cfg.pipeline_nice)
         self.publisher.start()
+        if self.audit is not None:
+            self.audit.start()  # after nice: a thread inherits its creator's priority
 
     def step(self) -> None:
         now = time.time()
+        self._attest_step()
         self.tail.step()
         self._close_batches(now)
         waiting = self.anchor_store.unconfirmed_count()
@@ -157,6 +170,17 @@ class Gateway:
             self.metrics.batch_size.observe(b.size)
             receipts.batch_event(self.batcher.store, b, "closed", self._publish)
         return len(closed)
+
+    def _attest_step(self) -> None:
+        self.attest.step()
+        m = self.metrics.attest
+        for key, n in self.attest.drain().items():
+            if key == "attested":
+                m.attested.inc(n)
+            elif key == "measured":
+                m.measured.inc(n)
+            else:
+                m.flags.labels(key).inc(n)
 
     def _watch_backlog(self, waiting: int) -> None:
         # One batch is anchored at a time and waits for its confirmations; the
@@ -206,8 +230,11 @@ class Gateway:
         self.shutdown()
 
     def shutdown(self) -> None:
+        if self.audit is not None:
+            self.audit.stop()
         self.ingest.stop()
         try:
+            self._attest_step()
             self.tail.step()  # what ingest stored last still goes out
         except Exception:
             log.exception("could not queue the last stored reports for publishing")
@@ -217,6 +244,8 @@ class Gateway:
 
 def status(store: Store) -> dict[str, Any]:
     """What `surge gateway status` prints."""
+    from gateway.attest import attestation_counts, probe_counts
+
     devices = store.devices()
     by_state = store.batch_state_counts()
     last = store.last_batch()
@@ -234,7 +263,16 @@ def status(store: Store) -> dict[str, Any]:
         "batches": {"total": sum(by_state.values()), "by_state": by_state,
                     "last": last.record() if last else None},
         "last_confirmed_anchor": last_anchor,
+        "attestations": attestation_counts(store),
+        "probes": probe_counts(store),
+        "storage_audit": _storage_audit_counts(store),
         "recent_rejections": [{"at": r.at, "device": r.device_id, "reason": r.reason, "detail": r.detail}
                               for r in store.recent_rejections(10)],
         "pid": os.getpid(),
     }
+
+
+def _storage_audit_counts(store: Store) -> dict[str, dict[str, int]]:
+    """Storage audit outcomes per fleet (gateway/storage_audit, docs/operators.md)."""
+    from gateway.storage_audit.ledger import Ledger
+    return Ledger(store).counts()

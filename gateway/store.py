@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 6
 
 # Each entry moves the schema from version i to i + 1.  Never edit a shipped
 # migration: append a new one.
@@ -116,6 +116,89 @@ MIGRATIONS: tuple[str, ...] = (
     # this table, so it keeps the digest of the whole message.
     """
     ALTER TABLE rejections ADD COLUMN payload_sha256 TEXT;
+    """,
+    # 4: what the gateway itself verified about a report (docs/protocol.md,
+    # attested): measured upload rate, proven storage, challenge counts, flags,
+    # and the gateway's signature over the canonical JSON body.
+    """
+    CREATE TABLE attestations (
+        report_id           INTEGER PRIMARY KEY REFERENCES reports(id),
+        device_id           TEXT NOT NULL,
+        boot                INTEGER NOT NULL,
+        seq                 INTEGER NOT NULL,
+        bw_up               INTEGER,
+        storage_bytes       INTEGER NOT NULL DEFAULT 0,
+        challenges_passed   INTEGER NOT NULL DEFAULT 0,
+        challenges_failed   INTEGER NOT NULL DEFAULT 0,
+        challenges_timed_out INTEGER NOT NULL DEFAULT 0,
+        flags               TEXT NOT NULL DEFAULT '',
+        body                TEXT NOT NULL,
+        signature           BLOB NOT NULL,
+        at                  REAL NOT NULL
+    );
+    CREATE INDEX attestations_device ON attestations(device_id, boot, seq);
+    """,
+    # 5: bandwidth probe runs the ingest process checked (gateway/probe_check.py),
+    # one row per report whose seq had a run, written with the report; and the
+    # probe outcome counts per fleet (runs by outcome, dropped chunks by reason).
+    """
+    CREATE TABLE probe_runs (
+        device_id   TEXT NOT NULL,
+        boot        INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        outcome     TEXT NOT NULL,
+        bw_up       INTEGER,
+        bytes       INTEGER NOT NULL,
+        chunks      INTEGER NOT NULL,
+        elapsed_us  INTEGER NOT NULL,
+        at          REAL NOT NULL,
+        PRIMARY KEY (device_id, boot, seq)
+    );
+    CREATE TABLE probe_counts (
+        fleet   TEXT NOT NULL,
+        kind    TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        count   INTEGER NOT NULL,
+        PRIMARY KEY (fleet, kind, outcome)
+    );
+    """,
+    # 6: storage audit (gateway/storage_audit/, docs/protocol.md §10): one plot
+    # per device (its secret seed and how many blocks the device acknowledged),
+    # every challenge with its outcome, and outcome counts per fleet.
+    """
+    CREATE TABLE audit_plots (
+        device_id   TEXT PRIMARY KEY REFERENCES devices(device_id),
+        plot        INTEGER NOT NULL,
+        seed        BLOB NOT NULL,
+        block_size  INTEGER NOT NULL,
+        blocks      INTEGER NOT NULL,
+        stored      INTEGER NOT NULL DEFAULT 0,
+        sent_at     REAL,
+        resends     INTEGER NOT NULL DEFAULT 0,
+        created_at  REAL NOT NULL
+    );
+    CREATE TABLE audit_challenges (
+        id          INTEGER PRIMARY KEY,
+        device_id   TEXT NOT NULL,
+        plot        INTEGER NOT NULL,
+        nonce       BLOB NOT NULL UNIQUE,
+        indices     TEXT NOT NULL,
+        blocks      INTEGER NOT NULL,
+        block_size  INTEGER NOT NULL,
+        sent_at     REAL NOT NULL,
+        deadline    REAL NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 1,
+        outcome     TEXT,
+        resolved_at REAL
+    );
+    CREATE INDEX audit_challenges_device ON audit_challenges(device_id, resolved_at);
+    CREATE INDEX audit_challenges_open ON audit_challenges(deadline) WHERE outcome IS NULL;
+    CREATE TABLE audit_counts (
+        fleet   TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        count   INTEGER NOT NULL,
+        PRIMARY KEY (fleet, outcome)
+    );
     """,
 )
 

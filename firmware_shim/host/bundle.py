@@ -34,7 +34,7 @@ MODULE_FILES: dict[str, tuple[str, ...]] = {
         "agent/commands.py", "agent/config.py", "agent/config_rules.py", "agent/cycle.py",
         "agent/device.py", "agent/devkey.py", "agent/fsutil.py", "agent/link.py",
         "agent/outbox.py", "agent/probes.py", "agent/report.py", "agent/runner.py",
-        "agent/session.py", "agent/state.py",
+        "agent/session.py", "agent/state.py", "agent/storage_proof.py",
     ),
     "firmware_shim": (
         # cbor and cose stay on the host: the device writes CBOR with agent.cborw.

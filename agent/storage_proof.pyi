@@ -1,0 +1,5 @@
+from typing import Any
+
+MAX_BYTES: int
+
+def handle(agent: Any, msg: bytes) -> None: ...
