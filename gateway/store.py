@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 6
 
 # Each entry moves the schema from version i to i + 1.  Never edit a shipped
 # migration: append a new one.
@@ -116,6 +116,69 @@ MIGRATIONS: tuple[str, ...] = (
     # this table, so it keeps the digest of the whole message.
     """
     ALTER TABLE rejections ADD COLUMN payload_sha256 TEXT;
+    """,
+    # 4: what the gateway itself verified about a report (docs/protocol.md,
+    # attested): measured upload rate, proven storage, challenge counts, flags,
+    # and the gateway's signature over the canonical JSON body.
+    """
+    CREATE TABLE attestations (
+        report_id           INTEGER PRIMARY KEY REFERENCES reports(id),
+        device_id           TEXT NOT NULL,
+        boot                INTEGER NOT NULL,
+        seq                 INTEGER NOT NULL,
+        bw_up               INTEGER,
+        storage_bytes       INTEGER NOT NULL DEFAULT 0,
+        challenges_passed   INTEGER NOT NULL DEFAULT 0,
+        challenges_failed   INTEGER NOT NULL DEFAULT 0,
+        challenges_timed_out INTEGER NOT NULL DEFAULT 0,
+        flags               TEXT NOT NULL DEFAULT '',
+        body                TEXT NOT NULL,
+        signature           BLOB NOT NULL,
+        at                  REAL NOT NULL
+    );
+    CREATE INDEX attestations_device ON attestations(device_id, boot, seq);
+    """,
+    # 5: reserved for issue 12's own tables (probe runs, challenges); the
+    # lead puts issue 12's migration here when both branches are merged.
+    """
+    -- reserved
+    """,
+    # 6: reward epochs (gateway/rewards/): each closed epoch's signed file,
+    # its anchoring attempts on SurgeRewards, and every owner's cumulative
+    # amount after the latest epoch (the statement's quick path).
+    """
+    CREATE TABLE reward_epochs (
+        epoch       INTEGER PRIMARY KEY,
+        start_ms    INTEGER NOT NULL,
+        end_ms      INTEGER NOT NULL,
+        last_batch  INTEGER NOT NULL,
+        root        BLOB NOT NULL,
+        leaves      INTEGER NOT NULL,
+        total       TEXT NOT NULL,
+        file        BLOB NOT NULL,
+        state       TEXT NOT NULL DEFAULT 'closed',
+        closed_at   REAL NOT NULL
+    );
+    CREATE TABLE reward_anchors (
+        id           INTEGER PRIMARY KEY,
+        epoch        INTEGER NOT NULL REFERENCES reward_epochs(epoch),
+        chain_id     INTEGER NOT NULL,
+        contract     TEXT NOT NULL,
+        gateway_address TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        tx_hash      BLOB,
+        block_number INTEGER,
+        block_hash   BLOB,
+        attestation  BLOB,
+        created_at   REAL NOT NULL,
+        updated_at   REAL NOT NULL
+    );
+    CREATE INDEX reward_anchors_epoch ON reward_anchors(epoch);
+    CREATE TABLE reward_cumulative (
+        owner       TEXT PRIMARY KEY,
+        cumulative  TEXT NOT NULL,
+        epoch       INTEGER NOT NULL
+    );
     """,
 )
 
