@@ -1,0 +1,56 @@
+"""Helpers for the reward tests.
+
+STAND-IN FOR THE ATTESTATION STAGE (issue 12): until the gateway's own
+attestation stage is on this branch, ``attest_reports`` writes `attestations`
+rows exactly as the agreed interface says (docs/protocol.md `attested`): the
+canonical JSON of the `attested` object without its signature in `body`, the
+gateway chain key's EIP-191 signature over it in `signature`.  The figures are
+what the test says the gateway measured; nothing here reads a device's claims.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from pathlib import Path
+from typing import Callable
+
+from gateway.receipts import canonical
+
+Sign = Callable[[bytes], bytes]
+
+
+def attest_reports(db: Path | str, gateway_id: str, gateway_address: str, sign: Sign,
+                   figures: Callable[[str, int, int], tuple[int | None, int, str] | None],
+                   failed: Callable[[str], int] = lambda d: 0) -> int:
+    """Attest every accepted report without an attestation row; returns how many were written.
+
+    ``figures(device, boot, seq)`` -> (bw_up or None, storage_bytes, flags) or None to leave it unattested.
+    """
+    con = sqlite3.connect(str(db), timeout=30)
+    n = 0
+    try:
+        rows = con.execute("SELECT r.id, r.device_id, r.boot, r.seq, r.cose FROM reports r LEFT JOIN attestations a "
+                           "ON a.report_id = r.id WHERE a.report_id IS NULL ORDER BY r.id").fetchall()
+        for rid, device, boot, seq, cose in rows:
+            fig = figures(device, boot, seq)
+            if fig is None:
+                continue
+            bw, storage, flags = fig
+            at = time.time()
+            obj = {"v": 1, "gateway_id": gateway_id, "device": device, "boot": boot, "seq": seq,
+                   "report_sha256": hashlib.sha256(bytes(cose)).hexdigest(), "at": round(at * 1000),
+                   "bw_up": bw, "storage_bytes": storage,
+                   "challenges": {"passed": 3, "failed": failed(device), "timed_out": 0},
+                   "flags": sorted(x for x in flags.split(",") if x), "gateway_address": gateway_address}
+            body = canonical(obj)
+            con.execute("INSERT INTO attestations(report_id, device_id, boot, seq, bw_up, storage_bytes, "
+                        "challenges_passed, challenges_failed, challenges_timed_out, flags, body, signature, at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, 3, ?, 0, ?, ?, ?, ?)",
+                        (rid, device, boot, seq, bw, storage, failed(device), flags, body.decode(), sign(body), at))
+            n += 1
+        con.commit()
+    finally:
+        con.close()
+    return n
