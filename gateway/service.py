@@ -82,6 +82,10 @@ class Gateway:
         self.mine_blocks = cfg.chain == "memory" and isinstance(self.chain, Web3Chain)
         self.exit_code = 0
         self.behind = False  # anchoring backlog warned about (_watch_backlog)
+        self.rewards = None  # reward epochs: closing and settlement (gateway/rewards/stage.py)
+        if cfg.rewards is not None:
+            from gateway.rewards.stage import RewardsStage
+            self.rewards = RewardsStage(cfg, self.gateway_id, self.chain, self._publish, self.metrics.registry)
 
     def _publish(self, topic: str, payload: bytes) -> None:
         # Queued for the publisher's own connection and thread (gateway/republish.py).
@@ -141,6 +145,8 @@ class Gateway:
             assert isinstance(self.chain, Web3Chain)
             self.chain.mine(1)
         self.anchorer.step(now)
+        if self.rewards is not None:
+            self.rewards.step(now)
         self._watch_backlog(waiting)
         while not self.receipted.empty():
             self.anchor_store.mark_receipted(self.receipted.get())

@@ -32,7 +32,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from eth_utils import is_address, to_checksum_address
+from eth_utils.address import is_address, to_checksum_address
 
 from gateway import merkle
 from gateway.receipts import canonical
@@ -186,8 +186,8 @@ def compute(f: F.Formula, devices: Sequence[DeviceInputs], prev_cumulative: Mapp
             device_points.append((d.device, 0))
     amounts = F.allocate(f.budget, F.owner_points(f, eligible, epoch_ms))
     cumulative = dict(prev_cumulative)
-    for o, a in amounts.items():
-        cumulative[o] = cumulative.get(o, 0) + a
+    for o, amount in amounts.items():
+        cumulative[o] = cumulative.get(o, 0) + amount
     allocated = sum(amounts.values())
     return Outputs(tuple(device_points), tuple(sorted(amounts.items(), key=lambda kv: F.owner_key(kv[0]))),
                    tuple(sorted_cumulative(cumulative)), allocated, f.budget - allocated)
