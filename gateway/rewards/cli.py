@@ -146,6 +146,15 @@ def format_statement(st: dict[str, Any]) -> str:
                          "excluded: %s" % (d["device"], d["board"], d["reports"], d["attested"], d["storage_bytes"],
                                            d["bw_up"] if d["bw_up"] is not None else "-",
                                            ",".join(d["flags"]) or "-", d["points"], why))
+    open_ = st.get("since_last_epoch") or {}
+    if open_.get("batches"):
+        lines.append("  not in an epoch yet (confirmed batches %d..%d):" % tuple(open_["batches"]))
+        for d in open_["devices"]:
+            why = ", ".join("%s %d" % kv for kv in sorted(d["excluded"].items())) or "none"
+            lines.append("    %s %-10s reports %d, attested %d, excluded: %s" % (d["device"], d["board"], d["reports"],
+                                                                              d["attested"], why))
+    if not st["epochs"] and not open_.get("devices"):
+        lines.append("  no reports of these devices in a confirmed batch yet")
     return "\n".join(lines)
 
 

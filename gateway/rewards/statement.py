@@ -101,14 +101,44 @@ def statement(store: Store, owner: str) -> dict[str, Any]:
         if devices or amount != "0" or cumulative != "0":
             out_epochs.append({"epoch": e.epoch, "start": e.start_ms, "end": e.end_ms, "state": e.state,
                                "devices": devices, "amount": amount, "cumulative": cumulative})
-    enrolled = [{"device": d.device_id, "board": d.board, "fleet": d.fleet, "active": d.active}
-                for d in store.devices() if E.checksum_owner(d.owner) == owner]
+    return {"owner": owner, "gateway_id": store.meta("gateway_id"), "devices": _enrolled(store, owner),
+            "epochs": out_epochs, "cumulative": out_epochs[-1]["cumulative"] if out_epochs else "0",
+            "since_last_epoch": since_last_epoch(store, owner), "proof": _proof_or_none(store, owner)}
+
+
+def since_last_epoch(store: Store, owner: str) -> dict[str, Any]:
+    """The owner's devices' figures in confirmed batches no epoch covers yet (the open epoch, and
+    windows that closed without an epoch because nobody had earned): what they will be paid on."""
+    from gateway.rewards.closer import device_inputs
+
+    last = last_epoch(store)
+    after = last.last_batch if last is not None else 0
+    r = store.db.execute("SELECT MAX(seq) FROM batches WHERE seq > ? AND state IN ('confirmed', 'receipted')",
+                         (after,)).fetchone()
+    upto = int(r[0]) if r[0] is not None else after
+    devices = []
+    for d in device_inputs(store, after, upto) if upto > after else []:
+        if d.owner != owner:
+            continue
+        reasons: dict[str, int] = {}
+        for _, _, why in d.excluded:
+            reasons[why] = reasons.get(why, 0) + 1
+        devices.append({"device": d.device, "board": d.board, "reports": d.reports, "attested": d.attested,
+                        "storage_bytes": d.storage_bytes, "bw_up": d.bw_up, "flags": list(d.flags),
+                        "excluded": reasons})
+    return {"batches": [after + 1, upto] if upto > after else None, "devices": devices}
+
+
+def _enrolled(store: Store, owner: str) -> list[dict[str, Any]]:
+    return [{"device": d.device_id, "board": d.board, "fleet": d.fleet, "active": d.active}
+            for d in store.devices() if E.checksum_owner(d.owner) == owner]
+
+
+def _proof_or_none(store: Store, owner: str) -> dict[str, Any] | None:
     try:
-        proof: dict[str, Any] | None = reward_proof(store, owner)
+        return reward_proof(store, owner)
     except ProofError:
-        proof = None
-    return {"owner": owner, "gateway_id": store.meta("gateway_id"), "devices": enrolled, "epochs": out_epochs,
-            "cumulative": out_epochs[-1]["cumulative"] if out_epochs else "0", "proof": proof}
+        return None
 
 
 def _hex(doc: dict[str, Any], key: str, size: int | None = None) -> bytes:
