@@ -1,95 +1,124 @@
-"""SurgeRewards over JSON-RPC: a real hardhat node (the `node` fixture of conftest.py).
+"""Reward epochs against hardhat's node over JSON-RPC: the gateway deploys and funds SurgeRewards,
+epochs confirm after K blocks, owners claim with `surge rewards claim` (a second claim is refused),
+`surge rewards verify --rpc` reads the root back, and a reorg that takes published epochs away
+(evm_snapshot / evm_revert) is ridden out: `reorged`, published again, confirmed again.
 
-Deploys token and rewards beside SurgeAnchor, publishes an epoch, confirms
-it, claims for oneself and on another's behalf, checks that the typed
-reverts decode from a real node's error data, and that a published epoch
-rolled back by evm_revert (a reorg, to the gateway) is seen as gone and can
-be published again.
+(The chain client alone against hardhat is tests/test_rewards_chain_hardhat.py.)
 """
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gateway.chain import ChainKey, NotAuthorized, open_chain
-from gateway.rewards.chain import (
-    EpochGap,
-    InvalidProof,
-    NothingToClaim,
-    Web3RewardsChain,
-    open_rewards_chain,
-)
-from gw_process import HARDHAT_KEY_0, HARDHAT_KEY_1, HardhatNode, rpc
-from rewards_fixtures import RewardTree
+from broker import Mosquitto
+from gateway.chain import ChainKey
+from gateway.config import GatewayConfig, validate
+from gateway.rewards import epoch as E
+from gateway.rewards import statement as S
+from gateway.rewards.closer import epochs
+from gateway.rewards.settler import anchors
+from gateway.rewards.stage import epochs_topic
+from gateway.store import Store
+from gw_helpers import Collector
+from gw_process import HARDHAT_KEY_0, HARDHAT_KEY_1, AckPublisher, HardhatNode, rpc, surge, wait_for
+from rewards_helpers import drive_to_confirmed_epochs
+from test_rewards_e2e import ALICE, BOB, check_epochs_and_files, figures, fleet, rewards_config, start
 
-CONFIRMATIONS = 2
-
-
-@pytest.fixture(scope="module")
-def rc(node: HardhatNode) -> Web3RewardsChain:
-    gateway = ChainKey.from_hex(HARDHAT_KEY_0)
-    anchor = open_chain(node.url, key=gateway)
-    deployed = open_rewards_chain(node.url, gateway, anchor_chain=anchor, fund=10**24)
-    # The gateway remembers the address and reattaches, as after a restart.
-    return open_rewards_chain(node.url, gateway, contract=deployed.contract_address)
+K = 2
 
 
-def confirm(rc: Web3RewardsChain, tx: bytes) -> None:
-    for _ in range(CONFIRMATIONS + 5):
-        receipt = rc.receipt(tx)
-        assert receipt is not None
-        if rc.head() - receipt.block_number >= CONFIRMATIONS:
-            assert rc.is_canonical(receipt.block_number, receipt.block_hash)
-            return
-        rc.mine(1)
-    raise AssertionError("never confirmed")
+@pytest.fixture
+def chain_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SURGE_CHAIN_KEY", HARDHAT_KEY_0)
 
 
-def test_publish_and_claim(rc: Web3RewardsChain) -> None:
-    assert rc.chain_id == 31337
-    assert rc.token_balance(rc.contract_address) == 10**24
-    claimer = ChainKey.from_hex(HARDHAT_KEY_1)
-    other = ChainKey.generate().address
-    tree = RewardTree.build({claimer.address: 3 * 10**18, other: 5 * 10**18})
-    epoch = rc.last_epoch() + 1
-    tx = rc.publish(epoch, tree.root, tree.size, tree.total)
-    confirm(rc, tx)
-    assert rc.epoch_tx(epoch) == tx and rc.root_of(epoch) == tree.root
-
-    assert rc.claimable(epoch, *tree.claim_args(claimer.address)) == 3 * 10**18
-    _, gas = rc.claim(claimer, epoch, *tree.claim_args(claimer.address))
-    assert gas > 21_000
-    assert rc.token_balance(claimer.address) == 3 * 10**18
-    # The claimer relays the other owner's claim; the tokens go to the owner.
-    rc.claim(claimer, epoch, *tree.claim_args(other))
-    assert rc.token_balance(other) == 5 * 10**18
-    assert rc.token_balance(claimer.address) == 3 * 10**18
-
-    # Typed reverts decode from the node's JSON-RPC error data.
-    with pytest.raises(NothingToClaim):
-        rc.claim(claimer, epoch, *tree.claim_args(other))
-    account, cumulative, index, size, proof = tree.claim_args(other)
-    with pytest.raises(InvalidProof):
-        rc.claim(claimer, epoch, account, cumulative + 1, index, size, proof)
-    with pytest.raises(EpochGap):
-        rc.publish(epoch + 2, os.urandom(32), 1, 1)
-    with pytest.raises(NotAuthorized):
-        rc.attach(claimer).publish(1, os.urandom(32), 1, 1)
+def config(tmp: Path, broker: Mosquitto, node: HardhatNode) -> GatewayConfig:
+    return validate(GatewayConfig(broker=broker.url, db=str(tmp / "gw.db"), chain=node.url, batch_size=4,
+                                  batch_seconds=0.5, confirmations=K, pipeline_nice=0, rewards=rewards_config(tmp)))
 
 
-def test_rolled_back_epoch_is_seen_and_republished(node: HardhatNode, rc: Web3RewardsChain) -> None:
-    epoch = rc.last_epoch() + 1
-    snapshot = rpc(node.url, "evm_snapshot")
-    tx = rc.publish(epoch, os.urandom(32), 1, 1)
-    mined = rc.receipt(tx)
-    assert mined is not None
-    assert rpc(node.url, "evm_revert", [snapshot]) is True
-    rc.mine(2)
-    assert rc.receipt(tx) is None
-    assert not rc.is_canonical(mined.block_number, mined.block_hash)
-    assert rc.epoch_tx(epoch) is None and rc.last_epoch() == epoch - 1
-    root = os.urandom(32)
-    confirm(rc, rc.publish(epoch, root, 1, 1))
-    assert rc.root_of(epoch) == root
+def test_fleet_to_claims_over_json_rpc(tmp_path: Path, broker: Mosquitto, node: HardhatNode, chain_key: None) -> None:
+    devs, owners = fleet()
+    cfg = config(tmp_path, broker, node)
+    gw = start(cfg, devs, owners)
+    events = Collector(broker.port, epochs_topic(gw.gateway_id))
+    pub = AckPublisher(broker.port)
+    try:
+        drive_to_confirmed_epochs(gw, devs, 4, pub.send, figures(devs), mine=lambda: node.mine(1))
+        files = check_epochs_and_files(tmp_path, cfg.db, events)
+        cum = dict(E.parse(files[-1]).record.body["outputs"]["cumulative"])
+        assert set(cum) == {ALICE, BOB}
+        keystore = tmp_path / "claimer.json"
+        keystore.write_text(json.dumps(ChainKey.from_hex(HARDHAT_KEY_1).encrypt("pw")))
+        env = dict(os.environ, SURGE_KEYSTORE_PASSWORD="pw")
+        rewards = gw.rewards.chain
+        for owner in (ALICE, BOB):
+            proof = tmp_path / ("%s.json" % owner)
+            surge("rewards", "statement", "--db", cfg.db, "--owner", owner, "--proof-out", str(proof))
+            out = surge("rewards", "verify", str(proof), "--rpc", node.url).stdout
+            assert "root matches" in out and "claimable %s" % cum[owner] in out, out
+            out = surge("rewards", "claim", str(proof), "--rpc", node.url, "--keystore", str(keystore), env=env).stdout
+            assert out.startswith("claimed %s for %s" % (cum[owner], owner)), out
+            assert rewards.token_balance(owner) == int(cum[owner])
+            again = surge("rewards", "claim", str(proof), "--rpc", node.url, "--keystore", str(keystore),
+                          env=env, check=False)
+            assert again.returncode == 2 and "nothing to claim" in again.stderr, again.stderr
+            out = surge("rewards", "verify", str(proof), "--rpc", node.url).stdout
+            assert "claimable 0" in out, out
+    finally:
+        events.close()
+        pub.close()
+        gw.shutdown()
+
+
+def test_reorg_takes_published_epochs_away_and_they_come_back(tmp_path: Path, broker: Mosquitto,
+                                                              node: HardhatNode, chain_key: None) -> None:
+    devs, owners = fleet()
+    cfg = config(tmp_path, broker, node)
+    gw = start(cfg, devs, owners)
+    events = Collector(broker.port, epochs_topic(gw.gateway_id))
+    pub = AckPublisher(broker.port)
+    snapshot = rpc(node.url, "evm_snapshot")  # contracts deployed, nothing anchored or published yet
+    node.mine(3)
+    try:
+        drive_to_confirmed_epochs(gw, devs, 3, pub.send, figures(devs), mine=lambda: node.mine(1))
+        st = Store(cfg.db)
+        before = {e.epoch: e.file for e in epochs(st)}
+        first_tx = {n: [a.tx_hash for a in anchors(st, n) if a.state == "confirmed"] for n in before}
+        assert gw.rewards.chain.last_epoch() == max(before)
+
+        assert rpc(node.url, "evm_revert", [snapshot]) is True
+        assert gw.rewards.chain.last_epoch() == 0
+
+        def again() -> Any:
+            gw.step()
+            node.mine(1)
+            eps = epochs(st)
+            return all(e.state == "confirmed" for e in eps) and \
+                all(any(a.state == "confirmed" for a in anchors(st, e.epoch)) for e in eps) and \
+                gw.rewards.chain.last_epoch() == max(before)
+
+        wait_for(again, 120, "epochs published and confirmed again after the reorg", interval=0.2)
+        # Same epochs, same bytes; only where they sit on chain changed.
+        assert {e.epoch: e.file for e in epochs(st)} == before
+        for n in before:
+            states = [a.state for a in anchors(st, n)]
+            assert states[-1] == "confirmed" and "dropped" in states, states
+            assert gw.rewards.chain.root_of(n) == E.parse(before[n]).record.root
+        got = [json.loads(p) for _, p in events.of_kind("epochs")]
+        assert {m["epoch"]["epoch"] for m in got if m["event"] == "reorged"} == set(before)
+        newest = [m for m in got if m["event"] == "confirmed"][-1]
+        assert bytes.fromhex(newest["chain"]["tx_hash"]) not in first_tx[newest["epoch"]["epoch"]]
+        # A proof made now verifies on chain again.
+        proof = S.reward_proof(st, ALICE)
+        assert S.check_on_chain(proof, node.url)["claimable"] == int(proof["cumulative"])
+        st.close()
+    finally:
+        events.close()
+        pub.close()
+        gw.shutdown()
