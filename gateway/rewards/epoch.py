@@ -32,7 +32,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from eth_utils.address import is_address, to_checksum_address
+from eth_utils.address import is_address, is_checksum_address, to_checksum_address
 
 from gateway import merkle
 from gateway.receipts import canonical
@@ -54,9 +54,12 @@ class EpochError(Exception):
 
 def checksum_owner(owner: str) -> str | None:
     """The EIP-55 form of an owner that is an EVM address, else None (a label)."""
-    if isinstance(owner, str) and owner.startswith(("0x", "0X")) and len(owner) == 42 and is_address(owner):
-        return str(to_checksum_address(owner))
-    return None
+    if not (isinstance(owner, str) and owner.startswith("0x") and len(owner) == 42 and is_address(owner)):
+        return None
+    digits = owner[2:]
+    if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(owner):
+        return None  # mixed case is a checksum (EIP-55), and this one is wrong: a typo, not an address
+    return str(to_checksum_address(owner))
 
 
 def ineligible_reason(owner: str) -> str | None:
