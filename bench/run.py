@@ -15,7 +15,8 @@ Groups (docs/performance.md has the method of each):
  4 gas per report,
  5 device (MicroPython unix port, CPython agent),
  6 Merkle proofs and bundle verification,
- 7 scale (gateway memory per active device, throughput against fleet size).
+ 7 scale (gateway memory per active device, throughput against fleet size),
+ 8 rewards (gas per SurgeRewards claim; bench/rewards_bench.py).
 
 Each group runs under its own deadline; a group that fails or overruns is
 recorded with its error and the run goes on, so the harness always stops and
@@ -48,6 +49,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench import gateway_throughput as gt
+from bench.rewards_bench import group_rewards
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
@@ -68,6 +70,8 @@ class Sizes:
     scale_devices: tuple[int, ...]
     scale_min_reports: int
     rounds: int             # group 1: interleaved rounds of raw, gateway and ingest-only runs; medians reported
+    reward_leaves: tuple[int, ...] = (10_000, 100_000, 1_000_000)  # group 8: reward tree sizes
+    reward_claims: int = 8  # group 8: claims measured per tree and case
 
 
 FULL = Sizes(reports=30_000, devices=10_000, latency_reports=8_000, latency_rate=800.0, latency_batch_seconds=10.0,
@@ -76,7 +80,8 @@ FULL = Sizes(reports=30_000, devices=10_000, latency_reports=8_000, latency_rate
              scale_devices=(1_000, 10_000, 100_000), scale_min_reports=20_000, rounds=3)
 SMOKE = Sizes(reports=1_500, devices=150, latency_reports=200, latency_rate=200.0, latency_batch_seconds=1.0,
               gas_batches=(1, 100, 10_000), proof_sizes=(1_000, 10_000), merkle_build=10_000,
-              heap_range=(80, 128), agent_cycles=3, scale_devices=(300,), scale_min_reports=300, rounds=1)
+              heap_range=(80, 128), agent_cycles=3, scale_devices=(300,), scale_min_reports=300, rounds=1,
+              reward_leaves=(10_000,), reward_claims=3)
 
 
 # -- results ---------------------------------------------------------------------
@@ -801,7 +806,8 @@ def watchdog(seconds: float, write_partial: Callable[[str], None]) -> threading.
 
 GROUPS: list[tuple[str, Callable[[Results, Sizes, Path, dict[str, Any]], None]]] = [
     ("1 throughput", group_throughput), ("2 verify", group_verify), ("3 wire", group_wire), ("4 gas", group_gas),
-    ("5 device", group_device), ("6 proofs", group_proofs), ("7 scale", group_scale)]
+    ("5 device", group_device), ("6 proofs", group_proofs), ("7 scale", group_scale),
+    ("8 rewards", group_rewards)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -317,3 +317,14 @@ def test_token_erc20_basics(rc: Web3RewardsChain) -> None:
         poor.transfer_tokens(friend, 1)
     with pytest.raises(RewardsError, match="not an EVM address"):
         rc.token_balance("0x1234")
+
+
+def test_gas_measurement_claims_real_proofs_of_full_length() -> None:
+    from gateway.rewards.gas import measure_claims
+
+    g = measure_claims(leaves=1000, claims=3)
+    # ceil(log2 1000) = 10 siblings for leaf 0; every sampled claim was mined.
+    assert g.proof_length == 10 and g.claims == 3
+    assert len(g.first_gas) == len(g.repeat_gas) == 3
+    # Both storage words start at zero on a first claim, not on a repeat.
+    assert min(g.first_gas) > max(g.repeat_gas)
