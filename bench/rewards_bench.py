@@ -12,14 +12,17 @@ numbers; not re-measured here, hence "published" in the baseline text).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.rewards.gas import UNISWAP_LEAVES, UNISWAP_MEAN, UNISWAP_WORST, measure_claims
+
+if TYPE_CHECKING:  # bench.run imports this module: no import cycle at run time
+    from bench.run import Results, Sizes
 
 GROUP = "8"
 
 
-def gas_per_claim(r: Any, leaf_counts: tuple[int, ...], claims: int) -> None:
+def gas_per_claim(r: Results, leaf_counts: tuple[int, ...], claims: int) -> None:
     for n in leaf_counts:
         g = measure_claims(n, claims)
         where = "%s leaves, %d-sibling proof" % ("{:,}".format(n), g.proof_length)
@@ -37,5 +40,5 @@ def gas_per_claim(r: Any, leaf_counts: tuple[int, ...], claims: int) -> None:
                    "higher cumulative amount" % (g.claims, g.repeat_min, g.repeat_max))
 
 
-def group_rewards(r: Any, s: Any, work: Path, ctx: dict[str, Any]) -> None:
-    gas_per_claim(r, tuple(s.reward_leaves), s.reward_claims)
+def group_rewards(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
+    gas_per_claim(r, s.reward_leaves, s.reward_claims)
