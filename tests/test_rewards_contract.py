@@ -8,13 +8,14 @@ sent on someone else's behalf, the claimable view and an underfunded pool.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import pytest
 from web3 import Web3
 from web3.logs import DISCARD
 
-from gateway.chain import ChainKey, NotAuthorized, open_chain
+from gateway.chain import ChainError, ChainKey, ChainUnavailable, NotAuthorized, open_chain
 from gateway.chain.artifacts import load_artifact
 from gateway.chain.open import fund_memory_account
 from gateway.rewards.chain import (
@@ -328,3 +329,17 @@ def test_gas_measurement_claims_real_proofs_of_full_length() -> None:
     assert len(g.first_gas) == len(g.repeat_gas) == 3
     # Both storage words start at zero on a first claim, not on a repeat.
     assert min(g.first_gas) > max(g.repeat_gas)
+
+
+def test_bad_specs_tokens_and_endpoints_fail_clearly() -> None:
+    key = ChainKey.generate()
+    with pytest.raises(ChainError, match="unknown chain spec"):
+        open_rewards_chain("ftp://example.invalid", key)
+    # A token address without code: the constructor refuses it by name.
+    with pytest.raises(TransferFailed):
+        open_rewards_chain("memory", key, token=ChainKey.generate().address)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ChainUnavailable, match="unavailable"):
+        open_rewards_chain(f"http://127.0.0.1:{port}", key, contract=key.address, timeout=2)

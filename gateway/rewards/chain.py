@@ -162,9 +162,7 @@ class Web3RewardsChain:
         self._published_topic = HexBytes(
             Web3.keccak(text="EpochPublished(address,uint64,bytes32,uint64,uint256)")
         ).to_0x_hex()
-        self._errors = {
-            _selector(e): e for a in (rewards, token) for e in a.abi if e.get("type") == "error"
-        }
+        self._errors = _contract_errors()
         self._chain_id: int = self._rpc("eth_chainId", lambda: int(w3.eth.chain_id))
         if token_address is None:
             token_address = str(self._rpc("token", self._contract.functions.token().call))
@@ -195,7 +193,7 @@ class Web3RewardsChain:
         if not 0 <= supply <= UINT256_MAX:
             raise RewardsError(f"supply {supply} outside uint256")
         sender = _Sender(w3, key, endpoint)
-        with _translating(endpoint, "deploy"):
+        with _translating(endpoint, "deploy", _contract_errors()):
             if token is None:
                 token = _deploy(w3, sender, load_artifact("SurgeToken"), supply)
                 if fund is None:
@@ -461,6 +459,16 @@ class Web3RewardsChain:
         with _translating(self._endpoint, what, self._errors):
             return fn()
         raise AssertionError("unreachable")  # pragma: no cover - for mypy
+
+
+def _contract_errors() -> dict[bytes, dict[str, Any]]:
+    """ABI entries of SurgeRewards' and SurgeToken's custom errors, by selector."""
+    return {
+        _selector(e): e
+        for name in ("SurgeRewards", "SurgeToken")
+        for e in load_artifact(name).abi
+        if e.get("type") == "error"
+    }
 
 
 def _address(value: str) -> str:
