@@ -16,7 +16,8 @@ Groups (docs/performance.md has the method of each):
  5 device (MicroPython unix port, CPython agent),
  6 Merkle proofs and bundle verification,
  7 scale (gateway memory per active device, throughput against fleet size),
- 8 rewards (gas per SurgeRewards claim; bench/rewards_bench.py).
+ 8 rewards (gas per SurgeRewards claim; bench/rewards_bench.py),
+ 9 epochs (reward epoch close time, epoch file and reward proof size; bench/rewards_epoch.py).
 
 Each group runs under its own deadline; a group that fails or overruns is
 recorded with its error and the run goes on, so the harness always stops and
@@ -49,6 +50,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench import gateway_throughput as gt
+from bench import rewards_epoch
 from bench.rewards_bench import group_rewards
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -808,6 +810,8 @@ GROUPS: list[tuple[str, Callable[[Results, Sizes, Path, dict[str, Any]], None]]]
     ("1 throughput", group_throughput), ("2 verify", group_verify), ("3 wire", group_wire), ("4 gas", group_gas),
     ("5 device", group_device), ("6 proofs", group_proofs), ("7 scale", group_scale),
     ("8 rewards", group_rewards)]
+# Reward epochs: close time, epoch file and reward proof size against fleet size.
+GROUPS.append(("9 epochs", rewards_epoch.group))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,11 +26,11 @@ def test_bench_smoke_runs_every_group(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["format"] == "surge-bench/1" and doc["profile"] == "smoke"
     assert not [g for g, info in doc["groups"].items() if info.get("error")]
-    assert sorted(g.split()[0] for g in doc["groups"]) == ["1", "2", "3", "4", "5", "6", "7", "8"]
+    assert sorted(g.split()[0] for g in doc["groups"]) == ["1", "2", "3", "4", "5", "6", "7", "8", "9"]
     for key in ("cpu_model", "cores", "ram_gb", "kernel", "python", "micropython", "mosquitto", "libraries"):
         assert doc["machine"].get(key) is not None, key
     groups = {f["group"] for f in doc["figures"]}
-    assert groups == {"1", "2", "3", "4", "5", "6", "7", "8"}
+    assert groups == {"1", "2", "3", "4", "5", "6", "7", "8", "9"}
     for f in doc["figures"]:
         assert f["unit"] and f["value"] is not None, f
         if f["baseline"] is not None:

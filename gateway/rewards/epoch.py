@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Mapping, Sequence
 
-from eth_utils.address import is_address, is_checksum_address, to_checksum_address
+from Crypto.Hash import keccak
 
 from gateway import merkle
 from gateway.receipts import canonical
@@ -52,14 +54,27 @@ class EpochError(Exception):
     """An epoch that cannot be produced, or a file that is not a valid epoch file; says why."""
 
 
+_HEX = re.compile("[0-9a-fA-F]{40}")
+
+
+@lru_cache(maxsize=1 << 20)
 def checksum_owner(owner: str) -> str | None:
-    """The EIP-55 form of an owner that is an EVM address, else None (a label)."""
-    if not (isinstance(owner, str) and owner.startswith("0x") and len(owner) == 42 and is_address(owner)):
+    """The EIP-55 form of an owner that is an EVM address, else None (a label).
+
+    Written out (keccak of the lowercase hex, a capital where its nibble is >= 8) and cached:
+    eth_utils' version took 85% of closing an epoch of 20,000 owners.
+    """
+    if not isinstance(owner, str) or len(owner) != 42 or not owner.startswith("0x"):
         return None
     digits = owner[2:]
-    if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(owner):
+    if _HEX.fullmatch(digits) is None:
+        return None
+    low = digits.lower()
+    nibbles = keccak.new(digest_bits=256, data=low.encode()).digest().hex()
+    checksummed = "".join([c.upper() if n > "7" else c for c, n in zip(low, nibbles)])
+    if digits != low and digits != digits.upper() and digits != checksummed:
         return None  # mixed case is a checksum (EIP-55), and this one is wrong: a typo, not an address
-    return str(to_checksum_address(owner))
+    return "0x" + checksummed
 
 
 def ineligible_reason(owner: str) -> str | None:
@@ -311,6 +326,19 @@ def parse(raw: bytes) -> EpochFile:
     except (TypeError, ValueError):
         raise EpochError("signature is not hex") from None
     return EpochFile(raw, EpochRecord(header, body), signature)
+
+
+def header_of(raw: bytes) -> dict[str, Any]:
+    """The header of a stored (canonical, already checked) epoch file without parsing its body.
+
+    In canonical form the header is the member before `signature`, and the bytes `,"header":`
+    cannot occur inside a JSON string (its quotes would be escaped), so it is found from the end.
+    """
+    start, end = raw.rfind(b',"header":'), raw.rfind(b',"signature":')
+    if start < 0 or end < start:
+        return dict(parse(raw).record.header)
+    header: dict[str, Any] = json.loads(raw[start + 10:end])
+    return header
 
 
 def recover(message: bytes, signature: bytes) -> str | None:
