@@ -51,3 +51,15 @@ def test_rewards_table(tmp_path: Path) -> None:
                       ('[rewards]\ncontract = "0x12"\n[rewards.formula]\nbudget = 1\n', "rewards.contract")]:
         with pytest.raises(config.ConfigError, match=msg):
             config.load(write(tmp_path, text), {})
+
+
+def test_surge_commands_do_not_load_the_chain_stack() -> None:
+    """Every `surge` command (the device agent's too) registers `surge rewards`; that must not import
+    web3 (~1 s each: 20 demo agents starting at once on 2 cores did not come online in 20 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom agent.cli import main\ntry:\n    main(['agent', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('web3', 'eth_account') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.strip().endswith("[]"), out[-300:]

@@ -11,16 +11,20 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.cli import CLIError
-from gateway.rewards import epoch as E
-from gateway.rewards import statement as S
-from gateway.rewards.closer import epochs, stored_epoch
-from gateway.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from gateway.store import Store
+
+# Everything else is imported by the command that needs it: every `surge` command (the
+# agent's included) loads this module to list its sub-commands, and web3 takes ~1 s to import.
 
 
 def _store(path: str) -> Store:
+    from gateway.store import Store, StoreError
+
     try:
         return Store(path)
     except StoreError as exc:
@@ -85,6 +89,8 @@ def _close(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from gateway.rewards.closer import epochs
+    
     store = _store(args.db)
     rows = []
     for e in epochs(store):
@@ -107,6 +113,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _epoch(args: argparse.Namespace) -> int:
+    from gateway.rewards.closer import stored_epoch
+    
     e = stored_epoch(_store(args.db), args.epoch)
     if e is None:
         raise CLIError("no reward epoch %d in %s" % (args.epoch, args.db))
@@ -117,6 +125,8 @@ def _epoch(args: argparse.Namespace) -> int:
 
 
 def _statement(args: argparse.Namespace) -> int:
+    from gateway.rewards import statement as S
+    
     try:
         st = S.statement(_store(args.db), args.owner)
     except S.ProofError as exc:
@@ -159,6 +169,8 @@ def format_statement(st: dict[str, Any]) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from gateway.rewards import statement as S
+    
     try:
         doc = S.load_proof(args.file)
         summary = S.verify_proof(doc)
@@ -183,6 +195,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _claim(args: argparse.Namespace) -> int:
     from gateway.chain import ChainError, load_keystore
+    from gateway.rewards import statement as S
     from gateway.rewards.chain import open_rewards_chain
 
     try:
@@ -212,6 +225,8 @@ def _claim(args: argparse.Namespace) -> int:
 
 
 def _recompute(args: argparse.Namespace) -> int:
+    from gateway.rewards import epoch as E
+    
     raw = _read(args.file)
     previous = _read(args.previous) if args.previous else None
     diffs = E.recompute(raw, previous)
