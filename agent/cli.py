@@ -34,6 +34,7 @@ _COMMAND_MODULES = {
     "firmware_shim.host.cli": (("firmware",), "flash"),
     "firmware_shim.host.device_cli": (("flash", "device"), "flash"),
     "gateway.demo.cli": (("demo",), "demo"),
+    "gateway.rewards.cli": (("rewards",), "gateway"),
 }
 _OWN_PACKAGES = ("agent", "boards", "firmware_shim", "gateway")
 

@@ -17,7 +17,9 @@ Groups (docs/performance.md has the method of each):
  6 Merkle proofs and bundle verification,
  7 scale (gateway memory per active device, throughput against fleet size),
  8 bandwidth probes (bench/probe_check.py),
- 9 device cost of a storage challenge (bench/storage_challenge.py).
+ 9 device cost of a storage challenge (bench/storage_challenge.py),
+10 rewards (gas per SurgeRewards claim; bench/rewards_bench.py),
+11 epochs (reward epoch close time, epoch file and reward proof size; bench/rewards_epoch.py).
 
 Each group runs under its own deadline; a group that fails or overruns is
 recorded with its error and the run goes on, so the harness always stops and
@@ -50,6 +52,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench import gateway_throughput as gt
+from bench import rewards_epoch
+from bench.rewards_bench import group_rewards
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
@@ -70,6 +74,8 @@ class Sizes:
     scale_devices: tuple[int, ...]
     scale_min_reports: int
     rounds: int             # group 1: interleaved rounds of raw, gateway and ingest-only runs; medians reported
+    reward_leaves: tuple[int, ...] = (10_000, 100_000, 1_000_000)  # group 8: reward tree sizes
+    reward_claims: int = 8  # group 8: claims measured per tree and case
 
 
 FULL = Sizes(reports=30_000, devices=10_000, latency_reports=8_000, latency_rate=800.0, latency_batch_seconds=10.0,
@@ -78,7 +84,8 @@ FULL = Sizes(reports=30_000, devices=10_000, latency_reports=8_000, latency_rate
              scale_devices=(1_000, 10_000, 100_000), scale_min_reports=20_000, rounds=3)
 SMOKE = Sizes(reports=1_500, devices=150, latency_reports=200, latency_rate=200.0, latency_batch_seconds=1.0,
               gas_batches=(1, 100, 10_000), proof_sizes=(1_000, 10_000), merkle_build=10_000,
-              heap_range=(80, 128), agent_cycles=3, scale_devices=(300,), scale_min_reports=300, rounds=1)
+              heap_range=(80, 128), agent_cycles=3, scale_devices=(300,), scale_min_reports=300, rounds=1,
+              reward_leaves=(10_000,), reward_claims=3)
 
 
 # -- results ---------------------------------------------------------------------
@@ -809,6 +816,9 @@ GROUPS: list[tuple[str, Callable[[Results, Sizes, Path, dict[str, Any]], None]]]
 GROUPS.append(("8 probes", probe_check.group_probe))
 from bench import storage_challenge  # noqa: E402  (group 9, device cost of a storage challenge)
 GROUPS.append(("9 storage", storage_challenge.group_storage))
+GROUPS.append(("10 rewards", group_rewards))
+# Reward epochs: close time, epoch file and reward proof size against fleet size.
+GROUPS.append(("11 epochs", rewards_epoch.group))
 
 
 def main(argv: list[str] | None = None) -> int:

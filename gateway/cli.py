@@ -95,6 +95,20 @@ def _pubkey_from(args: argparse.Namespace) -> bytes:
     raise CLIError("give --pubkey HEX, --key-file FILE or --from FILE")
 
 
+def enroll_owner(owner: str) -> str:
+    """An EVM address is checked and kept EIP-55; any other label is kept as given, but earns no
+    rewards (docs/makers.md)."""
+    from gateway.rewards.epoch import checksum_owner
+
+    if owner.lower().startswith("0x") and len(owner) >= 40:
+        address = checksum_owner(owner)
+        if address is None:
+            raise CLIError("--owner %r looks like an EVM address but is not one (0x and 40 hex digits, "
+                           "EIP-55 checksum if mixed case)" % owner)
+        return address
+    return owner
+
+
 def enroll_one(store: Store, pub: bytes, board: str, fleet: str, owner: str) -> str:
     try:
         boards.load(board)
@@ -106,6 +120,7 @@ def enroll_one(store: Store, pub: bytes, board: str, fleet: str, owner: str) -> 
     if rotation.is_retired(store, pub):
         raise CLIError("key %s was retired by a key rotation; a retired key cannot be enrolled again"
                        % C.device_id(pub))
+    owner = enroll_owner(owner)
     try:
         dev = store.enroll(C.device_id(pub), pub, board, fleet, owner)
     except StoreError as exc:
@@ -135,6 +150,8 @@ def _enroll(args: argparse.Namespace) -> int:
             raise CLIError("enrollment entries need a 32-byte public_key, a board and a fleet")
         device_id = enroll_one(store, pub, board, fleet, owner)
         print("enrolled %s (board %s, fleet %s)" % (device_id, board, fleet))
+        if owner and enroll_owner(owner) == owner and not owner.lower().startswith("0x"):
+            print("note: owner %r is a label, not an EVM address: this device earns no rewards" % owner)
     return 0
 
 
@@ -338,7 +355,8 @@ def add_parser(sub: Any) -> None:
     en.add_argument("--from", dest="from_file", metavar="FILE", help="enrollment file written by `surge flash`")
     en.add_argument("--board", metavar="BOARD")
     en.add_argument("--fleet", metavar="NAME")
-    en.add_argument("--owner", metavar="LABEL", help="owner label or address")
+    en.add_argument("--owner", metavar="ADDR", help="owner's EVM address (rewards are paid to it; a label "
+                    "that is not an address is kept, but earns nothing)")
     en.set_defaults(func=_enroll)
 
     dv = gw.add_parser("devices", help="list enrolled devices")

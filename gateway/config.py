@@ -67,6 +67,8 @@ class GatewayConfig:
     probe_rate_per_s: float = 100.0
     probe_burst: int = 4096
     max_probe_bytes: int = 16384
+    # The [rewards] table (gateway/rewards/settings.py); None: no reward epochs.
+    rewards: Any = None
 
     def broker_host_port(self) -> tuple[str, int, bool]:
         return parse_broker(self.broker)
@@ -147,7 +149,8 @@ def _validate_audit(cfg: GatewayConfig) -> None:
 def load(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
     """Read ``path`` (TOML, optional), apply non-None ``overrides``, validate."""
     values: dict[str, Any] = {}
-    known = {f.name: f for f in fields(GatewayConfig)}
+    known = {f.name: f for f in fields(GatewayConfig) if f.name != "rewards"}
+    rewards_doc: Any = None
     if path is not None:
         try:
             with open(path, "rb") as f:
@@ -156,7 +159,8 @@ def load(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
             raise ConfigError("cannot read config %s: %s" % (path, exc.strerror)) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config %s is not valid TOML: %s" % (path, exc)) from None
-        section = doc.get("gateway", doc)
+        section = dict(doc.get("gateway", doc))
+        rewards_doc = section.pop("rewards", None) if "gateway" not in doc else doc.get("rewards")
         for key, value in section.items():
             name = key.replace("-", "_")
             if name not in known:
@@ -176,4 +180,9 @@ def load(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
         db = values.get("db")
         if db is not None and overrides.get("db") is None and not Path(db).is_absolute():
             values["db"] = str(Path(path).parent / db)
+    from gateway.rewards import settings as rewards_settings
+    try:
+        values["rewards"] = rewards_settings.parse(rewards_doc, path)
+    except rewards_settings.RewardsConfigError as exc:
+        raise ConfigError("config %s: %s" % (path, exc)) from None
     return validate(_read_password(replace(base, **values)))

@@ -94,6 +94,10 @@ class Gateway:
         if cfg.storage_audit:
             from gateway.metrics import StorageAuditMetrics
             self.audit = AuditStage(cfg, self.gateway_id, StorageAuditMetrics(self.metrics.registry).count)
+        self.rewards = None  # reward epochs: closing and settlement (gateway/rewards/stage.py)
+        if cfg.rewards is not None:
+            from gateway.rewards.stage import RewardsStage
+            self.rewards = RewardsStage(cfg, self.gateway_id, self.chain, self._publish, self.metrics.registry)
 
     def _publish(self, topic: str, payload: bytes) -> None:
         # Queued for the publisher's own connection and thread (gateway/republish.py).
@@ -158,6 +162,8 @@ class Gateway:
             # The batch in flight was confirmed: the next one (everything that
             # waited behind it) closes and goes out in this pass, not the next.
             self.anchorer.step(now)
+        if self.rewards is not None:
+            self.rewards.step(now)
         self._watch_backlog(waiting)
         while not self.receipted.empty():
             self.anchor_store.mark_receipted(self.receipted.get())

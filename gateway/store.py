@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Each entry moves the schema from version i to i + 1.  Never edit a shipped
 # migration: append a new one.
@@ -198,6 +198,43 @@ MIGRATIONS: tuple[str, ...] = (
         outcome TEXT NOT NULL,
         count   INTEGER NOT NULL,
         PRIMARY KEY (fleet, outcome)
+    );
+    """,
+    # 7: reward epochs (gateway/rewards/): each closed epoch's signed file,
+    # its anchoring attempts on SurgeRewards, and every owner's cumulative
+    # amount after the latest epoch (the statement's quick path).
+    """
+    CREATE TABLE reward_epochs (
+        epoch       INTEGER PRIMARY KEY,
+        start_ms    INTEGER NOT NULL,
+        end_ms      INTEGER NOT NULL,
+        last_batch  INTEGER NOT NULL,
+        root        BLOB NOT NULL,
+        leaves      INTEGER NOT NULL,
+        total       TEXT NOT NULL,
+        file        BLOB NOT NULL,
+        state       TEXT NOT NULL DEFAULT 'closed',
+        closed_at   REAL NOT NULL
+    );
+    CREATE TABLE reward_anchors (
+        id           INTEGER PRIMARY KEY,
+        epoch        INTEGER NOT NULL REFERENCES reward_epochs(epoch),
+        chain_id     INTEGER NOT NULL,
+        contract     TEXT NOT NULL,
+        gateway_address TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        tx_hash      BLOB,
+        block_number INTEGER,
+        block_hash   BLOB,
+        attestation  BLOB,
+        created_at   REAL NOT NULL,
+        updated_at   REAL NOT NULL
+    );
+    CREATE INDEX reward_anchors_epoch ON reward_anchors(epoch);
+    CREATE TABLE reward_cumulative (
+        owner       TEXT PRIMARY KEY,
+        cumulative  TEXT NOT NULL,
+        epoch       INTEGER NOT NULL
     );
     """,
 )

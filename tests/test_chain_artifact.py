@@ -2,7 +2,8 @@
 
 Runs `npm ci` (package-lock.json pins solc), recompiles with
 gateway/chain/compile.mjs into a temporary directory and compares with the
-committed SurgeAnchor.json and Baseline.json byte for byte.
+committed SurgeAnchor.json, Baseline.json, SurgeRewards.json and
+SurgeToken.json byte for byte.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 from chain_fixtures import CHAIN_DIR, ROOT, node_env, npm_ci
 
-CONTRACTS = ["SurgeAnchor", "Baseline"]
+CONTRACTS = ["SurgeAnchor", "Baseline", "SurgeRewards", "SurgeToken"]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ const require = createRequire(import.meta.url);
 const solc = require("solc");
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const CONTRACTS = ["SurgeAnchor", "Baseline"];
+const CONTRACTS = ["SurgeAnchor", "Baseline", "SurgeRewards", "SurgeToken"];
 const PRAGMA_VERSION = "0.8.28";
 
 // Frozen: changing any of these changes the bytecode (and gas numbers).

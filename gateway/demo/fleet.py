@@ -16,6 +16,7 @@ the demo, which then stops them in order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -145,10 +146,21 @@ def make_micropython(root: Path, broker_url: str, fleet: str, interval: float) -
                       key.device_id, key.public)
 
 
+def owner_address(i: int) -> str:
+    """The demo's i-th owner: an EVM address derived from a fixed string (nobody holds its key)."""
+    from eth_utils.address import to_checksum_address
+
+    return str(to_checksum_address("0x" + hashlib.sha256(b"surge-demo-owner-%d" % i).hexdigest()[:40]))
+
+
+DEMO_OWNERS = 3
+
+
 def enroll(store: Store, devices: list[DemoDevice], fleet: str) -> None:
-    for d in devices:
+    # Devices are shared among a few owners so the reward epochs have several leaves.
+    for i, d in enumerate(devices):
         if d.kind != "not enrolled":
-            store.enroll(d.device_id, d.public, d.board, fleet, "surge-demo")
+            store.enroll(d.device_id, d.public, d.board, fleet, owner_address(i % DEMO_OWNERS))
 
 
 def _python_env() -> dict[str, str]:

@@ -50,6 +50,7 @@ class Options:
     micropython: bool = True
     hass: bool = False
     interval: float = 2.0
+    epoch_seconds: float = 20.0  # reward epochs: a few close within the default 60 s
     live: bool | None = None  # None: a live table when stdout is a terminal
 
 
@@ -60,6 +61,7 @@ class Result:
     on_chain: str | None
     report: StoredReport
     device_kind: str
+    rewards: str = ""  # the owner's reward statement, as printed
 
 
 def prepare_workdir(path: Path) -> None:
@@ -132,7 +134,8 @@ class Demo:
                 # The in-process chain gets a block per gateway pass; a dev node
                 # (--chain) mines one per transaction, so its own block must do.
                 confirmations=1 if remote_chain else 2,
-                mqtt_version=self.broker.mqtt_version))
+                mqtt_version=self.broker.mqtt_version,
+                rewards=demo_rewards(self.work, self.opts.epoch_seconds)))
         except ConfigError as exc:
             raise CLIError(str(exc)) from None
         try:
@@ -227,7 +230,9 @@ class Demo:
     # -- stop --------------------------------------------------------------
     def _settled(self) -> bool:
         assert self.store is not None
-        return self.store.unbatched_count() == 0 and self.store.unconfirmed_count() == 0
+        rewards = getattr(self.gateway, "rewards", None)
+        return self.store.unbatched_count() == 0 and self.store.unconfirmed_count() == 0 and \
+            (rewards is None or rewards.settler.pending() == 0)
 
     def drain(self, view: View) -> None:
         """Stop the devices, then let the gateway batch and anchor what it accepted."""
@@ -291,7 +296,44 @@ class Demo:
                 on_chain = "root matches rootOf(gateway, batch) at %s" % self.opts.chain
         except receipts.BundleError as exc:
             raise CLIError("the exported proof bundle does not verify: %s" % exc) from None
-        return Result(proof, summary, on_chain, rep, kind)
+        return Result(proof, summary, on_chain, rep, kind, self.export_rewards(rep.device_id))
+
+    def export_rewards(self, device_id: str) -> str:
+        """The reward statement of the owner of ``device_id``, and their reward proof when they have one."""
+        import json
+
+        from gateway.rewards import statement as S
+        from gateway.rewards.cli import format_statement
+
+        assert self.store is not None
+        dev = self.store.device(device_id)
+        if dev is None:
+            return ""
+        st = S.statement(self.store, dev.owner)
+        (self.work / "reward-statement.json").write_text(json.dumps(st, indent=2) + "\n")
+        lines = ["reward statement: %s" % (self.work / "reward-statement.json"), format_statement(st)]
+        if st["proof"] is not None:
+            path = self.work / "reward-proof.json"
+            path.write_text(json.dumps(st["proof"], indent=2) + "\n")
+            try:
+                v = S.verify_proof(S.load_proof(str(path)))
+                if self.opts.chain != "memory" and st["proof"]["chain"] is not None:
+                    S.check_on_chain(st["proof"], self.opts.chain)
+            except S.ProofError as exc:
+                raise CLIError("the exported reward proof does not verify: %s" % exc) from None
+            lines.append("reward proof: %s\nVALID: owner %s has cumulative %d in epoch %s (leaf %d of %d, root %s)%s"
+                         % (path, v["owner"], v["cumulative"], v["epoch"], v["leaf_index"], v["tree_size"], v["root"],
+                            "" if v["chain"] else "; not yet confirmed on chain"))
+        return "\n".join(lines)
+
+
+def demo_rewards(work: Path, epoch_seconds: float) -> Any:
+    """Short reward epochs: 1000 tokens (18 decimals) per epoch shared by the demo's owners."""
+    from gateway.rewards.formula import Formula
+    from gateway.rewards.settings import RewardsConfig
+
+    return RewardsConfig(formula=Formula(budget=1000 * 10**18), epoch_seconds=epoch_seconds,
+                         epochs_dir=str(work / "epochs"))
 
 
 def _pretty(doc: dict[str, Any]) -> str:
@@ -325,6 +367,14 @@ def next_steps(opts: Options, res: Result, has_micropython: bool) -> list[tuple[
         ("%s proof --db %s --device %s --boot %d --seq %d --out mine.json"
          % (surge, db, res.report.device_id, res.report.boot, max(0, res.report.seq - 1)), "another report's bundle"),
     ]
+    if res.rewards:
+        steps.append(("%s rewards status --db %s" % (surge, db), "the reward epochs and their roots on chain"))
+        if (w / "reward-proof.json").exists():
+            steps.append(("%s rewards verify %s" % (surge, w / "reward-proof.json"),
+                          "check the owner's reward proof offline"))
+        if (w / "epochs" / "epoch-1.json").exists():
+            steps.append(("%s rewards recompute %s" % (surge, w / "epochs" / "epoch-1.json"),
+                          "recompute an epoch from its published inputs"))
     if has_micropython:
         steps.append(("cat %s" % (w / "devices" / "micropython-esp32" / "agent.log"),
                       "what the MicroPython agent printed"))
@@ -365,6 +415,8 @@ def run_demo(opts: Options, out: TextIO) -> int:
              s["tx_hash"], s["chain_id"]), file=out)
     if res.on_chain:
         print(res.on_chain, file=out)
+    if res.rewards:
+        print(res.rewards, file=out)
     print("\ntry next:", file=out)
     steps = next_steps(opts, res, any(d.kind == "micropython" for d in demo.devices))
     width = max(len(cmd) for cmd, _ in steps)

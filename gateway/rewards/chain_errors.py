@@ -1,0 +1,84 @@
+"""Typed failures of the SurgeRewards client, one per custom error of the contract.
+
+All derive from :class:`gateway.chain.errors.ChainError`, so a caller that
+already handles the anchoring layer's ``ChainUnavailable`` (transient, retry)
+and ``NotAuthorized`` handles the rewards client the same way. The client
+decodes a revert by its 4-byte selector (see ``gateway/rewards/chain.py``),
+never by parsing a node's message text.
+"""
+
+from __future__ import annotations
+
+from gateway.chain.errors import ChainError
+
+
+class RewardsError(ChainError):
+    """Base class of the errors below."""
+
+
+class EpochGap(RewardsError):
+    """publish() skipped an epoch: the contract expects exactly lastEpoch + 1."""
+
+    def __init__(self, epoch: int, expected: int) -> None:
+        super().__init__(f"epoch {epoch} would leave a gap: contract expects {expected}")
+        self.epoch = epoch
+        self.expected = expected
+
+
+class AlreadyPublished(RewardsError):
+    """publish() of an epoch at or below the gateway's on-chain lastEpoch.
+
+    After a resubmission this usually means the earlier transaction was mined
+    after all: compare ``root_of(epoch)`` with the root.
+    """
+
+    def __init__(self, epoch: int, last_epoch: int) -> None:
+        super().__init__(f"epoch {epoch} already published (on-chain lastEpoch is {last_epoch})")
+        self.epoch = epoch
+        self.last_epoch = last_epoch
+
+
+class InvalidEpoch(RewardsError):
+    """Epoch 0, an all-zero root or zero leaves: refused before or by the contract."""
+
+
+class UnknownEpoch(RewardsError):
+    """claim() against an epoch that gateway never published."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"epoch {epoch} is not published by that gateway")
+        self.epoch = epoch
+
+
+class InvalidProof(RewardsError):
+    """The (account, cumulative) leaf, index, tree size and proof do not lead
+    to the published root of that epoch (a wrong amount, proof or size)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "invalid proof: the leaf (account, cumulative), index, tree size and path "
+            "do not match the epoch's published root"
+        )
+
+
+class NothingToClaim(RewardsError):
+    """The cumulative amount is not above what was already paid (a second claim)."""
+
+    def __init__(self, cumulative: int, claimed: int) -> None:
+        super().__init__(f"nothing to claim: cumulative {cumulative}, already claimed {claimed}")
+        self.cumulative = cumulative
+        self.claimed = claimed
+
+
+class TransferFailed(RewardsError):
+    """The token transfer failed, typically because the contract's token
+    balance is below the amount due; the claim stays valid for a top-up."""
+
+
+class TokenError(RewardsError):
+    """A SurgeToken call reverted (insufficient balance or allowance, bad receiver)."""
+
+
+class RewardsTxReverted(RewardsError):
+    """A mined rewards transaction reverted (a racing duplicate, typically):
+    consult ``last_epoch()``/``root_of()`` or ``claimed()`` before acting."""
