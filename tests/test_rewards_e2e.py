@@ -115,7 +115,9 @@ def test_fleet_to_claims_on_the_in_process_chain(tmp_path: Path, broker: Mosquit
         statement = S.statement(st, ALICE)
         assert [d["device"] for d in statement["devices"]] == [devs[0].id, devs[1].id]
         excluded = [d["excluded"] for ep in statement["epochs"] for d in ep["devices"] if d["device"] == devs[0].id]
-        assert {E.NOT_ATTESTED: 1} in excluded  # the one report the gateway did not attest, with its reason
+        # The one report the stand-in leaves alone is attested by the gateway's own stage (gateway/attest.py)
+        # with nothing measured: it counts for coverage, not capacity, and is not excluded.
+        assert excluded and all(e == {} for e in excluded)
         proofs = {o: S.reward_proof(st, o) for o in (ALICE, BOB)}
         st.close()
         rewards = gw.rewards.chain
