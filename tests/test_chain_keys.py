@@ -1,5 +1,5 @@
 """The gateway's chain key never shows up in logs, errors or reprs, and RPC
-failures surface as ChainUnavailable.
+failures surface as ChainUnavailable; its EIP-191 signatures are eth-account's.
 
 Each test provokes failures with a known key loaded, captures every log
 record (all loggers, DEBUG) and the full formatted exception chain, and greps
@@ -18,6 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from eth_account import Account
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.chain import ChainKey, ChainKeyError, ChainUnavailable, ChainError, load_chain_key, open_chain
 from gateway.chain.keys import KEY_ENV, PASSWORD_ENV
@@ -157,3 +160,20 @@ def test_failures_on_a_live_chain_do_not_leak(all_logs: pytest.LogCaptureFixture
         open_chain("ws://127.0.0.1:1/" + KEY_HEX, key=ChainKey.from_hex(KEY_HEX))
     texts.append(exception_text(info.value))
     assert_clean("\n".join(texts) + all_logs.text, KEY_HEX)
+
+
+@settings(max_examples=200, deadline=None)
+@given(message=st.binary(max_size=600), seed=st.binary(min_size=32, max_size=32))
+def test_sign_message_is_eth_accounts_eip191_signature(message: bytes, seed: bytes) -> None:
+    # ChainKey signs through libsecp256k1 directly (the pipeline attests every
+    # report); it must be the same 65 bytes eth-account gives, recovering to the address.
+    from eth_account.messages import encode_defunct
+
+    try:
+        key = ChainKey.from_hex(seed.hex())
+    except ChainKeyError:
+        return  # zero or above the curve order: not a key
+    expected = Account.from_key(seed).sign_message(encode_defunct(primitive=message)).signature
+    sig = key.sign_message(message)
+    assert sig == bytes(expected)
+    assert Account.recover_message(encode_defunct(primitive=message), signature=sig) == key.address
