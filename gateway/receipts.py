@@ -53,30 +53,32 @@ def canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _receipt(rep: StoredReport, batch: Batch, anchor: Anchor, proof: list[bytes]) -> dict[str, Any]:
-    assert anchor.tx_hash is not None
-    return {
-        "v": 1, "status": "confirmed", "device": rep.device_id, "boot": rep.boot, "seq": rep.seq,
-        "leaf_hash": merkle.leaf_hash(rep.cose).hex(),
-        "batch_seq": batch.seq, "leaf_index": rep.leaf_index, "tree_size": batch.size,
-        "proof": [p.hex() for p in proof], "root": batch.root.hex(),
-        "gateway_id": batch.gateway_id, "chain": anchor_fields(anchor),
-        "gateway_signature": anchor.attestation.hex() if anchor.attestation else None,
-    }
-
-
 def receipts(store: Store, batch: Batch, anchor: Anchor,
-             leaves: list[StoredReport] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(device fleet, receipt) for every report of a confirmed batch, in leaf order."""
+             leaves: list[StoredReport] | None = None) -> Iterator[tuple[str, str, bytes]]:
+    """(device fleet, device id, receipt JSON) for every report of a confirmed batch, in leaf order.
+
+    One receipt per report, so the text is put together from its parts: what
+    the whole batch shares is encoded once (the same bytes as ``json.dumps``
+    of the receipt object, tests/test_receipts_json.py).
+    """
+    assert anchor.tx_hash is not None
     if leaves is None:
         leaves = store.batch_leaves(batch.seq)
-    tree = merkle.MerkleTree([merkle.leaf_hash(r.cose) for r in leaves])
+    hashes = [merkle.leaf_hash(r.cose) for r in leaves]
+    tree = merkle.MerkleTree(hashes)
     if tree.root != batch.root:
         raise RuntimeError("batch %d: stored reports do not hash to the recorded root" % batch.seq)
     devices = store.batch_devices(batch.seq)
-    for rep, proof in zip(leaves, tree.proofs()):
+    shared = json.dumps({"root": batch.root.hex(), "gateway_id": batch.gateway_id, "chain": anchor_fields(anchor),
+                         "gateway_signature": anchor.attestation.hex() if anchor.attestation else None},
+                        separators=(",", ":"))
+    head = '{"v":1,"status":"confirmed","device":%s,"boot":%d,"seq":%d,"leaf_hash":"%s","batch_seq":' + \
+        str(batch.seq) + ',"leaf_index":%d,"tree_size":' + str(batch.size) + ',"proof":[%s],' + shared[1:]
+    for rep, leaf, proof in zip(leaves, hashes, tree.proofs()):
         dev = devices.get(rep.device_id)
-        yield dev[0] if dev else "unknown", _receipt(rep, batch, anchor, proof)
+        text = head % (json.dumps(rep.device_id), rep.boot, rep.seq, leaf.hex(), rep.leaf_index,
+                       ",".join(['"%s"' % p.hex() for p in proof]))
+        yield dev[0] if dev else "unknown", rep.device_id, text.encode()
 
 
 def batch_event(store: Store, batch: Batch, event: str, publish: Publish, anchor: Anchor | None = None) -> None:
@@ -95,8 +97,8 @@ def publish_confirmed(store: Store, batch: Batch, anchor: Anchor, publish: Publi
                       leaves: list[StoredReport] | None = None) -> int:
     """Send each device its receipt and the fleet a batch event; returns receipts sent."""
     n = 0
-    for fleet, rec in receipts(store, batch, anchor, leaves):
-        publish("surge/v1/%s/%s/receipt" % (fleet, rec["device"]), json.dumps(rec, separators=(",", ":")).encode())
+    for fleet, device_id, text in receipts(store, batch, anchor, leaves):
+        publish("surge/v1/%s/%s/receipt" % (fleet, device_id), text)
         n += 1
     batch_event(store, batch, "confirmed", publish, anchor)
     return n

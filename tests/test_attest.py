@@ -129,3 +129,17 @@ def test_stage_attests_each_report_once_and_waits_for_pending_runs(tmp_path: Pat
     assert late.step() == 1
     assert store.db.execute("SELECT outcome FROM probe_runs WHERE seq=3").fetchone()[0] == "absent"
     assert attest.attestation_counts(store)["flags"]["bw_unverified"] == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(gateway_id=st.text(max_size=40), device=st.text(max_size=20), bw=st.none() | st.integers(0, 2**40),
+       flags=st.lists(st.sampled_from(attest.FLAGS), unique=True), sig=st.binary(min_size=65, max_size=65),
+       standing=st.tuples(st.integers(0, 2**50), st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)))
+def test_to_json_splices_the_signature_where_parsing_would_put_it(gateway_id: str, device: str, bw: int | None,
+                                                                  flags: list[str], sig: bytes,
+                                                                  standing: tuple[int, int, int, int]) -> None:
+    body = attest.build(gateway_id + ',"storage_bytes":', device, device, 1, 2, b"cose", 1.5, bw, standing, flags)
+    body_json = canonical(body).decode()
+    doc = json.loads(body_json)
+    doc["signature"] = sig.hex()
+    assert attest.to_json(body_json, sig) == canonical(doc).decode()

@@ -14,6 +14,8 @@ the window, so a device cannot average a failure away with passes.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from gateway.storage_audit.core import FAILED, PASSED, TIMED_OUT
 from gateway.store import Store
 
@@ -49,3 +51,23 @@ def storage_standing(store: Store, device_id: str, now: float) -> tuple[int, int
             (device_id, PASSED, start, now)).fetchone()
         proven = int(row[0]) if row else 0
     return proven, counts[PASSED], counts[FAILED], counts[TIMED_OUT]
+
+
+def storage_standings(store: Store, device_ids: Sequence[str], now: float) -> dict[str, tuple[int, int, int, int]]:
+    """:func:`storage_standing` of each of ``device_ids`` that has one; a device left out stands at all 0.
+
+    One query finds which of them had a challenge resolved in the window
+    (the attestation stage asks for hundreds of devices at a time, most of
+    them with none), and only those are looked up.
+    """
+    wanted = sorted(set(device_ids))
+    start = now - window_s(store)
+    out: dict[str, tuple[int, int, int, int]] = {}
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i:i + 500]
+        rows = store.db.execute(
+            "SELECT DISTINCT device_id FROM audit_challenges WHERE device_id IN (%s) AND resolved_at>? "
+            "AND resolved_at<=? AND outcome IS NOT NULL" % ",".join("?" * len(chunk)), (*chunk, start, now))
+        for (device_id,) in rows.fetchall():
+            out[device_id] = storage_standing(store, device_id, now)
+    return out
