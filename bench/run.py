@@ -74,6 +74,9 @@ class Sizes:
     scale_devices: tuple[int, ...]
     scale_min_reports: int
     rounds: int             # group 1: interleaved rounds of raw, gateway and ingest-only runs; medians reported
+    # group 1, sustained run: reports offered at this fraction of the burst's accepted rate, for this long
+    sustained_fraction: float = 0.6
+    sustained_seconds: float = 20.0
     reward_leaves: tuple[int, ...] = (10_000, 100_000, 1_000_000)  # group 8: reward tree sizes
     reward_claims: int = 8  # group 8: claims measured per tree and case
 
@@ -85,7 +88,7 @@ FULL = Sizes(reports=30_000, devices=10_000, latency_reports=8_000, latency_rate
 SMOKE = Sizes(reports=1_500, devices=150, latency_reports=200, latency_rate=200.0, latency_batch_seconds=1.0,
               gas_batches=(1, 100, 10_000), proof_sizes=(1_000, 10_000), merkle_build=10_000,
               heap_range=(80, 128), agent_cycles=3, scale_devices=(300,), scale_min_reports=300, rounds=1,
-              reward_leaves=(10_000,), reward_claims=3)
+              sustained_seconds=3.0, reward_leaves=(10_000,), reward_claims=3)
 
 
 # -- results ---------------------------------------------------------------------
@@ -358,6 +361,19 @@ def group_throughput(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> N
           "raw paho QoS 1 via Mosquitto", raw_per_s, "msg/s",
           note="same reports; republish off and no batch closing during the run (diagnostic, not a "
                "supported production setting); %.0f us CPU per report" % _median(ingests, "cpu_us_per_report"))
+    offered = s.sustained_fraction * _median(gws, "per_s")
+    sus = sustained(work / "sustained", s, offered)
+    note = ("%d reports from %d devices offered at %.0f/s (%.0f%% of the burst's accepted rate above) for %.0f s, "
+            "default config; rates are the slopes of stored and of receipted reports over the steady window "
+            "(%.1f s to the last publish); stored but not yet receipted at the last publish: %d; "
+            "publish -> anchored (batch confirmed, K=2) p50 %.0f ms" % (
+                sus["reports"], s.devices, offered, 100 * s.sustained_fraction, s.sustained_seconds,
+                sus["window_start_s"], sus["backlog"], sus["anchor_p50"]))
+    r.add("1", "Sustained load: end to end against accepted + stored, same run", sus["receipted_per_s"],
+          "reports/s", "accepted + stored over the same window", sus["stored_per_s"], "reports/s", ">= 0.95x",
+          note=note)
+    r.add("1", "Sustained load: latency publish -> anchored (K=2), p99", sus["anchor_p99"], "ms",
+          note="the sustained run above, every report: its batch's confirmation time minus its publish time")
     lat = latency(work / "lat", s)
     r.add("1", "Latency publish -> durable store, p50", lat["store_p50"], "ms",
           note="paced at %.0f reports/s, %d reports; time until the gateway's `verified` message "
@@ -367,6 +383,84 @@ def group_throughput(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> N
           note="batch_size 1000, batch_seconds %.0f, confirmations 2, in-process chain; time until the "
                "`verified` message with `batch` arrives" % s.latency_batch_seconds)
     r.add("1", "Latency publish -> anchored (K=2 confirmations), p99", lat["anchor_p99"], "ms")
+
+
+def sustained(workdir: Path, s: Sizes, rate: float) -> dict[str, float]:
+    """Reports offered at a steady ``rate``: do anchoring and receipts keep up with ingest?
+
+    Counts of stored and of receipted reports are sampled from the database
+    while the load runs; their slopes over the steady window (after the
+    first quarter, to the last publish) are the two rates, so the fixed
+    latency of the last batch (K confirmations) does not count against the
+    rate as it does in a burst.
+    """
+    import sqlite3
+
+    n = max(1, int(rate * s.sustained_seconds))
+    messages, publics = gt.presign(n, s.devices)
+    keys = [(t.split("/")[3], i // s.devices) for i, (t, _) in enumerate(messages)]
+    run = GatewayRun(workdir, publics, n)
+    samples: list[tuple[float, int, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        con = sqlite3.connect(str(run.db), timeout=30)
+        try:
+            while not stop.is_set():
+                stored = con.execute("SELECT COUNT(*) FROM reports").fetchone()[0]
+                done = con.execute("SELECT IFNULL(SUM(size), 0) FROM batches WHERE state='receipted'").fetchone()[0]
+                samples.append((time.time(), int(stored), int(done)))
+                stop.wait(0.25)
+        finally:
+            con.close()
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sent: list[float] = []
+    try:
+        sampler.start()
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sustained-%d" % os.getpid())
+        pub.max_inflight_messages_set(gt.DEFAULT_INFLIGHT)
+        pub.max_queued_messages_set(0)
+        pub.connect("127.0.0.1", run.broker.port)
+        pub.loop_start()
+        t0 = time.monotonic()
+        for i, (topic, payload) in enumerate(messages):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            sent.append(time.time())
+            pub.publish(topic, payload, qos=1)
+        last_publish = time.time()
+        run.wait_receipted(n, 240)
+        pub.loop_stop()
+        pub.disconnect()
+        stop.set()
+        sampler.join(10)
+        con = sqlite3.connect(str(run.db), timeout=30)
+        try:
+            confirmed: dict[tuple[str, int], float] = {(d, q): float(at) for d, q, at in con.execute(
+                "SELECT r.device_id, r.seq, a.updated_at FROM reports r JOIN anchors a "
+                "ON a.batch_seq = r.batch_seq AND a.state = 'confirmed'")}
+        finally:
+            con.close()
+    finally:
+        stop.set()
+        run.close()
+    start = sent[0] + (last_publish - sent[0]) / 4
+    window = [x for x in samples if start <= x[0] <= last_publish]
+    if len(window) < 2:
+        raise RuntimeError("sustained run: %d samples in the steady window" % len(window))
+    (ta, sa, ra), (tb, sb, rb) = window[0], window[-1]
+    backlog = next((st - done for t, st, done in reversed(samples) if t <= last_publish), 0)
+    lat = sorted((confirmed[k] - sent[i]) * 1000 for i, k in enumerate(keys) if k in confirmed)
+    if len(lat) != n:
+        raise RuntimeError("sustained run: %d of %d reports anchored" % (len(lat), n))
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(round(q * (len(lat) - 1))))]
+
+    return {"reports": n, "stored_per_s": (sb - sa) / (tb - ta), "receipted_per_s": (rb - ra) / (tb - ta),
+            "window_start_s": start - sent[0], "backlog": backlog, "anchor_p50": pct(0.5), "anchor_p99": pct(0.99)}
 
 
 def latency(workdir: Path, s: Sizes) -> dict[str, float]:
