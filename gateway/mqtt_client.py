@@ -30,7 +30,6 @@ thread only (nothing here is thread-safe, on purpose).
 
 from __future__ import annotations
 
-import collections
 import math
 import random
 import select
@@ -43,6 +42,7 @@ from gateway.mqtt_codec import (CONNACK, DISCONNECT, SUBACK, ConnAck, Decoder, D
                                 PingResp, ProtocolError, PubAck, Publish, SubAck, Will, encode_connect,
                                 encode_disconnect, encode_pingreq, encode_publish, encode_pubacks,
                                 encode_subscribe, reason_text)
+from gateway.mqtt_session import OutboundSession
 
 __all__ = ["Connection", "Incoming", "Will", "MQTTError", "Refused", "ConnectionLost", "ProtocolError",
            "backoff_delays"]
@@ -164,10 +164,9 @@ class Connection:
                  will: Will | None = None, max_inflight: int = 1000, ack_timeout: float = 60.0) -> None:
         if version not in ("5", "5.0", "3.1.1"):
             raise ValueError("MQTT version must be \"5\" or \"3.1.1\", not %r" % (version,))
-        if not 1 <= max_inflight <= 65535:
-            raise ValueError("max_inflight must be 1..65535, not %d" % max_inflight)
         if will is not None and will.qos not in (0, 1):
             raise ValueError("will QoS must be 0 or 1 (QoS 2 is not supported), not %r" % (will.qos,))
+        self._session = OutboundSession(max_inflight)  # validates max_inflight
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -193,23 +192,16 @@ class Connection:
         self.session_present = False
         self.connack: ConnAck | None = None
         # PUBACKs with a failure reason code (v5), latest last: (packet id, reason
-        # code).  The broker decided; resending would not help, so they count as
-        # acknowledged.  Bounded: a caller that never looks must not leak.
-        self.rejected: collections.deque[tuple[int, int]] = collections.deque(maxlen=1000)
+        # code); they count as acknowledged (gateway/mqtt_session.py).
+        self.rejected = self._session.rejected
 
         self._sock: socket.socket | None = None
         self._lost: str | None = None  # why the socket was dropped, raised by the next call
         self._decoder = Decoder(self.v5, self._max_packet_size)
         self._buf = bytearray(_READ_BUFFER)
         self._view = memoryview(self._buf)
-        # Unacked QoS 1 publishes, packet id -> encoded packet (DUP=0), in the order sent.
-        self._inflight: dict[int, bytes] = {}
-        self._outstanding = 0    # of those, how many were written on this connection
-        self._need_resend = False
-        self._window = max_inflight
         self._server_max_packet: int | None = None
         self._server_max_qos = 1
-        self._last_id = 0
         self._pending: list[Publish] = []  # received while waiting for something else
         self._suback: SubAck | None = None
         self._last_send = 0.0
@@ -225,7 +217,7 @@ class Connection:
     @property
     def send_window(self) -> int:
         """QoS 1 publishes allowed in flight: min(max_inflight, the broker's Receive Maximum)."""
-        return self._window
+        return self._session.window
 
     def connect(self, timeout: float = 10.0) -> bool:
         """Connect (again) and return the broker's session-present flag.
@@ -299,14 +291,12 @@ class Connection:
             raise
         self.connack = ack
         self.session_present = ack.session_present
-        self._window = min(self.max_inflight, ack.receive_maximum or 65535)
         self._server_max_packet = ack.maximum_packet_size
         self._server_max_qos = 1 if ack.maximum_qos is None else ack.maximum_qos
         self.keepalive = self._configured_keepalive if ack.server_keep_alive is None else ack.server_keep_alive
         if ack.assigned_client_identifier:
             self.client_id = ack.assigned_client_identifier
-        self._outstanding = 0
-        self._need_resend = bool(self._inflight)
+        self._session.connected(ack.receive_maximum)
         # A persistent session's queued messages may arrive in the same read as the CONNACK.
         self._pending = self._handle(packets[1:])
         return ack.session_present
@@ -322,7 +312,7 @@ class Connection:
                 raise ValueError("subscription QoS %r for %r is not supported: use 0 or 1" % (q, f))
         self._require()
         # Packet ids are shared with publishes: take one no unacked publish holds.
-        pid = self._next_id()
+        pid = self._session.next_id()
         packet = encode_subscribe(pid, filters, v5=self.v5)
         self._suback = None
         self._send(packet)
@@ -392,31 +382,24 @@ class Connection:
             raise MQTTError("the broker at %s:%d accepts QoS %d at most (CONNACK Maximum QoS): publish with "
                             "qos=0" % (self.host, self.port, self._server_max_qos))
         self._require()
-        if qos and self._need_resend:
+        session = self._session
+        if qos and session.need_resend:
             self.resend_unacked()
         v5 = self.v5
-        inflight = self._inflight
         max_packet = self._server_max_packet
         out = _Pending()
         try:
             for topic, payload, retain in messages:
                 if qos:
-                    if len(inflight) >= 65535:
-                        raise MQTTError("65535 publishes are unacked, no packet id is free: wait_acked() first")
-                    pid = self._last_id
-                    while True:  # ids wrap at 65535 and skip those still unacked
-                        pid = pid + 1 if pid < 65535 else 1
-                        if pid not in inflight:
-                            break
-                    self._last_id = pid
+                    pid = session.next_id()
                     pkt = encode_publish(topic, payload, 1, retain, False, pid, v5)
                     if max_packet is not None and len(pkt) > max_packet:
                         raise self._too_large(topic, len(pkt), max_packet)
-                    inflight[pid] = pkt
-                    if self._outstanding >= self._window:
+                    session.track(pid, pkt)
+                    if session.window_full:
                         self._send_pending(out)
                         self._await_window()
-                    self._outstanding += 1
+                    session.written()
                 else:
                     pkt = encode_publish(topic, payload, 0, retain, False, 0, v5)
                     if max_packet is not None and len(pkt) > max_packet:
@@ -430,20 +413,20 @@ class Connection:
 
     def unacked(self) -> int:
         """QoS 1 publishes without their PUBACK yet."""
-        return len(self._inflight)
+        return len(self._session.inflight)
 
     def wait_acked(self, timeout: float) -> bool:
         """Read until every QoS 1 publish has its PUBACK; False if ``timeout`` s passed first.
 
         Messages received meanwhile are kept for the next ``poll()``.
         """
-        if not self._inflight:
+        if not self._session.inflight:
             return True
         self._require()
-        if self._need_resend:
+        if self._session.need_resend:
             self.resend_unacked()
         deadline = time.monotonic() + timeout
-        while self._inflight:
+        while self._session.inflight:
             if time.monotonic() >= deadline:
                 return False
             self._read_some(deadline)
@@ -455,20 +438,17 @@ class Connection:
         Does nothing if there are none or they were already resent on this
         connection (MQTT allows a resend only on reconnect).
         """
-        if not self._need_resend:
+        session = self._session
+        if not session.need_resend:
             return
         self._require()
-        self._need_resend = False
-        inflight = self._inflight
         out = _Pending()
-        for pid, pkt in list(inflight.items()):
-            if pid not in inflight:  # acknowledged while we waited for the window
-                continue
-            if self._outstanding >= self._window:
+        for pkt in session.resend():
+            if session.window_full:
                 self._send_pending(out)
                 self._await_window()
-            self._outstanding += 1
-            if out.add(bytes((pkt[0] | 0x08,)) + pkt[1:]):
+            session.written()
+            if out.add(pkt):
                 self._send_pending(out)
         self._send_pending(out)
 
@@ -539,16 +519,6 @@ class Connection:
                 sock.close()
             except OSError:
                 pass
-
-    def _next_id(self) -> int:
-        if len(self._inflight) >= 65535:
-            raise MQTTError("65535 publishes are unacked, no packet id is free: wait_acked() first")
-        pid = self._last_id
-        while True:
-            pid = pid + 1 if pid < 65535 else 1
-            if pid not in self._inflight:
-                self._last_id = pid
-                return pid
 
     def _next_ping_check(self) -> float:
         """When ping_if_due() next has something to do (for bounding waits)."""
@@ -650,16 +620,12 @@ class Connection:
     def _handle(self, packets: list[Packet]) -> list[Publish]:
         """Apply acknowledgements and pings; return the PUBLISHes."""
         out: list[Publish] = []
-        inflight = self._inflight
+        session = self._session
         for p in packets:
             if isinstance(p, Publish):
                 out.append(p)
             elif isinstance(p, PubAck):
-                if inflight.pop(p.packet_id, None) is not None:
-                    if self._outstanding:
-                        self._outstanding -= 1
-                    if p.reason_code >= 0x80:
-                        self.rejected.append((p.packet_id, p.reason_code))
+                session.acked(p.packet_id, p.reason_code)
             elif isinstance(p, PingResp):
                 self._ping_sent = None
             elif isinstance(p, SubAck):
@@ -691,12 +657,12 @@ class Connection:
     def _await_window(self) -> None:
         """Read until a QoS 1 in-flight slot is free."""
         deadline = time.monotonic() + self.ack_timeout
-        while self._outstanding >= self._window:
+        while self._session.window_full:
             if time.monotonic() >= deadline:
                 self._drop("no PUBACK for %.0f s" % self.ack_timeout)
                 raise ConnectionLost("no PUBACK from the broker at %s:%d for %.0f s while %d publishes were in "
                                      "flight: dropped the connection; reconnect and resend_unacked()" % (
-                                         self.host, self.port, self.ack_timeout, self._outstanding))
+                                         self.host, self.port, self.ack_timeout, self._session.outstanding))
             self._read_some(deadline)
 
     def _refusal(self, ack: ConnAck) -> Refused:
