@@ -16,7 +16,7 @@ import queue
 import secrets
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from gateway import receipts
 from gateway.attest import AttestStage
@@ -64,12 +64,22 @@ def open_gateway_chain(cfg: GatewayConfig, store: Store) -> Web3Chain:
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, chain: ChainBackend | None = None, log_json: bool = False) -> None:
+    def __init__(self, cfg: GatewayConfig, chain: ChainBackend | None = None, log_json: bool = False,
+                 block_clock: Callable[[int], None] | None = None) -> None:
+        """``chain``: the backend to anchor on (default: the one ``cfg`` names); ``block_clock(n)``
+        makes n blocks on a chain that makes none by itself (the in-process chain, whose
+        ``mine`` is used when ``cfg.chain`` is "memory" and no ``chain`` is given)."""
         self.cfg = cfg
         self.metrics = Metrics()
         self.store = Store(cfg.db)
         self.gateway_id = gateway_id(self.store, cfg.gateway_id)
-        self.chain: ChainBackend = chain if chain is not None else open_gateway_chain(cfg, self.store)
+        if chain is None:
+            opened = open_gateway_chain(cfg, self.store)
+            chain = opened
+            if cfg.chain == "memory":
+                block_clock = opened.mine
+        self.chain: ChainBackend = chain
+        self.block_clock = block_clock
         self.ingest = IngestProcess(cfg, self.gateway_id, log_json)
         self.metrics.registry.register(self.ingest.samples)
         self.publisher = Publisher(cfg, self.gateway_id)
@@ -86,7 +96,6 @@ class Gateway:
         # Batches whose receipts the broker has acknowledged (set by the publisher
         # thread, written to the store by the main loop, which owns that connection).
         self.receipted: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self.mine_blocks = cfg.chain == "memory" and isinstance(self.chain, Web3Chain)
         self.exit_code = 0
         self.behind = False  # anchoring backlog warned about (_watch_backlog)
         # Storage audit (gateway/storage_audit/): its own thread and connection, off unless configured.
@@ -150,12 +159,11 @@ class Gateway:
         self.tail.step()
         self._close_batches(now)
         waiting = self.anchor_store.unconfirmed_count()
-        if self.mine_blocks and waiting:
+        if self.block_clock is not None and waiting:
             # The in-process chain makes blocks only for transactions; one empty
             # block per pass stands in for block time so confirmations advance
             # (only while an anchor waits: py-evm spends milliseconds on each).
-            assert isinstance(self.chain, Web3Chain)
-            self.chain.mine(1)
+            self.block_clock(1)
         confirmed = self.anchorer.confirmed_count
         self.anchorer.step(now)
         if self.anchorer.confirmed_count != confirmed and self._close_batches(now):

@@ -54,7 +54,7 @@ def gateway(db: Path, chain: Web3Chain, **cfg: Any) -> Gateway:
     """The pipeline of a gateway, not started: no ingest process, no broker (messages stay queued)."""
     options: dict[str, Any] = dict(db=str(db), batch_seconds=3600.0, republish=False)
     options.update(cfg)
-    return Gateway(GatewayConfig(**options), chain=chain)
+    return Gateway(GatewayConfig(**options), chain=chain, block_clock=chain.mine)
 
 
 def batches(db: Path) -> list[tuple[int, int, bytes, str]]:
