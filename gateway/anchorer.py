@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Callable
 
 from gateway.chain import AlreadyAnchored, AnchorReverted, ChainBackend, ChainError, ChainUnavailable
+from gateway import lifecycle as L
 from gateway.faults import crash_point
 from gateway.metrics import Metrics
 from gateway.receipts import anchor_fields, attestation_message
@@ -78,12 +79,12 @@ class Anchorer:
         self.metrics.anchors_resubmitted.inc()
         for b in self.store.batches(from_seq=seq):
             for a in self.store.anchors(b.seq):
-                if a.state != "dropped":
-                    self.store.update_anchor(a.id, "dropped", block_number=a.block_number, block_hash=a.block_hash)
-                    if a.state == "confirmed" and self.on_reorged is not None:
+                if a.state != L.DROPPED:
+                    self.store.update_anchor(a.id, L.DROPPED, block_number=a.block_number, block_hash=a.block_hash)
+                    if a.state == L.CONFIRMED and self.on_reorged is not None:
                         self.on_reorged(b, a)
-            if b.state != "closed":
-                self.store.set_batch_state(b.seq, "closed")
+            if b.state != L.CLOSED:
+                self.store.set_batch_state(b.seq, L.CLOSED)
         log.warning("re-anchoring from batch %d: %s", seq, why)
 
     def _check_reorgs(self, now: float) -> None:
@@ -132,32 +133,32 @@ class Anchorer:
         """Move one batch forward; True when it is confirmed and the next may go."""
         a = self.store.live_anchor(b.seq)
         if a is not None and not self._here(a):
-            self.store.update_anchor(a.id, "dropped")
+            self.store.update_anchor(a.id, L.DROPPED)
             a = None
-        if a is None or a.state == "submitting":
+        if a is None or a.state == L.SUBMITTING:
             return self._submit(b, a)
         assert a.tx_hash is not None
         try:
             rc = self.chain.receipt(a.tx_hash)
         except AnchorReverted as exc:
             log.warning("%s", exc)
-            self.store.update_anchor(a.id, "dropped")
+            self.store.update_anchor(a.id, L.DROPPED)
             return False
         if rc is None:
-            if a.state == "mined" or now - a.updated_at > self.drop_after_s:
+            if a.state == L.MINED or now - a.updated_at > self.drop_after_s:
                 log.warning("anchor tx %s for batch %d vanished; sending again", a.tx_hash.hex(), b.seq)
-                self.store.update_anchor(a.id, "dropped")
+                self.store.update_anchor(a.id, L.DROPPED)
                 self.metrics.anchors_resubmitted.inc()
             return False
         depth = self.chain.head() - rc.block_number + 1
         if depth < self.confirmations:
-            if a.state != "mined" or a.block_hash != rc.block_hash:
-                self.store.update_anchor(a.id, "mined", block_number=rc.block_number,
+            if a.state != L.MINED or a.block_hash != rc.block_hash:
+                self.store.update_anchor(a.id, L.MINED, block_number=rc.block_number,
                                          block_hash=rc.block_hash, gas_used=rc.gas_used)
             return False
         done = replace(a, block_number=rc.block_number, block_hash=rc.block_hash, gas_used=rc.gas_used)
         attestation = self.chain.attest(attestation_message(b, anchor_fields(done)))
-        self.store.update_anchor(a.id, "confirmed", block_number=rc.block_number,
+        self.store.update_anchor(a.id, L.CONFIRMED, block_number=rc.block_number,
                                  block_hash=rc.block_hash, gas_used=rc.gas_used, attestation=attestation)
         self.metrics.anchors_confirmed.inc()
         self.confirmed_count += 1
@@ -186,7 +187,7 @@ class Anchorer:
                 return False
             if a is None:
                 a = self.store.anchor(self._begin(b))
-            self.store.update_anchor(a.id, "submitted", tx_hash=tx)
+            self.store.update_anchor(a.id, L.SUBMITTED, tx_hash=tx)
             return False
         if onchain < b.seq - 1:
             self._reset_from(onchain + 1, "chain's last batch is %d, below batch %d" % (onchain, b.seq - 1))
@@ -198,7 +199,7 @@ class Anchorer:
         except AlreadyAnchored:
             return False  # mined meanwhile; the next pass finds it via root_of
         crash_point("anchor-submitted")
-        self.store.update_anchor(a.id, "submitted", tx_hash=tx)
+        self.store.update_anchor(a.id, L.SUBMITTED, tx_hash=tx)
         log.info("batch %d submitted: tx %s", b.seq, tx.hex())
         crash_point("anchor-recorded")
         return False

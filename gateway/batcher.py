@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import time
 
-from gateway import merkle
+from gateway import lifecycle, merkle
 from gateway.config import GatewayConfig
 from gateway.faults import crash_point
 from gateway.store import Batch, Store
@@ -115,7 +115,7 @@ class Batcher:
         batch = Batch(
             seq=1 if last is None else last.seq + 1, gateway_id=self.gateway_id, root=tree.root,
             size=len(rows), first_at=rows[0][2], last_at=rows[-1][2],
-            prev_root=ZERO_ROOT if last is None else last.root, closed_at=now, state="closed")
+            prev_root=ZERO_ROOT if last is None else last.root, closed_at=now, state=lifecycle.CLOSED)
         self.store.add_batch(batch, [rid for rid, _, _ in rows])
         crash_point("batch-closed")
         log.info("closed batch %d: %d reports, root %s", batch.seq, batch.size, batch.root.hex())

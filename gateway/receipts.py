@@ -73,7 +73,7 @@ def receipts(store: Store, batch: Batch, anchor: Anchor,
                          "gateway_signature": anchor.attestation.hex() if anchor.attestation else None},
                         separators=(",", ":"))
     head = '{"v":1,"status":"confirmed","device":%s,"boot":%d,"seq":%d,"leaf_hash":"%s","batch_seq":' + \
-        str(batch.seq) + ',"leaf_index":%d,"tree_size":' + str(batch.size) + ',"proof":[%s],' + shared[1:]
+        str(batch.seq) + ',"leaf_index":%d,"tree_size":' + str(batch.size) + ',"proof":[%s],' + shared[1:].replace("%", "%%")
     for rep, leaf, proof in zip(leaves, hashes, tree.proofs()):
         dev = devices.get(rep.device_id)
         text = head % (json.dumps(rep.device_id), rep.boot, rep.seq, leaf.hex(), rep.leaf_index,

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from gateway import receipts
+from gateway import lifecycle, receipts
 from gateway.attest import AttestStage
 from gateway.anchorer import Anchorer
 from gateway.batcher import Batcher
@@ -130,7 +130,7 @@ class Gateway:
 
     def _resend_receipts(self) -> None:
         # Confirmed before a crash, receipts possibly unsent: send them (again).
-        for b in self.anchor_store.batches("confirmed"):
+        for b in self.anchor_store.batches(lifecycle.CONFIRMED):
             a = self.anchor_store.confirmed_anchor(b.seq)
             if a is not None:
                 self._confirmed(b, a)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from gateway import lifecycle
+
 SCHEMA_VERSION = 7
 
 # Each entry moves the schema from version i to i + 1.  Never edit a shipped
@@ -692,6 +694,8 @@ class Store:
 
     def set_batch_state(self, seq: int, state: str) -> None:
         with self._tx():
+            row = self.db.execute("SELECT state FROM batches WHERE seq=?", (seq,)).fetchone()
+            lifecycle.check_batch_move(row[0], state)
             self.db.execute("UPDATE batches SET state=? WHERE seq=?", (state, seq))
 
     # -- anchoring ----------------------------------------------------------
@@ -717,6 +721,8 @@ class Store:
         """Write the pending record; called *before* the transaction is sent."""
         now = time.time()
         with self._tx():
+            row = self.db.execute("SELECT state FROM batches WHERE seq=?", (batch_seq,)).fetchone()
+            lifecycle.check_batch_move(row[0], lifecycle.ANCHORING)
             cur = self.db.execute(
                 "INSERT INTO anchors(batch_seq, chain_id, contract, gateway_address, state, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, 'submitting', ?, ?)", (batch_seq, chain_id, contract, gateway_address, now, now))
@@ -727,13 +733,17 @@ class Store:
                       block_number: int | None = None, block_hash: bytes | None = None,
                       gas_used: int | None = None, attestation: bytes | None = None) -> None:
         with self._tx():
+            seq, current, batch_current = self.db.execute(
+                "SELECT a.batch_seq, a.state, b.state FROM anchors a JOIN batches b ON b.seq = a.batch_seq "
+                "WHERE a.id=?", (anchor_id,)).fetchone()
+            lifecycle.check_anchor_move(current, state)
+            batch_state = lifecycle.anchored_state(state)
+            lifecycle.check_batch_move(batch_current, batch_state)
             self.db.execute(
                 "UPDATE anchors SET state=?, tx_hash=COALESCE(?, tx_hash), block_number=?, block_hash=?, "
                 "gas_used=COALESCE(?, gas_used), attestation=?, updated_at=? WHERE id=?",
                 (state, tx_hash, block_number, block_hash, gas_used, attestation, time.time(), anchor_id))
-            row = self.db.execute("SELECT batch_seq FROM anchors WHERE id=?", (anchor_id,)).fetchone()
-            batch_state = {"confirmed": "confirmed", "dropped": "closed"}.get(state, "anchoring")
-            self.db.execute("UPDATE batches SET state=? WHERE seq=?", (batch_state, row[0]))
+            self.db.execute("UPDATE batches SET state=? WHERE seq=?", (batch_state, seq))
 
     def confirmed_anchor(self, batch_seq: int) -> Anchor | None:
         row = self.db.execute("SELECT %s FROM anchors WHERE batch_seq=? AND state='confirmed' "

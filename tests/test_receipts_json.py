@@ -46,7 +46,8 @@ def test_receipt_text_is_the_receipt_object(gateway_id: str, size: int, signed: 
         batch = Batcher(store, gateway_id, size, 1).close(200.0)
         assert batch is not None
         aid = store.begin_anchor(batch.seq, 31337, "0x" + "ab" * 20, "0x" + "cd" * 20)
-        store.update_anchor(aid, "confirmed", tx_hash=b"\x01" * 32, block_number=block, block_hash=b"\x02" * 32,
+        store.update_anchor(aid, "submitted", tx_hash=b"\x01" * 32)
+        store.update_anchor(aid, "confirmed", block_number=block, block_hash=b"\x02" * 32,
                             attestation=b"\x03" * 65 if signed else None)
         anchor = store.anchor(aid)
         leaves = store.batch_leaves(batch.seq)

@@ -39,8 +39,13 @@ def accept(st: Store, d: Device, at: float, interval: int = 10) -> None:
 
 
 def confirm_all(st: Store) -> None:
+    """Every batch anchored and confirmed, through the moves the anchorer makes (gateway/lifecycle.py)."""
     for b in st.batches():
-        st.set_batch_state(b.seq, "confirmed")
+        if b.state in ("confirmed", "receipted"):
+            continue
+        aid = st.begin_anchor(b.seq, 31337, "0x" + "ab" * 20, KEY.address)
+        st.update_anchor(aid, "submitted", tx_hash=bytes([b.seq % 256]) * 32)
+        st.update_anchor(aid, "confirmed", block_number=b.seq, block_hash=bytes([b.seq % 256]) * 32)
 
 
 def close_batches(batcher: Batcher, st: Store, now: float) -> None:

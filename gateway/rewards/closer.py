@@ -28,6 +28,7 @@ import cbor2
 
 from agent import claims as C
 from gateway import envelope
+from gateway import lifecycle as L
 from gateway.rewards import epoch as E
 from gateway.rewards import formula as F
 from gateway.store import Store
@@ -38,7 +39,7 @@ log = logging.getLogger("surge.gateway.rewards")
 # before the end is committed (and batched) within this.
 CLOSE_GRACE_S = 2.0
 SKIPPED_META = "rewards:skipped"  # windows that closed before anyone had earned: {"end_ms", "last_batch"}
-CONFIRMED = ("confirmed", "receipted")
+CONFIRMED = (L.CONFIRMED, L.RECEIPTED)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from gateway import lifecycle as L
 from gateway.chain import ChainError, ChainUnavailable, Receipt
 from gateway.receipts import canonical
 from gateway.rewards.chain_errors import AlreadyPublished
@@ -106,11 +107,12 @@ def _live(store: Store, epoch: int) -> EpochAnchor | None:
 def _update(store: Store, a: EpochAnchor, state: str, tx_hash: bytes | None = None, block_number: int | None = None,
             block_hash: bytes | None = None, attestation: bytes | None = None) -> None:
     with store._tx():
+        (current,) = store.db.execute("SELECT state FROM reward_anchors WHERE id=?", (a.id,)).fetchone()
+        L.check_anchor_move(current, state)
         store.db.execute("UPDATE reward_anchors SET state=?, tx_hash=COALESCE(?, tx_hash), block_number=?, "
                          "block_hash=?, attestation=?, updated_at=? WHERE id=?",
                          (state, tx_hash, block_number, block_hash, attestation, time.time(), a.id))
-        store.db.execute("UPDATE reward_epochs SET state=? WHERE epoch=?",
-                         ("confirmed" if state == "confirmed" else "closed", a.epoch))
+        store.db.execute("UPDATE reward_epochs SET state=? WHERE epoch=?", (L.epoch_state(state), a.epoch))
 
 
 Event = Callable[[str, StoredEpoch, "EpochAnchor | None"], None]
@@ -158,9 +160,9 @@ class Settler:
     def _reset_from(self, epoch: int, why: str) -> None:
         for e in epochs(self.store, epoch):
             for a in anchors(self.store, e.epoch):
-                if a.state != "dropped":
-                    _update(self.store, a, "dropped", block_number=a.block_number, block_hash=a.block_hash)
-                    if a.state == "confirmed":
+                if a.state != L.DROPPED:
+                    _update(self.store, a, L.DROPPED, block_number=a.block_number, block_hash=a.block_hash)
+                    if a.state == L.CONFIRMED:
                         self._emit("reorged", e, a)
         log.warning("publishing reward epochs again from %d: %s", epoch, why)
 
@@ -169,7 +171,7 @@ class Settler:
             return
         self._checked_at = now
         self._passes += 1
-        recent = [e for e in reversed(epochs(self.store, 0)[-REORG_WINDOW:]) if e.state == "confirmed"][::-1]
+        recent = [e for e in reversed(epochs(self.store, 0)[-REORG_WINDOW:]) if e.state == L.CONFIRMED][::-1]
         if not recent:
             return
         onchain = self.chain.last_epoch()
@@ -211,9 +213,9 @@ class Settler:
         """Move one epoch forward; True when it is confirmed and the next may go."""
         a = _live(self.store, e.epoch)
         if a is not None and not self._here(a):
-            _update(self.store, a, "dropped")
+            _update(self.store, a, L.DROPPED)
             a = None
-        if a is None or a.state == "submitting":
+        if a is None or a.state == L.SUBMITTING:
             return self._submit(e, a)
         assert a.tx_hash is not None
         try:
@@ -222,22 +224,22 @@ class Settler:
             raise
         except ChainError as exc:  # mined but reverted: a duplicate raced in; the chain decides next pass
             log.warning("reward epoch %d: %s", e.epoch, exc)
-            _update(self.store, a, "dropped")
+            _update(self.store, a, L.DROPPED)
             return False
         if rc is None:
-            if a.state == "mined" or now - a.updated_at > self.drop_after_s:
+            if a.state == L.MINED or now - a.updated_at > self.drop_after_s:
                 log.warning("epoch tx %s for reward epoch %d vanished; sending again", a.tx_hash.hex(), e.epoch)
-                _update(self.store, a, "dropped")
+                _update(self.store, a, L.DROPPED)
             return False
         depth = self.chain.head() - rc.block_number + 1
         if depth < self.confirmations:
-            if a.state != "mined" or a.block_hash != rc.block_hash:
-                _update(self.store, a, "mined", block_number=rc.block_number, block_hash=rc.block_hash)
+            if a.state != L.MINED or a.block_hash != rc.block_hash:
+                _update(self.store, a, L.MINED, block_number=rc.block_number, block_hash=rc.block_hash)
             return False
-        done = EpochAnchor(a.id, a.epoch, a.chain_id, a.contract, a.gateway_address, "confirmed", a.tx_hash,
+        done = EpochAnchor(a.id, a.epoch, a.chain_id, a.contract, a.gateway_address, L.CONFIRMED, a.tx_hash,
                            rc.block_number, rc.block_hash, None, a.created_at, now)
         signature = self.sign(confirmation_message(e.header, done.chain_fields()))
-        _update(self.store, a, "confirmed", block_number=rc.block_number, block_hash=rc.block_hash,
+        _update(self.store, a, L.CONFIRMED, block_number=rc.block_number, block_hash=rc.block_hash,
                 attestation=signature)
         log.info("reward epoch %d confirmed in block %d (%d confirmations)", e.epoch, rc.block_number, depth)
         confirmed = confirmed_anchor(self.store, e.epoch)
@@ -258,7 +260,7 @@ class Settler:
                 return False
             if a is None:
                 a = self._begin(e)
-            _update(self.store, a, "submitted", tx_hash=tx)
+            _update(self.store, a, L.SUBMITTED, tx_hash=tx)
             return False
         if onchain < e.epoch - 1:
             self._reset_from(onchain + 1, "the chain's last epoch is %d, below epoch %d" % (onchain, e.epoch - 1))
@@ -271,6 +273,6 @@ class Settler:
             raise
         except AlreadyPublished:
             return False  # mined meanwhile; the next pass finds it via root_of
-        _update(self.store, a, "submitted", tx_hash=tx)
+        _update(self.store, a, L.SUBMITTED, tx_hash=tx)
         log.info("reward epoch %d submitted: tx %s", e.epoch, tx.hex())
         return False
