@@ -59,6 +59,7 @@ from paho.mqtt.properties import Properties
 
 from agent import claims as C
 from agent import report
+from gateway.demo.broker import free_port
 from firmware_shim import cbor
 
 DEFAULT_INFLIGHT = 1000
@@ -92,12 +93,6 @@ def presign(n: int, devices: int) -> tuple[list[tuple[str, bytes]], list[bytes]]
 
 
 # -- broker --------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 class Broker:
     def __init__(self, workdir: Path, inflight: int) -> None:

@@ -7,22 +7,19 @@ same port, so agents and gateways see a real broker going away and coming back.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+from gateway.demo import broker as demo_broker
+from gateway.demo.broker import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+__all__ = ["Mosquitto", "free_port", "mosquitto_binary"]
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    found = demo_broker.mosquitto_binary()
     if found is None:
         raise RuntimeError("mosquitto not installed: `make test` installs the Debian package")
     return found

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from chain_fixtures import CHAIN_DIR, node_env
+from gateway.demo.broker import free_port
 from gateway.chain import (
     AlreadyAnchored,
     ChainKey,
@@ -36,12 +36,6 @@ CONFIRMATIONS = 3
 # local hardhat nodes.
 HARDHAT_KEY_0 = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 HARDHAT_KEY_1 = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rpc(url: str, method: str, params: list[Any] | None = None) -> Any:

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from gateway.chain import ChainKey, ChainKeyError, ChainUnavailable, ChainError, load_chain_key, open_chain
 from gateway.chain.keys import KEY_ENV, PASSWORD_ENV
+from gateway.demo.broker import free_port
 
 # A throwaway key, only ever used in these tests.
 KEY_HEX = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
@@ -48,12 +49,6 @@ def exception_text(exc: BaseException) -> str:
 def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     caplog.set_level(logging.DEBUG)
     yield caplog
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_key_repr_and_pickle() -> None:

@@ -35,6 +35,7 @@ class BrokerError(Exception):
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the demo, the tests and the bench all take theirs here)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
