@@ -1,6 +1,9 @@
 """Settlement on the in-process EVM, the crash and drop cases: an epoch sent just before a crash
 (pending record written, transaction hash not) is found on chain and not sent twice; a transaction
-that never gets a receipt is dropped and the same epoch is sent again; epochs go out in order."""
+that never gets a receipt is dropped and the same epoch is sent again; epochs go out in order.
+
+Attestations are the stand-in rows of tests/rewards_helpers.py; the real attestation path is
+tests/test_rewards_attested_e2e.py."""
 
 from __future__ import annotations
 
