@@ -50,13 +50,16 @@ from gateway.chain.web3_chain import (
 from .chain_errors import (
     AlreadyPublished,
     EpochGap,
+    ExceedsTotal,
     InvalidEpoch,
     InvalidProof,
     NothingToClaim,
     RewardsError,
     RewardsTxReverted,
     TokenError,
+    TotalDecreased,
     TransferFailed,
+    Underfunded,
     UnknownEpoch,
 )
 
@@ -68,13 +71,16 @@ __all__ = [
     "open_rewards_chain",
     "AlreadyPublished",
     "EpochGap",
+    "ExceedsTotal",
     "InvalidEpoch",
     "InvalidProof",
     "NothingToClaim",
     "RewardsError",
     "RewardsTxReverted",
     "TokenError",
+    "TotalDecreased",
     "TransferFailed",
+    "Underfunded",
     "UnknownEpoch",
 ]
 
@@ -82,6 +88,8 @@ T = TypeVar("T")
 
 UINT64_MAX = 2**64 - 1
 UINT256_MAX = 2**256 - 1
+# SurgeRewards keeps a gateway's outstanding amount in 191 bits of one word.
+MAX_TOTAL = 2**191 - 1
 # One billion tokens of 18 decimals: the SurgeToken supply a fresh deployment
 # mints, all of which goes to the rewards contract unless `fund` says less.
 DEFAULT_SUPPLY = 10**9 * 10**18
@@ -258,8 +266,8 @@ class Web3RewardsChain:
             raise InvalidEpoch("root must be 32 bytes and not all zero")
         if not 1 <= leaves <= UINT64_MAX:
             raise InvalidEpoch(f"leaf count {leaves} outside 1..2**64-1")
-        if not 0 <= total <= UINT256_MAX:
-            raise InvalidEpoch(f"total {total} outside uint256")
+        if not 0 <= total <= MAX_TOTAL:
+            raise InvalidEpoch(f"total {total} outside 0..2**191-1")
         call = self._contract.functions.publish(epoch, bytes(root), leaves, total)
         sender = _Sender(self._w3, self._key, self._endpoint)
         return self._rpc("publish epoch", lambda: sender.send(call))
@@ -344,6 +352,11 @@ class Web3RewardsChain:
     def total_of(self, epoch: int, gateway: str | None = None) -> int:
         fn = self._contract.functions.totalOf(self._gw(gateway), epoch)
         return int(self._rpc("totalOf", fn.call))
+
+    def outstanding_of(self, gateway: str | None = None) -> int:
+        """The gateway's latest published cumulative total minus what its epochs have paid."""
+        fn = self._contract.functions.outstandingOf(self._gw(gateway))
+        return int(self._rpc("outstandingOf", fn.call))
 
     def claimed(self, account: str, gateway: str | None = None) -> int:
         """Cumulative amount already paid to ``account`` for the gateway's epochs."""
@@ -541,7 +554,7 @@ def _raise_revert(what: str, exc: Exception, errors: dict[bytes, dict[str, Any]]
     if name == "AlreadyPublished":
         raise AlreadyPublished(int(args[0]), int(args[1])) from None
     if name == "InvalidEpoch":
-        raise InvalidEpoch("contract rejected the epoch (epoch 0, zero root or zero leaves)") from None
+        raise InvalidEpoch("contract rejected the epoch (epoch 0, zero root, zero leaves or total >= 2**191)") from None
     if name == "UnknownEpoch":
         raise UnknownEpoch(int(args[0])) from None
     if name == "InvalidProof":
@@ -553,6 +566,12 @@ def _raise_revert(what: str, exc: Exception, errors: dict[bytes, dict[str, Any]]
             f"{what}: token transfer failed (is the rewards contract's token balance "
             "below the amount due?)"
         ) from None
+    if name == "TotalDecreased":
+        raise TotalDecreased(int(args[0]), int(args[1]), int(args[2])) from None
+    if name == "Underfunded":
+        raise Underfunded(int(args[0]), int(args[1])) from None
+    if name == "ExceedsTotal":
+        raise ExceedsTotal(int(args[0]), int(args[1])) from None
     if name == "NotAuthorized":
         raise NotAuthorized(
             f"gateway {Web3.to_checksum_address(args[0])} is not authorised to publish"

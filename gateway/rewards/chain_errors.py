@@ -75,6 +75,34 @@ class TransferFailed(RewardsError):
     balance is below the amount due; the claim stays valid for a top-up."""
 
 
+class TotalDecreased(RewardsError):
+    """publish() with a cumulative total below the gateway's previous epoch's."""
+
+    def __init__(self, epoch: int, total: int, previous: int) -> None:
+        super().__init__(f"epoch {epoch}: cumulative total {total} is below the previous epoch's {previous}; "
+                         "cumulative amounts never decrease")
+        self.epoch, self.total, self.previous = epoch, total, previous
+
+
+class Underfunded(RewardsError):
+    """publish() would leave the gateway owing more than the contract's token balance."""
+
+    def __init__(self, outstanding: int, balance: int) -> None:
+        super().__init__(f"publishing would leave {outstanding} tokens outstanding but the rewards contract holds "
+                         f"{balance}: transfer at least {outstanding - balance} more tokens to it, then the epoch "
+                         "is published on the next pass")
+        self.outstanding, self.balance = outstanding, balance
+
+
+class ExceedsTotal(RewardsError):
+    """claim() would pay more than the gateway's published totals leave outstanding."""
+
+    def __init__(self, amount: int, outstanding: int) -> None:
+        super().__init__(f"claim of {amount} exceeds the {outstanding} the gateway's published totals leave "
+                         "outstanding: its tree holds more than its published total")
+        self.amount, self.outstanding = amount, outstanding
+
+
 class TokenError(RewardsError):
     """A SurgeToken call reverted (insufficient balance or allowance, bad receiver)."""
 
