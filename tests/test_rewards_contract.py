@@ -33,8 +33,8 @@ from gateway.rewards.chain import (
     Underfunded,
     UnknownEpoch,
     Web3RewardsChain,
-    open_rewards_chain,
 )
+from gateway.rewards.open import open_rewards_chain
 from rewards_fixtures import RewardTree
 
 TOKEN = 10**18
@@ -105,7 +105,7 @@ def _contract_revert_name(rc: Web3RewardsChain, fn: str, *args: Any) -> str:
     return the name of the custom error it reverts with."""
     abi = load_artifact("SurgeRewards").abi
     contract = rc.web3.eth.contract(address=Web3.to_checksum_address(rc.contract_address), abi=abi)
-    from gateway.chain.web3_chain import _revert_data, _selector
+    from gateway.chain.tx import revert_data as _revert_data, selector as _selector
 
     errors = {_selector(e): e["name"] for e in abi if e["type"] == "error"}
     try:

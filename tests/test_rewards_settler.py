@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.chain import open_chain
-from gateway.rewards.chain import open_rewards_chain
+from gateway.rewards.open import open_rewards_chain
 from gateway.rewards.closer import EpochCloser, epochs
 from gateway.rewards.settler import Settler, _live, anchors
 from gateway.store import Store
@@ -37,7 +37,7 @@ def two_epochs(tmp: Path, sign, address: str) -> Store:  # type: ignore[no-untyp
 
 def test_crash_after_send_and_drop_are_settled_once_in_order(tmp_path: Path) -> None:
     anchor = open_chain("memory")
-    rewards = open_rewards_chain("memory", key=anchor._key, anchor_chain=anchor)
+    rewards = open_rewards_chain("memory", key=anchor.tx_signer, anchor_chain=anchor)
     st = two_epochs(tmp_path, anchor.attest, anchor.gateway_address)
     events: list[tuple[str, int]] = []
     settler = Settler(st, rewards, 2, anchor.attest, lambda ev, e, a: events.append((ev, e.epoch)), drop_after_s=5)

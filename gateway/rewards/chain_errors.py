@@ -2,14 +2,21 @@
 
 All derive from :class:`gateway.chain.errors.ChainError`, so a caller that
 already handles the anchoring layer's ``ChainUnavailable`` (transient, retry)
-and ``NotAuthorized`` handles the rewards client the same way. The client
-decodes a revert by its 4-byte selector (see ``gateway/rewards/chain.py``),
-never by parsing a node's message text.
+and ``NotAuthorized`` handles the rewards client the same way. :func:`raise_revert`
+decodes a revert by its 4-byte selector, never by parsing a node's message
+text.
 """
 
 from __future__ import annotations
 
-from gateway.chain.errors import ChainError
+from typing import Any, NoReturn
+
+from eth_abi.abi import decode as abi_decode
+from web3 import Web3
+
+from gateway.chain.artifacts import load_artifact
+from gateway.chain.errors import ChainError, NotAuthorized
+from gateway.chain.tx import revert_data, selector
 
 
 class RewardsError(ChainError):
@@ -110,3 +117,58 @@ class TokenError(RewardsError):
 class RewardsTxReverted(RewardsError):
     """A mined rewards transaction reverted (a racing duplicate, typically):
     consult ``last_epoch()``/``root_of()`` or ``claimed()`` before acting."""
+
+
+# -- decoding reverts into the errors above ---------------------------------
+
+def contract_errors() -> dict[bytes, dict[str, Any]]:
+    """ABI entries of SurgeRewards' and SurgeToken's custom errors, by selector."""
+    return {
+        selector(e): e
+        for name in ("SurgeRewards", "SurgeToken")
+        for e in load_artifact(name).abi
+        if e.get("type") == "error"
+    }
+
+
+def raise_revert(what: str, exc: Exception, errors: dict[bytes, dict[str, Any]]) -> NoReturn:
+    raw = revert_data(exc)
+    entry = errors.get(raw[:4])
+    if entry is None:
+        raise ChainError(f"{what}: contract reverted (revert data {raw[:4].hex() or 'empty'})") from None
+    try:
+        args = abi_decode([str(i["type"]) for i in entry["inputs"]], bytes(raw[4:]))
+    except Exception:
+        raise ChainError(f"{what}: contract reverted with malformed {entry['name']} data") from None
+    name = entry["name"]
+    if name == "EpochGap":
+        raise EpochGap(int(args[0]), int(args[1])) from None
+    if name == "AlreadyPublished":
+        raise AlreadyPublished(int(args[0]), int(args[1])) from None
+    if name == "InvalidEpoch":
+        raise InvalidEpoch("contract rejected the epoch (epoch 0, zero root, zero leaves or total >= 2**191)") from None
+    if name == "UnknownEpoch":
+        raise UnknownEpoch(int(args[0])) from None
+    if name == "InvalidProof":
+        raise InvalidProof() from None
+    if name == "NothingToClaim":
+        raise NothingToClaim(int(args[0]), int(args[1])) from None
+    if name == "TransferFailed":
+        raise TransferFailed(
+            f"{what}: token transfer failed (is the rewards contract's token balance "
+            "below the amount due?)"
+        ) from None
+    if name == "TotalDecreased":
+        raise TotalDecreased(int(args[0]), int(args[1]), int(args[2])) from None
+    if name == "Underfunded":
+        raise Underfunded(int(args[0]), int(args[1])) from None
+    if name == "ExceedsTotal":
+        raise ExceedsTotal(int(args[0]), int(args[1])) from None
+    if name == "NotAuthorized":
+        raise NotAuthorized(
+            f"gateway {Web3.to_checksum_address(args[0])} is not authorised to publish"
+        ) from None
+    if name == "NotOwner":
+        raise NotAuthorized(f"{what}: only the contract owner may do this") from None
+    # SurgeToken's errors (InsufficientBalance, InsufficientAllowance, InvalidReceiver).
+    raise TokenError(f"{what}: token refused: {name}{tuple(args)}") from None
