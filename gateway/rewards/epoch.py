@@ -77,6 +77,42 @@ def checksum_owner(owner: str) -> str | None:
     return "0x" + checksummed
 
 
+class OwnerError(ValueError):
+    """An enrollment owner that looks like an EVM address but is not one; says what is wrong."""
+
+
+_HEX_ONLY = re.compile("[0-9a-fA-F]+")
+
+
+def enrollment_owner(owner: str) -> tuple[str, str | None]:
+    """What enrollment stores for ``--owner``, and a warning when it earns nothing.
+
+    An EVM address (0x and 40 hex digits; the EIP-55 checksum checked when
+    mixed case) is stored checksummed.  Anything that looks like one but is
+    not (0x and hex digits of another length, a checksum that does not match,
+    40 hex digits without 0x) is refused with OwnerError: a typo would send a
+    device's rewards to nobody.  Any other text is a label, kept as given,
+    with a warning: a label earns nothing.
+    """
+    if not owner:
+        return owner, None
+    digits = owner[2:] if owner[:2] in ("0x", "0X") else None
+    if digits is None and len(owner) == 40 and _HEX_ONLY.fullmatch(owner):
+        raise OwnerError("owner %r is 40 hex digits without the 0x prefix: give it as 0x%s" % (owner, owner))
+    if digits is not None and (digits == "" or _HEX_ONLY.fullmatch(digits)):
+        if len(digits) != 40:
+            raise OwnerError("owner %r looks like an EVM address but has %d hex digits after 0x, not 40: "
+                             "check that it was copied whole" % (owner, len(digits)))
+        address = checksum_owner("0x" + digits)
+        if address is None:
+            raise OwnerError("owner %r has a mixed-case EIP-55 checksum that does not match (a typo?): copy the "
+                             "address again, or give it all in lower case to skip the checksum" % owner)
+        return address, None
+    return owner, ("owner %r is a label, not an EVM address: this device earns no rewards (every epoch lists "
+                   "its reports as excluded %s); give --owner 0x... (40 hex digits) to be paid"
+                   % (owner, OWNER_NOT_ADDRESS))
+
+
 def ineligible_reason(owner: str) -> str | None:
     if not owner:
         return NO_OWNER
