@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 from Crypto.Hash import keccak
 
 from gateway import merkle
-from gateway.receipts import canonical
+from gateway.receipts import canonical, recover_signer, strict_json
 from gateway.rewards import formula as F
 
 EPOCH_FORMAT = "surge-reward-epoch/1"
@@ -335,21 +335,9 @@ class EpochFile:
     signature: bytes
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise EpochError("duplicate field %r" % k)
-        out[k] = v
-    return out
-
-
 def parse(raw: bytes) -> EpochFile:
     """Structure only (format, members, canonical form); ``recompute`` checks the content."""
-    try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise EpochError("not JSON: %s" % exc) from None
+    doc = strict_json(raw, EpochError)
     if not isinstance(doc, dict) or doc.get("format") != EPOCH_FORMAT:
         raise EpochError("not an epoch file (format is not %s)" % EPOCH_FORMAT)
     if set(doc) != {"format", "header", "body", "signature"}:
@@ -377,14 +365,7 @@ def header_of(raw: bytes) -> dict[str, Any]:
     return header
 
 
-def recover(message: bytes, signature: bytes) -> str | None:
-    from eth_account import Account
-    from eth_account.messages import encode_defunct
-
-    try:
-        return str(Account.recover_message(encode_defunct(primitive=message), signature=signature))
-    except Exception:  # malformed signature values: the check fails, not the program
-        return None
+recover = recover_signer  # the gateway's EIP-191 signatures: one recovery for bundles, proofs and epochs
 
 
 _HEADER_KEYS = {"v", "gateway_id", "gateway_address", "epoch", "start", "end", "root", "leaves", "allocated",
