@@ -77,3 +77,25 @@ def test_crash_after_send_and_drop_are_settled_once_in_order(tmp_path: Path) -> 
                                                                                       ("confirmed", 2)]
     for e in epochs(st):
         assert rewards.root_of(e.epoch) == e.root
+
+
+def test_epoch_the_balance_does_not_cover_waits_for_a_top_up(tmp_path: Path) -> None:
+    # SurgeRewards refuses an epoch whose cumulative total its token balance does not cover
+    # (Underfunded): the settler keeps it, in order, and publishes it once the contract is funded.
+    anchor = open_chain("memory")
+    rewards = open_rewards_chain("memory", key=anchor.tx_signer, anchor_chain=anchor, fund=1)
+    st = two_epochs(tmp_path, anchor.attest, anchor.gateway_address)
+    settler = Settler(st, rewards, 2, anchor.attest, lambda ev, e, a: None, drop_after_s=5)
+    for _ in range(3):
+        settler.step()
+        rewards.mine(1)
+    assert rewards.last_epoch() == 0 and settler.underfunded == 1 and settler.underfunded_count >= 3
+    assert all(e.state == "closed" for e in epochs(st))
+    rewards.fund(sum(e.total for e in epochs(st)))
+    for _ in range(20):
+        settler.step()
+        rewards.mine(1)
+        if all(e.state == "confirmed" for e in epochs(st)):
+            break
+    assert all(e.state == "confirmed" for e in epochs(st)) and settler.underfunded is None
+    assert rewards.last_epoch() == 2 and rewards.outstanding_of() == epochs(st)[-1].total
