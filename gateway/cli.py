@@ -95,18 +95,16 @@ def _pubkey_from(args: argparse.Namespace) -> bytes:
     raise CLIError("give --pubkey HEX, --key-file FILE or --from FILE")
 
 
-def enroll_owner(owner: str) -> str:
-    """An EVM address is checked and kept EIP-55; any other label is kept as given, but earns no
-    rewards (docs/makers.md)."""
-    from gateway.rewards.epoch import checksum_owner
+def enroll_owner(owner: str) -> tuple[str, str | None]:
+    """(owner as stored, warning): an EVM address checked and kept EIP-55, a label kept as given but
+    warned about (it earns no rewards); something that looks like an address but is not one is refused
+    (gateway/rewards/epoch.py enrollment_owner, shared with `surge flash --gateway-db`)."""
+    from gateway.rewards.epoch import OwnerError, enrollment_owner
 
-    if owner.lower().startswith("0x") and len(owner) >= 40:
-        address = checksum_owner(owner)
-        if address is None:
-            raise CLIError("--owner %r looks like an EVM address but is not one (0x and 40 hex digits, "
-                           "EIP-55 checksum if mixed case)" % owner)
-        return address
-    return owner
+    try:
+        return enrollment_owner(owner)
+    except OwnerError as exc:
+        raise CLIError("--owner: %s" % exc) from None
 
 
 def enroll_one(store: Store, pub: bytes, board: str, fleet: str, owner: str) -> str:
@@ -120,7 +118,7 @@ def enroll_one(store: Store, pub: bytes, board: str, fleet: str, owner: str) -> 
     if rotation.is_retired(store, pub):
         raise CLIError("key %s was retired by a key rotation; a retired key cannot be enrolled again"
                        % C.device_id(pub))
-    owner = enroll_owner(owner)
+    owner = enroll_owner(owner)[0]
     try:
         dev = store.enroll(C.device_id(pub), pub, board, fleet, owner)
     except StoreError as exc:
@@ -150,8 +148,9 @@ def _enroll(args: argparse.Namespace) -> int:
             raise CLIError("enrollment entries need a 32-byte public_key, a board and a fleet")
         device_id = enroll_one(store, pub, board, fleet, owner)
         print("enrolled %s (board %s, fleet %s)" % (device_id, board, fleet))
-        if owner and enroll_owner(owner) == owner and not owner.lower().startswith("0x"):
-            print("note: owner %r is a label, not an EVM address: this device earns no rewards" % owner)
+        warning = enroll_owner(owner)[1]
+        if warning:
+            print("note: %s" % warning)
     return 0
 
 

@@ -141,14 +141,51 @@ def build_bundle(store: Store, device_id: str, boot: int, seq: int) -> dict[str,
     return doc
 
 
-def _hex(doc: dict[str, Any], key: str, size: int | None = None) -> bytes:
+# -- strict parsing, shared by proof bundles, reward proofs and epoch files ----------
+
+def hex_field(doc: dict[str, Any], key: str, size: int | None, error: type[Exception]) -> bytes:
+    """``doc[key]`` decoded from hex (of ``size`` bytes if given), else ``error`` naming the field."""
     try:
         raw = bytes.fromhex(doc[key])
     except (KeyError, TypeError, ValueError):
-        raise BundleError("field %r missing or not hex" % key) from None
+        raise error("field %r missing or not hex" % key) from None
     if size is not None and len(raw) != size:
-        raise BundleError("field %r must be %d bytes" % (key, size))
+        raise error("field %r must be %d bytes" % (key, size))
     return raw
+
+
+def strict_json(raw: bytes, error: type[Exception], name: str = "") -> Any:
+    """JSON of UTF-8 ``raw``, refusing duplicate keys (two readers could see two documents):
+    ``error`` says "duplicate field 'k'" or "<name> is not JSON: why"."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in items:
+            if k in out:
+                raise error("duplicate field %r" % k)
+            out[k] = v
+        return out
+
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=pairs)
+    except (UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, error):
+            raise
+        raise error("%s is not JSON: %s" % (name, exc) if name else "not JSON: %s" % exc) from None
+
+
+def recover_signer(message: bytes, signature: bytes) -> str | None:
+    """The address whose EIP-191 signature over ``message`` this is, or None if malformed."""
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
+    try:
+        return str(Account.recover_message(encode_defunct(primitive=message), signature=signature))
+    except Exception:  # malformed signature values: the check fails, not the program
+        return None
+
+
+def _hex(doc: dict[str, Any], key: str, size: int | None = None) -> bytes:
+    return hex_field(doc, key, size, BundleError)
 
 
 def verify_bundle(doc: Any) -> dict[str, Any]:
@@ -209,14 +246,7 @@ def verify_bundle(doc: Any) -> dict[str, Any]:
             "claimed": {k: claims.get(k) for k in ("bw_up", "storage_total")}, "attested": attested}
 
 
-def _recover(message: bytes, signature: bytes) -> str | None:
-    from eth_account import Account
-    from eth_account.messages import encode_defunct
-
-    try:
-        return str(Account.recover_message(encode_defunct(primitive=message), signature=signature))
-    except Exception:  # malformed signature values: the check fails, not the program
-        return None
+_recover = recover_signer  # gateway/attest.py's name for it
 
 
 def check_on_chain(doc: dict[str, Any], rpc: str) -> None:
@@ -243,20 +273,8 @@ def check_on_chain(doc: dict[str, Any], rpc: str) -> None:
         raise BundleError("root on chain (%s) differs from the bundle's batch root" % onchain.hex())
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise BundleError("duplicate field %r" % k)
-        out[k] = v
-    return out
-
-
 def parse_bundle(raw: bytes, name: str = "bundle") -> dict[str, Any]:
-    try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BundleError("%s is not JSON: %s" % (name, exc)) from None
+    doc = strict_json(raw, BundleError, name)
     if not isinstance(doc, dict):
         raise BundleError("%s is not a proof bundle" % name)
     return doc

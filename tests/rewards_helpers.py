@@ -1,11 +1,18 @@
 """Helpers for the reward tests.
 
-STAND-IN FOR THE ATTESTATION STAGE (issue 12): until the gateway's own
-attestation stage is on this branch, ``attest_reports`` writes `attestations`
-rows exactly as the agreed interface says (docs/protocol.md `attested`): the
+STAND-IN FOR THE ATTESTATION STAGE: ``attest_reports`` writes `attestations`
+rows exactly as the interface says (docs/protocol.md §2.8 `attested`): the
 canonical JSON of the `attested` object without its signature in `body`, the
 gateway chain key's EIP-191 signature over it in `signature`.  The figures are
 what the test says the gateway measured; nothing here reads a device's claims.
+
+It stands in for the gateway's own stages (gateway/probe_listener.py timing a
+probe run, gateway/storage_audit/ proving a plot, gateway/attest.py signing)
+so that the formula tests can pin exact figures, flags and failed challenges
+(a median of 8 GiB, one report left unattested, a flag on one device) that
+real agents on a loopback broker cannot be made to produce on demand.  The
+real path, with real agents, probes and storage audits, is
+tests/test_rewards_attested_e2e.py.
 """
 
 from __future__ import annotations
@@ -62,7 +69,8 @@ def drive_to_confirmed_epochs(gw: Any, devices: list[Any], reports_each: int, pu
                               figures: Callable[[str, int, int], tuple[int | None, int, str] | None],
                               mine: Callable[[], None] | None = None, timeout: float = 120.0) -> None:
     """Publish the fleet's reports to the gateway ``gw`` (a gateway.service.Gateway, started), wait until
-    they are stored, attest them (the stand-in above), then run the gateway's pipeline passes until every
+    they are stored, attest them (the stand-in above: these reports carry no probe run and no plot, so the
+    gateway's own stage would attest nothing measured), then run the gateway's pipeline passes until every
     batch is covered by a reward epoch confirmed on chain.
 
     The test runs the pipeline loop itself (Gateway.step, what Gateway.run calls) so that the attestations

@@ -101,11 +101,30 @@ def check_run(proc: subprocess.CompletedProcess[str], workdir: Path, broker_kind
     return kinds
 
 
+def check_rewards(proc: subprocess.CompletedProcess[str], workdir: Path) -> None:
+    """The owner's statement shows what they earned from attested capacity, beside a reward proof
+    that `surge rewards verify` accepts from the printed path."""
+    out = proc.stdout
+    amounts = [int(a) for a in re.findall(r"^  epoch \d+ \(\w+\): amount (\d+), cumulative \d+$", out, re.M)]
+    assert amounts and sum(amounts) > 0, out[-3000:]
+    # Earned from what the gateway measured itself: a timed probe (bw_up) on some device of the owner.
+    assert re.search(r"^    [0-9a-f]{16} .* bw_up \d+ B/s, .* points [1-9]\d*, ", out, re.M), out[-3000:]
+    m = re.search(r"^reward proof: (\S+)\nVALID: owner (0x[0-9a-fA-F]{40}) has cumulative ([1-9]\d*) ", out, re.M)
+    assert m, out[-3000:]
+    ok = subprocess.run([*SURGE, "rewards", "verify", m.group(1)], cwd=workdir.parent, capture_output=True,
+                        text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.startswith("VALID") and m.group(2) in ok.stdout, ok.stdout + ok.stderr
+    # Storage was audited (storage_audit = true in the demo's gateway config): plots were stored.
+    db = sqlite3.connect(str(workdir / "gateway.db"))
+    assert db.execute("SELECT count(*) FROM audit_plots WHERE stored > 0").fetchone()[0] > 0
+
+
 def test_demo_twenty_devices_with_mosquitto(tmp_path: Path) -> None:
     work = tmp_path / "demo"
     proc = demo(work, "--devices", "20", "--duration", "20")
     kinds = check_run(proc, work, "mosquitto")
     assert kinds == {"sim": 20, "micropython": 1, "not enrolled": 0}
+    check_rewards(proc, work)
     # The bundle is the MicroPython agent's: its report, signed on the unix port, anchored.
     assert "a report from the micropython agent" in proc.stdout
     # A second run clears its own directory and starts a fresh fleet...

@@ -21,10 +21,15 @@ def test_enrollment_owner_is_an_address_or_a_label(tmp_path: Path) -> None:
     surge(*args, "--pubkey", "11" * 32, "--owner", ADDR.lower())
     out = surge(*args, "--pubkey", "12" * 32, "--owner", "alice").stdout
     assert "earns no rewards" in out
-    typo = surge(*args, "--pubkey", "13" * 32, "--owner", ADDR[:-1] + "5", check=False)
-    assert typo.returncode == 2 and "not one" in typo.stderr and typo.stderr.count("\n") == 1
+    assert "is a label, not an EVM address" in out and "owner_not_address" in out
+    # Looks like an address but is not one: refused with what is wrong, nothing enrolled.
+    for bad, reason in [(ADDR[:-1] + "5", "EIP-55 checksum that does not match"),
+                        (ADDR[:-1], "39 hex digits after 0x, not 40"), (ADDR + "0", "41 hex digits"),
+                        (ADDR[2:].lower(), "without the 0x prefix")]:
+        typo = surge(*args, "--pubkey", "13" * 32, "--owner", bad, check=False)
+        assert typo.returncode == 2 and reason in typo.stderr and typo.stderr.count("\n") == 1, typo.stderr
     owners = sorted(d["owner"] for d in json.loads(surge("gateway", "devices", "--db", db, "--json").stdout))
-    assert owners == [ADDR, "alice"]  # the typo enrolled nothing
+    assert owners == [ADDR, "alice"]  # the typos enrolled nothing
     assert E.checksum_owner(ADDR.upper().replace("0X", "0x")) == ADDR and E.checksum_owner("0x1234") is None
 
 
@@ -63,3 +68,21 @@ def test_surge_commands_do_not_load_the_chain_stack() -> None:
             "print(sorted(m for m in ('web3', 'eth_account') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert out.strip().endswith("[]"), out[-300:]
+
+
+def test_flash_checks_the_owner_before_touching_the_board(tmp_path: Path) -> None:
+    """`surge flash --gateway-db --owner` (firmware_shim/host/flash.py) applies the enrollment rule
+    before the port is opened: an address-like typo is refused, a label is warned about."""
+    db = str(tmp_path / "gw.db")
+    port = str(tmp_path / "no-such-port")  # nothing is there: whatever gets past the owner fails on it
+    args = ["flash", "--board", "esp32", "--port", port, "--config", str(tmp_path / "agent.json"),
+            "--gateway-db", db, "--no-board-check", "--wait", "0"]
+    for bad, reason in [(ADDR[:-1] + "5", "EIP-55 checksum that does not match"), ("0x1234", "4 hex digits")]:
+        proc = surge(*args, "--owner", bad, check=False)
+        assert proc.returncode == 2 and "--owner: " in proc.stderr and reason in proc.stderr, proc.stderr
+        assert "no-such-port" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    label = surge(*args, "--owner", "maker-1", check=False)
+    assert label.returncode != 0 and "warning: owner 'maker-1' is a label" in label.stderr, label.stderr
+    assert "earns no rewards" in label.stderr and "no-such-port" in label.stderr, label.stderr
+    ok = surge(*args, "--owner", ADDR.lower(), check=False)
+    assert "--owner" not in ok.stderr and "warning" not in ok.stderr and "no-such-port" in ok.stderr, ok.stderr

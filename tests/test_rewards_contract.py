@@ -2,7 +2,8 @@
 
 Every rule of the contract is exercised with real transactions on py-evm:
 publishing in order, the typed reverts, cumulative claims paid once, claims
-sent on someone else's behalf, the claimable view and an underfunded pool.
+sent on someone else's behalf, the claimable view, the cumulative totals the
+contract enforces and an underfunded pool.
 """
 
 from __future__ import annotations
@@ -21,16 +22,19 @@ from gateway.chain.open import fund_memory_account
 from gateway.rewards.chain import (
     AlreadyPublished,
     EpochGap,
+    ExceedsTotal,
     InvalidEpoch,
     InvalidProof,
     NothingToClaim,
     RewardsError,
     TokenError,
+    TotalDecreased,
     TransferFailed,
+    Underfunded,
     UnknownEpoch,
     Web3RewardsChain,
-    open_rewards_chain,
 )
+from gateway.rewards.open import open_rewards_chain
 from rewards_fixtures import RewardTree
 
 TOKEN = 10**18
@@ -80,7 +84,7 @@ def test_publish_in_order(rc: Web3RewardsChain, owners: list[str]) -> None:
     assert rc.root_of(1) == tree.root
     assert rc.leaves_of(1) == 3 and rc.total_of(1) == tree.total
     assert rc.epoch_tx(1) == tx and rc.epoch_tx(2) is None
-    tx2 = rc.publish(2, os.urandom(32), 5, 7)
+    tx2 = rc.publish(2, os.urandom(32), 5, tree.total + 7)
     assert rc.last_epoch() == 2 and rc.epoch_tx(2) == tx2
     assert rc.root_of(3) == bytes(32)
 
@@ -101,7 +105,7 @@ def _contract_revert_name(rc: Web3RewardsChain, fn: str, *args: Any) -> str:
     return the name of the custom error it reverts with."""
     abi = load_artifact("SurgeRewards").abi
     contract = rc.web3.eth.contract(address=Web3.to_checksum_address(rc.contract_address), abi=abi)
-    from gateway.chain.web3_chain import _revert_data, _selector
+    from gateway.chain.tx import revert_data as _revert_data, selector as _selector
 
     errors = {_selector(e): e["name"] for e in abi if e["type"] == "error"}
     try:
@@ -117,6 +121,12 @@ def test_invalid_epoch_rejected_by_client_and_contract(rc: Web3RewardsChain) -> 
         with pytest.raises(InvalidEpoch):
             rc.publish(epoch, root, leaves, 1)
         assert _contract_revert_name(rc, "publish", epoch, root, leaves, 1) == "InvalidEpoch"
+    # A total beyond the 191 bits the contract keeps it in.
+    with pytest.raises(InvalidEpoch):
+        rc.publish(1, os.urandom(32), 1, 2**191)
+    assert _contract_revert_name(rc, "publish", 1, os.urandom(32), 1, 2**191) == "InvalidEpoch"
+    # The contract names the broken rule itself, below the client's checks too.
+    assert _contract_revert_name(rc, "publish", 1, os.urandom(32), 1, 10**30) == "Underfunded"
     assert rc.last_epoch() == 0
 
 
@@ -251,19 +261,71 @@ def test_claimable_view(rc: Web3RewardsChain, owners: list[str]) -> None:
     assert rc.claimable(2, *e2.claim_args(b)) == 20
 
 
-def test_underfunded_claim_reverts_and_succeeds_after_top_up() -> None:
+def test_underfunded_epoch_is_refused_until_a_top_up() -> None:
     gateway = ChainKey.generate()
     rc = open_rewards_chain("memory", gateway, supply=1000, fund=50)
     owner = ChainKey.generate().address
     tree = RewardTree.build({owner: 80})
-    rc.publish(1, tree.root, tree.size, tree.total)
-    sender = funded_key(rc)
-    with pytest.raises(TransferFailed):
-        rc.claim(sender, 1, *tree.claim_args(owner))
-    assert rc.claimed(owner) == 0  # the failed claim left no trace
+    with pytest.raises(Underfunded) as err:
+        rc.publish(1, tree.root, tree.size, tree.total)
+    assert (err.value.outstanding, err.value.balance) == (80, 50) and "30 more" in str(err.value)
+    assert rc.last_epoch() == 0
     rc.fund(30)
-    rc.claim(sender, 1, *tree.claim_args(owner))
+    rc.publish(1, tree.root, tree.size, tree.total)
+    assert rc.outstanding_of() == 80
+    rc.claim(funded_key(rc), 1, *tree.claim_args(owner))
     assert rc.token_balance(owner) == 80 and rc.token_balance(rc.contract_address) == 0
+    assert rc.outstanding_of() == 0
+
+
+def test_gateways_sharing_a_short_balance_claim_after_a_top_up() -> None:
+    # Each gateway's outstanding amount is checked against the balance on its own (one slot per
+    # claim): together two can owe more than it holds, and the claim that finds it short reverts.
+    gateway = ChainKey.generate()
+    rc = open_rewards_chain("memory", gateway, supply=1000, fund=100)
+    other = rc.attach(funded_key(rc))
+    rc.authorize(other.gateway_address)
+    owner = ChainKey.generate().address
+    tree = RewardTree.build({owner: 80})
+    rc.publish(1, tree.root, tree.size, tree.total)
+    other.publish(1, tree.root, tree.size, tree.total)
+    sender = funded_key(rc)
+    rc.claim(sender, 1, *tree.claim_args(owner))
+    with pytest.raises(TransferFailed):
+        other.claim(sender, 1, *tree.claim_args(owner))
+    assert other.claimed(owner) == 0 and other.outstanding_of() == 80  # the failed claim left no trace
+    rc.fund(60)
+    other.claim(sender, 1, *tree.claim_args(owner))
+    assert rc.token_balance(owner) == 160
+
+
+def test_cumulative_total_may_not_decrease(rc: Web3RewardsChain, owners: list[str]) -> None:
+    a, b, _ = owners
+    e1 = RewardTree.build({a: 100, b: 20})
+    rc.publish(1, e1.root, e1.size, e1.total)
+    e2 = RewardTree.build({a: 90, b: 20})
+    with pytest.raises(TotalDecreased) as err:
+        rc.publish(2, e2.root, e2.size, e2.total)
+    assert (err.value.epoch, err.value.total, err.value.previous) == (2, 110, 120)
+    e2 = RewardTree.build({a: 100, b: 20})  # an epoch where nobody earned: same total, allowed
+    rc.publish(2, e2.root, e2.size, e2.total)
+    assert rc.total_of(2) == 120 and rc.outstanding_of() == 120
+
+
+def test_claims_never_exceed_the_published_total(rc: Web3RewardsChain, owners: list[str]) -> None:
+    # A tree whose leaves hold more than the total published with it (a faulty gateway): the
+    # claims stop at the total.
+    a, b, _ = owners
+    tree = RewardTree.build({a: 100, b: 50})
+    rc.publish(1, tree.root, tree.size, 120)
+    sender = funded_key(rc)
+    rc.claim(sender, 1, *tree.claim_args(a))
+    assert rc.outstanding_of() == 20
+    assert rc.claimable(1, *tree.claim_args(b)) == 0
+    with pytest.raises(ExceedsTotal) as err:
+        rc.claim(sender, 1, *tree.claim_args(b))
+    assert (err.value.amount, err.value.outstanding) == (50, 20)
+    assert rc.claimed(b) == 0
 
 
 def test_claims_are_tracked_per_gateway(rc: Web3RewardsChain, owners: list[str]) -> None:

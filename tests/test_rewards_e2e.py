@@ -1,8 +1,13 @@
-"""Reward epochs end to end on the in-process EVM: a fleet reports through a real Mosquitto to a
-real gateway, batches anchor, attested reports (issue 12's rows, written by the stand-in helper)
-close into epochs whose roots are published on SurgeRewards, two owners claim their tokens, a
-second claim reverts NothingToClaim, `surge rewards recompute` matches byte for byte, and a
-tampered proof or epoch file fails with the reason."""
+"""Reward epochs end to end on the in-process EVM, with STAND-IN attestations: a fleet reports
+through a real Mosquitto to a real gateway, batches anchor, and the attestation rows of
+tests/rewards_helpers.py (standing in for the gateway's probe timing, storage audit and
+gateway/attest.py, so that exact figures, a flag and an unattested report can be pinned) close
+into epochs whose roots are published on SurgeRewards; two owners claim their tokens, a second
+claim reverts NothingToClaim, `surge rewards recompute` matches byte for byte, and a tampered
+proof or epoch file fails with the reason.
+
+The same loop from the gateway's REAL attestation path (real agents' probes and storage plots)
+is tests/test_rewards_attested_e2e.py."""
 
 from __future__ import annotations
 

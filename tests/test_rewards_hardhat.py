@@ -4,6 +4,9 @@ epochs confirm after K blocks, owners claim with `surge rewards claim` (a second
 (evm_snapshot / evm_revert) is ridden out: `reorged`, published again, confirmed again.
 
 (The chain client alone against hardhat is tests/test_rewards_chain_hardhat.py.)
+
+Attestations are the stand-in rows of tests/rewards_helpers.py (the chain is what is under test
+here); the real attestation path is tests/test_rewards_attested_e2e.py.
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
 """Settlement on the in-process EVM, the crash and drop cases: an epoch sent just before a crash
 (pending record written, transaction hash not) is found on chain and not sent twice; a transaction
-that never gets a receipt is dropped and the same epoch is sent again; epochs go out in order."""
+that never gets a receipt is dropped and the same epoch is sent again; epochs go out in order.
+
+Attestations are the stand-in rows of tests/rewards_helpers.py; the real attestation path is
+tests/test_rewards_attested_e2e.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from gateway.chain import open_chain
-from gateway.rewards.chain import open_rewards_chain
+from gateway.rewards.open import open_rewards_chain
 from gateway.rewards.closer import EpochCloser, epochs
 from gateway.rewards.settler import Settler, _live, anchors
 from gateway.store import Store
@@ -34,7 +37,7 @@ def two_epochs(tmp: Path, sign, address: str) -> Store:  # type: ignore[no-untyp
 
 def test_crash_after_send_and_drop_are_settled_once_in_order(tmp_path: Path) -> None:
     anchor = open_chain("memory")
-    rewards = open_rewards_chain("memory", key=anchor._key, anchor_chain=anchor)
+    rewards = open_rewards_chain("memory", key=anchor.tx_signer, anchor_chain=anchor)
     st = two_epochs(tmp_path, anchor.attest, anchor.gateway_address)
     events: list[tuple[str, int]] = []
     settler = Settler(st, rewards, 2, anchor.attest, lambda ev, e, a: events.append((ev, e.epoch)), drop_after_s=5)
@@ -74,3 +77,25 @@ def test_crash_after_send_and_drop_are_settled_once_in_order(tmp_path: Path) -> 
                                                                                       ("confirmed", 2)]
     for e in epochs(st):
         assert rewards.root_of(e.epoch) == e.root
+
+
+def test_epoch_the_balance_does_not_cover_waits_for_a_top_up(tmp_path: Path) -> None:
+    # SurgeRewards refuses an epoch whose cumulative total its token balance does not cover
+    # (Underfunded): the settler keeps it, in order, and publishes it once the contract is funded.
+    anchor = open_chain("memory")
+    rewards = open_rewards_chain("memory", key=anchor.tx_signer, anchor_chain=anchor, fund=1)
+    st = two_epochs(tmp_path, anchor.attest, anchor.gateway_address)
+    settler = Settler(st, rewards, 2, anchor.attest, lambda ev, e, a: None, drop_after_s=5)
+    for _ in range(3):
+        settler.step()
+        rewards.mine(1)
+    assert rewards.last_epoch() == 0 and settler.underfunded == 1 and settler.underfunded_count >= 3
+    assert all(e.state == "closed" for e in epochs(st))
+    rewards.fund(sum(e.total for e in epochs(st)))
+    for _ in range(20):
+        settler.step()
+        rewards.mine(1)
+        if all(e.state == "confirmed" for e in epochs(st)):
+            break
+    assert all(e.state == "confirmed" for e in epochs(st)) and settler.underfunded is None
+    assert rewards.last_epoch() == 2 and rewards.outstanding_of() == epochs(st)[-1].total

@@ -172,7 +172,8 @@ def add_parser(subparsers: Any) -> None:
     where.add_argument("--gateway-db", metavar="FILE", help="enroll straight into this gateway database")
     where.add_argument("--enroll-out", metavar="FILE",
                        help="write (or add to) an enrollment file for `surge gateway enroll --from`")
-    fl.add_argument("--owner", metavar="LABEL", help="owner label or address recorded at enrollment")
+    fl.add_argument("--owner", metavar="ADDR", help="owner's EVM address, recorded at enrollment (rewards are paid "
+                    "to it; a label is kept but earns nothing)")
     fl.add_argument("--firmware", metavar="BIN", help="first write this MicroPython .bin with esptool (ESP32)")
     fl.add_argument("--erase", action="store_true", help="with --firmware: erase the whole flash first "
                                                          "(a new board; this also erases any device key)")

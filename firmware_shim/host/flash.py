@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, TextIO
 
@@ -789,6 +789,18 @@ def flash(opts: FlashOptions, log: TextIO, transport_factory: Callable[[str, int
                          % profile.name)
     if opts.gateway_db and opts.enroll_out:
         raise FlashError("give --gateway-db or --enroll-out, not both")
+    if opts.owner and (opts.gateway_db or opts.enroll_out):
+        # Checked before the board is touched: the address rewards are paid to
+        # (the same rule as `surge gateway enroll`, gateway/rewards/epoch.py).
+        from gateway.rewards.epoch import OwnerError, enrollment_owner
+
+        try:
+            owner, warning = enrollment_owner(opts.owner)
+        except OwnerError as exc:
+            raise FlashError("--owner: %s" % exc) from None
+        if warning:
+            log.write("warning: %s\n" % warning)
+        opts = replace(opts, owner=owner)
     if opts.firmware:
         write_firmware(profile, opts.port, opts.firmware, opts.erase, log)
     emitted = mpy_cross_version() if opts.mpy else None

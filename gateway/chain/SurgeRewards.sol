@@ -13,24 +13,40 @@ pragma solidity 0.8.28;
 /// the inclusion check is SurgeAnchor.verifyInclusion's, bound to the tree
 /// size published with the root.
 ///
+/// Totals (enforced): each published epoch carries its cumulative total, the
+/// sum of its leaves' cumulative amounts. It may never decrease from one epoch
+/// of a gateway to the next (TotalDecreased), and what it adds to that
+/// gateway's outstanding amount (published minus paid) must be covered by the
+/// token balance the contract holds when it is published (Underfunded). Claims
+/// against a gateway's epochs can never pay out more than its latest published
+/// total (ExceedsTotal), whatever leaves its tree holds.
+///
 /// Trust model: the owner (deployer) decides which gateways may publish; all
-/// gateways draw on the one token balance this contract holds, so an
-/// authorised gateway is trusted with that balance. A claim larger than the
-/// balance reverts (TransferFailed) and stays claimable after a top-up.
+/// gateways draw on the one token balance this contract holds. Each gateway's
+/// outstanding amount is checked against that balance on its own, so with
+/// several gateways the sum can exceed it: a claim larger than the balance
+/// reverts (TransferFailed) and stays claimable after a top-up.
 ///
 /// Gas notes (claim is the hot path; gateway/rewards/gas.py measures it):
 ///  * the root and the tree size are checked against one stored word,
 ///    keccak256(root, leaves), so a claim reads one epoch slot, not two;
 ///  * the proof loop is assembly: SHA-256 straight to the precompile from
 ///    one scratch buffer, siblings read from calldata;
-///  * the token is immutable and paid with one raw call.
+///  * the token is immutable and paid with one raw call;
+///  * a gateway's outstanding amount shares its word with the authorised bit
+///    and last epoch, so the total check costs a claim one slot read and written.
 contract SurgeRewards {
     address public immutable owner;
     address public immutable token;
 
-    /// Per gateway: bit 0 = authorised, bits [1, 65) = last published epoch.
-    /// One word, so publish() checks both with a single storage read.
+    /// Per gateway: bit 0 = authorised, bits [1, 65) = last published epoch,
+    /// bits [65, 256) = outstanding (latest cumulative total minus what its
+    /// epochs have paid). One word: publish() and claim() each read it once.
     mapping(address => uint256) private _gateways;
+
+    uint256 private constant _EPOCH_MASK = (uint256(1) << 64) - 1;
+    /// Totals must fit the 191 bits of the outstanding field.
+    uint256 private constant _MAX_TOTAL = (uint256(1) << 191) - 1;
 
     struct Epoch {
         bytes32 root;
@@ -59,6 +75,9 @@ contract SurgeRewards {
     error InvalidProof();
     error NothingToClaim(uint256 cumulative, uint256 claimed);
     error TransferFailed();
+    error TotalDecreased(uint64 epoch, uint256 total, uint256 previous);
+    error Underfunded(uint256 outstanding, uint256 balance);
+    error ExceedsTotal(uint256 amount, uint256 outstanding);
 
     constructor(address token_) {
         // A token without code would make every raw transfer call "succeed".
@@ -88,15 +107,22 @@ contract SurgeRewards {
 
     // ---------------------------------------------------------------- gateway
 
-    /// Publish epoch `epoch` of msg.sender: must be exactly lastEpoch + 1.
+    /// Publish epoch `epoch` of msg.sender: must be exactly lastEpoch + 1;
+    /// `total` is its cumulative total (sum of its leaves' amounts), at least
+    /// the previous epoch's, and the growth must be covered by the balance.
     function publish(uint64 epoch, bytes32 root, uint64 leaves, uint256 total) external {
         uint256 word = _gateways[msg.sender];
         if (word & 1 == 0) revert NotAuthorized(msg.sender);
-        if (epoch == 0 || root == bytes32(0) || leaves == 0) revert InvalidEpoch();
-        uint64 last = uint64(word >> 1);
+        if (epoch == 0 || root == bytes32(0) || leaves == 0 || total > _MAX_TOTAL) revert InvalidEpoch();
+        uint64 last = uint64((word >> 1) & _EPOCH_MASK);
         if (epoch <= last) revert AlreadyPublished(epoch, last);
         if (epoch != last + 1) revert EpochGap(epoch, last + 1);
-        _gateways[msg.sender] = (uint256(epoch) << 1) | 1;
+        uint256 previous = last == 0 ? 0 : _epochs[_key(msg.sender, last)].total;
+        if (total < previous) revert TotalDecreased(epoch, total, previous);
+        uint256 outstanding = (word >> 65) + (total - previous);
+        uint256 balance = _balance();
+        if (outstanding > balance) revert Underfunded(outstanding, balance);
+        _gateways[msg.sender] = (outstanding << 65) | (uint256(epoch) << 1) | 1;
         uint256 key = _key(msg.sender, epoch);
         _commits[key] = _commit(root, leaves);
         _epochs[key] = Epoch(root, leaves, total);
@@ -129,6 +155,13 @@ contract SurgeRewards {
         unchecked {
             amount = cumulative - done;
         }
+        // Never more than the gateway's published total, whatever its tree says.
+        uint256 word = _gateways[gateway];
+        uint256 outstanding = word >> 65;
+        if (amount > outstanding) revert ExceedsTotal(amount, outstanding);
+        unchecked {
+            _gateways[gateway] = word - (amount << 65);
+        }
         _pay(account, amount);
         emit Claimed(gateway, account, epoch, amount, cumulative);
     }
@@ -140,7 +173,13 @@ contract SurgeRewards {
     }
 
     function lastEpoch(address gateway) public view returns (uint64) {
-        return uint64(_gateways[gateway] >> 1);
+        return uint64((_gateways[gateway] >> 1) & _EPOCH_MASK);
+    }
+
+    /// The gateway's latest published cumulative total minus what claims
+    /// against its epochs have paid: the most its epochs can still pay.
+    function outstandingOf(address gateway) external view returns (uint256) {
+        return _gateways[gateway] >> 65;
     }
 
     function rootOf(address gateway, uint64 epoch) external view returns (bytes32) {
@@ -172,7 +211,9 @@ contract SurgeRewards {
         bytes32 r = _rootFromProof(_leafHash(account, cumulative), leafIndex, treeSize, proof);
         if (r == bytes32(0) || _commit(r, treeSize) != commit) return 0;
         uint256 done = claimed[gateway][account];
-        return cumulative > done ? cumulative - done : 0;
+        if (cumulative <= done) return 0;
+        uint256 outstanding = _gateways[gateway] >> 65;
+        return cumulative - done > outstanding ? 0 : cumulative - done;
     }
 
     // --------------------------------------------------------------- internal
@@ -251,6 +292,20 @@ contract SurgeRewards {
             mstore(0x20, leaves)
             c := keccak256(0x00, 0x40)
         }
+    }
+
+    /// token.balanceOf(this) (the constructor checked the token has code).
+    function _balance() private view returns (uint256 b) {
+        address t = token;
+        bool ok;
+        assembly ("memory-safe") {
+            mstore(0x00, 0x70a0823100000000000000000000000000000000000000000000000000000000)
+            mstore(0x04, address())
+            ok := staticcall(gas(), t, 0x00, 0x24, 0x00, 0x20)
+            ok := and(ok, eq(returndatasize(), 32))
+            b := mload(0x00)
+        }
+        if (!ok) revert TransferFailed();
     }
 
     /// token.transfer(to, amount), accepting tokens that return true or

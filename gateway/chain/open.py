@@ -21,7 +21,8 @@ from web3.providers.rpc import HTTPProvider
 
 from .errors import ChainError
 from .keys import ChainKey, load_chain_key
-from .web3_chain import Web3Chain, redact_endpoint
+from .tx import redact_endpoint
+from .web3_chain import Web3Chain
 
 MEMORY = "memory"
 # A tenth of what eth-tester pre-funds its first account with: plenty for

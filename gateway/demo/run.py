@@ -135,6 +135,12 @@ class Demo:
                 # (--chain) mines one per transaction, so its own block must do.
                 confirmations=1 if remote_chain else 2,
                 mqtt_version=self.broker.mqtt_version,
+                # Devices earn only what the gateway attests: the probes it times
+                # and the plots they prove.  Storage audit on, with small plots
+                # (1 MiB on a CPython agent, 4 KiB on the MicroPython board) and
+                # challenges every few seconds, so a short demo proves them all.
+                storage_audit=True, audit_plot_kib=1024, audit_plot_kib_small=4, audit_interval_s=4.0,
+                audit_deadline_s=10.0, audit_retries=2, audit_window_s=600.0, audit_blocks_per_s=2000.0,
                 rewards=demo_rewards(self.work, self.opts.epoch_seconds)))
         except ConfigError as exc:
             raise CLIError(str(exc)) from None

@@ -3,8 +3,12 @@
 Each simulated device is its own process running the real CPython agent
 (``surge agent run``: report building, Ed25519 signing, outbox, state file,
 paho link, birth, status and commands).  Only what a laptop cannot be is
-simulated: the storage, network counters, link quality and upload bandwidth
-of the board named in the device's config.  Figures are drawn within that
+simulated: the storage, network counters and link quality of the board named
+in the device's config, and a ceiling on its upload bandwidth.  The
+bandwidth probe itself is real: its chunks go to the gateway, which times
+them (gateway/probe_check.py) and attests what it measured, and the device
+claims the lower of its own measurement and its simulated uplink.  Storage
+challenges are answered by the real agent from a real plot file.  Figures are drawn within that
 board's profile (its plausibility ceilings are what the gateway checks) and
 are deterministic per device id: the same key always describes the same
 machine; only the per-report jitter moves.
@@ -106,6 +110,7 @@ class SimulatedProbes:
         self.started = time.monotonic()
         self.rx0 = self.r.randrange(10 * MB, 10 * GB)
         self.tx0 = self.r.randrange(10 * MB, 10 * GB)
+        self.real_bw: Any = None  # agent.bwprobe.run, once install() has replaced it
 
     def storage(self, mounts: Any, errors: dict[str, str]) -> tuple[int, int]:
         # Free space wanders by up to 0.1 % of the disk per report.
@@ -126,10 +131,15 @@ class SimulatedProbes:
         return None, self.p.link_mbps
 
     def bw_run(self, link: Any, topic: str, seq: int, total: int) -> int:
-        # The real probe would time a burst over loopback (far faster than any
-        # board); report the simulated uplink instead, capped at the profile.
-        rate = int(self.p.bw_up * self.r.uniform(0.85, 1.15))
-        return max(1, min(rate, self.board.max_bw_up_bytes_per_s))
+        # A simulated board's uplink is slower than loopback: claim at most
+        # that (capped at the profile), and never more than the real probe
+        # run just measured, so the claim stays honest beside what the
+        # gateway timed from the same chunks.  Without the real probe (not
+        # installed) the figure is the simulated one alone.
+        rate = max(1, min(int(self.p.bw_up * self.r.uniform(0.85, 1.15)), self.board.max_bw_up_bytes_per_s))
+        if self.real_bw is None:
+            return rate
+        return max(1, min(rate, int(self.real_bw(link, topic, seq, total))))
 
     def caps(self) -> list[str]:
         return self.p.caps()
@@ -142,6 +152,7 @@ class SimulatedProbes:
         setattr(probes, "net", self.net)
         setattr(probes, "link", self.link)
         setattr(probes, "caps", self.caps)
+        self.real_bw = bwprobe.run
         setattr(bwprobe, "run", self.bw_run)
 
 

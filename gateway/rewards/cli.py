@@ -196,7 +196,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _claim(args: argparse.Namespace) -> int:
     from gateway.chain import ChainError, load_keystore
     from gateway.rewards import statement as S
-    from gateway.rewards.chain import open_rewards_chain
+    from gateway.rewards.open import open_rewards_chain
 
     try:
         doc = S.load_proof(args.file)

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 from Crypto.Hash import keccak
 
 from gateway import merkle
-from gateway.receipts import canonical
+from gateway.receipts import canonical, recover_signer, strict_json
 from gateway.rewards import formula as F
 
 EPOCH_FORMAT = "surge-reward-epoch/1"
@@ -75,6 +75,42 @@ def checksum_owner(owner: str) -> str | None:
     if digits != low and digits != digits.upper() and digits != checksummed:
         return None  # mixed case is a checksum (EIP-55), and this one is wrong: a typo, not an address
     return "0x" + checksummed
+
+
+class OwnerError(ValueError):
+    """An enrollment owner that looks like an EVM address but is not one; says what is wrong."""
+
+
+_HEX_ONLY = re.compile("[0-9a-fA-F]+")
+
+
+def enrollment_owner(owner: str) -> tuple[str, str | None]:
+    """What enrollment stores for ``--owner``, and a warning when it earns nothing.
+
+    An EVM address (0x and 40 hex digits; the EIP-55 checksum checked when
+    mixed case) is stored checksummed.  Anything that looks like one but is
+    not (0x and hex digits of another length, a checksum that does not match,
+    40 hex digits without 0x) is refused with OwnerError: a typo would send a
+    device's rewards to nobody.  Any other text is a label, kept as given,
+    with a warning: a label earns nothing.
+    """
+    if not owner:
+        return owner, None
+    digits = owner[2:] if owner[:2] in ("0x", "0X") else None
+    if digits is None and len(owner) == 40 and _HEX_ONLY.fullmatch(owner):
+        raise OwnerError("owner %r is 40 hex digits without the 0x prefix: give it as 0x%s" % (owner, owner))
+    if digits is not None and (digits == "" or _HEX_ONLY.fullmatch(digits)):
+        if len(digits) != 40:
+            raise OwnerError("owner %r looks like an EVM address but has %d hex digits after 0x, not 40: "
+                             "check that it was copied whole" % (owner, len(digits)))
+        address = checksum_owner("0x" + digits)
+        if address is None:
+            raise OwnerError("owner %r has a mixed-case EIP-55 checksum that does not match (a typo?): copy the "
+                             "address again, or give it all in lower case to skip the checksum" % owner)
+        return address, None
+    return owner, ("owner %r is a label, not an EVM address: this device earns no rewards (every epoch lists "
+                   "its reports as excluded %s); give --owner 0x... (40 hex digits) to be paid"
+                   % (owner, OWNER_NOT_ADDRESS))
 
 
 def ineligible_reason(owner: str) -> str | None:
@@ -299,21 +335,9 @@ class EpochFile:
     signature: bytes
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise EpochError("duplicate field %r" % k)
-        out[k] = v
-    return out
-
-
 def parse(raw: bytes) -> EpochFile:
     """Structure only (format, members, canonical form); ``recompute`` checks the content."""
-    try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise EpochError("not JSON: %s" % exc) from None
+    doc = strict_json(raw, EpochError)
     if not isinstance(doc, dict) or doc.get("format") != EPOCH_FORMAT:
         raise EpochError("not an epoch file (format is not %s)" % EPOCH_FORMAT)
     if set(doc) != {"format", "header", "body", "signature"}:
@@ -341,14 +365,7 @@ def header_of(raw: bytes) -> dict[str, Any]:
     return header
 
 
-def recover(message: bytes, signature: bytes) -> str | None:
-    from eth_account import Account
-    from eth_account.messages import encode_defunct
-
-    try:
-        return str(Account.recover_message(encode_defunct(primitive=message), signature=signature))
-    except Exception:  # malformed signature values: the check fails, not the program
-        return None
+recover = recover_signer  # the gateway's EIP-191 signatures: one recovery for bundles, proofs and epochs
 
 
 _HEADER_KEYS = {"v", "gateway_id", "gateway_address", "epoch", "start", "end", "root", "leaves", "allocated",

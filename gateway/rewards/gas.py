@@ -33,7 +33,8 @@ from gateway import merkle
 from gateway.chain.keys import ChainKey
 from gateway.chain.open import fund_memory_account
 
-from .chain import Web3RewardsChain, open_rewards_chain
+from .chain import Web3RewardsChain
+from .open import open_rewards_chain
 
 UNISWAP_WORST = 95_256
 UNISWAP_MEAN = 78_598

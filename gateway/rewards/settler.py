@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol
 from gateway import lifecycle as L
 from gateway.chain import ChainError, ChainUnavailable, Receipt
 from gateway.receipts import canonical
-from gateway.rewards.chain_errors import AlreadyPublished
+from gateway.rewards.chain_errors import AlreadyPublished, Underfunded
 from gateway.rewards.closer import StoredEpoch, epochs, stored_epoch
 from gateway.store import Store
 
@@ -131,6 +131,10 @@ class Settler:
         self.errors = 0
         self._checked_at = float("-inf")
         self._passes = 0
+        # Epoch the contract's balance could not cover (SurgeRewards' Underfunded), and how often: the
+        # operator is told once per epoch, the epoch waits (in order) and goes out after a top-up.
+        self.underfunded: int | None = None
+        self.underfunded_count = 0
 
     def _here(self, a: EpochAnchor) -> bool:
         return a.chain_id == self.chain.chain_id and a.contract.lower() == self.chain.contract_address.lower()
@@ -273,6 +277,15 @@ class Settler:
             raise
         except AlreadyPublished:
             return False  # mined meanwhile; the next pass finds it via root_of
+        except Underfunded as exc:
+            self.underfunded_count += 1
+            if self.underfunded != e.epoch:
+                log.warning("reward epoch %d waits: %s", e.epoch, exc)
+            self.underfunded = e.epoch
+            return False
+        if self.underfunded == e.epoch:
+            log.info("reward epoch %d is covered by the contract's balance again; publishing", e.epoch)
+            self.underfunded = None
         _update(self.store, a, L.SUBMITTED, tx_hash=tx)
         log.info("reward epoch %d submitted: tx %s", e.epoch, tx.hex())
         return False

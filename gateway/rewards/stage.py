@@ -66,14 +66,16 @@ def write_epoch_file(directory: str, e: StoredEpoch) -> Path:
 
 def open_rewards(cfg: GatewayConfig, rc: RewardsConfig, store: Store, anchor_chain: ChainBackend) -> Any:
     """The SurgeRewards client on the gateway's chain, with the gateway's own chain key."""
-    from gateway.rewards.chain import open_rewards_chain
+    from gateway.rewards.open import open_rewards_chain
 
     if cfg.chain == "memory":
         if not isinstance(anchor_chain, Web3Chain):
             raise ValueError("rewards on the in-process chain need the gateway's in-process chain")
         # The in-process chain's key is made by open_chain and lives only in it;
-        # rewards must be published (and epochs signed) by that same key.
-        return open_rewards_chain("memory", key=anchor_chain._key, anchor_chain=anchor_chain)
+        # rewards must be published by that same key: the chain lends its
+        # transaction signer (address and signing only; epochs are signed
+        # through anchor_chain.attest).
+        return open_rewards_chain("memory", key=anchor_chain.tx_signer, anchor_chain=anchor_chain)
     key = load_keystore(cfg.keystore) if cfg.keystore else load_chain_key()
     remembered = store.meta("rewards_contract:" + cfg.chain)
     contract = rc.contract or remembered

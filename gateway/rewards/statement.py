@@ -17,11 +17,10 @@ claimed.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from gateway import merkle
-from gateway.receipts import canonical
+from gateway.receipts import canonical, hex_field, strict_json
 from gateway.rewards import epoch as E
 from gateway.rewards import formula as F
 from gateway.rewards.closer import StoredEpoch, epochs, last_epoch, stored_epoch
@@ -142,13 +141,7 @@ def _proof_or_none(store: Store, owner: str) -> dict[str, Any] | None:
 
 
 def _hex(doc: dict[str, Any], key: str, size: int | None = None) -> bytes:
-    try:
-        value = bytes.fromhex(doc[key])
-    except (KeyError, TypeError, ValueError):
-        raise ProofError("field %r missing or not hex" % key) from None
-    if size is not None and len(value) != size:
-        raise ProofError("field %r must be %d bytes" % (key, size))
-    return value
+    return hex_field(doc, key, size, ProofError)
 
 
 def verify_proof(doc: Any) -> dict[str, Any]:
@@ -225,20 +218,8 @@ def check_on_chain(doc: dict[str, Any], rpc: str) -> dict[str, Any]:
     return {"claimed": claimed, "claimable": max(0, int(doc["cumulative"]) - claimed)}
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ProofError("duplicate field %r" % k)
-        out[k] = v
-    return out
-
-
 def parse_proof(raw: bytes, name: str = "proof") -> dict[str, Any]:
-    try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProofError("%s is not JSON: %s" % (name, exc)) from None
+    doc = strict_json(raw, ProofError, name)
     if not isinstance(doc, dict):
         raise ProofError("%s is not a reward proof" % name)
     return doc
