@@ -82,3 +82,19 @@ def test_bulk_loaded_caches_decide_like_per_device_lookups(tmp_path: Path, monke
     stored = [r for r in outcomes[0] if len(r) == 5]
     assert len(stored) == 8 and stored[1][:3] == (old.id, 1, 1) and not stored[1][3]  # no gap for the old device
     assert stored[-1][3]  # seq 7 after seq 1: a gap
+
+
+def test_first_reports_of_new_devices_cost_no_query_each(tmp_path: Path) -> None:
+    # A group of first reports: the bulk load says these devices have no state
+    # yet, so none is looked up again one by one (a fleet of new devices was one
+    # query per report, bench group 7).
+    store = Store(tmp_path / "gw.db")
+    devices = _enrolled(store, 200)
+    ingest = Ingest(GatewayConfig(db=str(tmp_path / "gw.db"), rate_limit_per_s=1e6, rate_burst=10_000), store,
+                    IngestMetrics(), "t")
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
+    ingest.process([Publish(d.topic, d.report(), 1, False, False, i + 1) for i, d in enumerate(devices)])
+    store.db.set_trace_callback(None)
+    assert store.report_count() == 200
+    assert not [s for s in statements if "FROM device_state WHERE device_id" in s and "IN (" not in s], statements
