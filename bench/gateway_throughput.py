@@ -406,6 +406,32 @@ def profile_ingest(workdir: Path, messages: list[tuple[str, bytes]], publics: li
     return {"messages": len(msgs), "stored": stored, "seconds_under_cprofile": seconds, "stats": str(out)}
 
 
+def ingest_cpu(workdir: Path, messages: list[tuple[str, bytes]], publics: list[bytes]) -> float:
+    """CPU µs per report of Ingest.process (verify + commit) alone, in this process: no broker, no pipeline.
+
+    For the cost of fleet size (bench group 7): the same number of reports
+    from more distinct devices means more first reports, cold caches and a
+    larger registry and state table.
+    """
+    from gateway.config import GatewayConfig
+    from gateway.ingest import Ingest
+    from gateway.metrics import IngestMetrics
+    from gateway.store import Store
+
+    db = workdir / "ingest-cpu.db"
+    enroll_all(db, publics)
+    cfg = GatewayConfig(db=str(db), rate_limit_per_s=1e6, rate_burst=len(messages))
+    ingest = Ingest(cfg, Store(db), IngestMetrics(), "bench")
+    msgs = [_Msg(t, p, i % 65535 + 1) for i, (t, p) in enumerate(messages)]
+    started = time.process_time()
+    for i in range(0, len(msgs), cfg.commit_group):
+        ingest.process(msgs[i:i + cfg.commit_group])  # type: ignore[arg-type]
+    cpu = time.process_time() - started
+    if count_reports(db) != len(messages):
+        raise RuntimeError("ingest stored %d of %d reports" % (count_reports(db), len(messages)))
+    return cpu * 1e6 / len(messages)
+
+
 # -- main ------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-split", action="store_true",
                         help="print CPU per report of each process (main thread and the others): gateway "
                              "pipeline and ingest, broker, load generator; with --gas also until anchored")
+    parser.add_argument("--ingest-cpu", action="store_true",
+                        help="only: CPU per report of the ingest path alone, in this process (no broker)")
     parser.add_argument("--skip-raw", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--_subscriber", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -441,6 +469,13 @@ def main(argv: list[str] | None = None) -> int:
                  sum(len(p) for _, p in messages) // len(messages)), flush=True)
         result: dict[str, Any] = {"reports": args.reports, "devices": args.devices, "inflight": args.inflight,
                                   "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+        if args.ingest_cpu:
+            result["ingest_cpu_us_per_report"] = ingest_cpu(workdir, messages, publics)
+            print("ingest path alone, in process:      %8.1f us CPU per report"
+                  % result["ingest_cpu_us_per_report"])
+            if args.json:
+                Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+            return 0
         if not args.skip_raw:
             result["raw_qos1"] = measure_raw(workdir, messages, args.inflight)
             print("raw paho QoS 1 through Mosquitto:  %8.0f msg/s" % result["raw_qos1"]["per_s"], flush=True)
