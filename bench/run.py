@@ -19,7 +19,9 @@ Groups (docs/performance.md has the method of each):
  8 bandwidth probes (bench/probe_check.py),
  9 device cost of a storage challenge (bench/storage_challenge.py),
 10 rewards (gas per SurgeRewards claim; bench/rewards_bench.py),
-11 epochs (reward epoch close time, epoch file and reward proof size; bench/rewards_epoch.py).
+11 epochs (reward epoch close time, epoch file and reward proof size; bench/rewards_epoch.py),
+12 broker cluster (RabbitMQ quorum queue against NATS JetStream R3: QoS 1 rate, a leader SIGKILL;
+   bench/broker_cluster.py).
 
 Each group runs under its own deadline; a group that fails or overruns is
 recorded with its error and the run goes on, so the harness always stops and
@@ -819,6 +821,9 @@ GROUPS.append(("9 storage", storage_challenge.group_storage))
 GROUPS.append(("10 rewards", group_rewards))
 # Reward epochs: close time, epoch file and reward proof size against fleet size.
 GROUPS.append(("11 epochs", rewards_epoch.group))
+# Replicated broker clusters: QoS 1 rate into the R3 store, what a leader SIGKILL loses (docs/cluster.md).
+from bench import broker_cluster  # noqa: E402
+GROUPS.append(("12 cluster", broker_cluster.group))
 
 
 def main(argv: list[str] | None = None) -> int:

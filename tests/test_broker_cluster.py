@@ -1,0 +1,99 @@
+"""The gateway on a 3-node RabbitMQ cluster (--source amqp://...): nothing PUBACKed is lost or accepted twice.
+
+Real nodes (gateway/cluster/rabbitmq.py), real MQTT publishers that fail over
+between nodes (gateway/cluster/load.py), the real `surge gateway run`.  Each
+test checks report by report: every (device, boot, seq) whose PUBACK a
+publisher saw is in the gateway's store, once.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+from pathlib import Path
+
+from cluster_fixtures import Fleet, accepted, enroll_all, rabbit, start_cluster_gateway
+from gateway.cluster.rabbitmq import RabbitCluster
+from gw_process import gateway_log, stop, wait_for
+
+__all__ = ["rabbit"]  # the module-scoped cluster fixture
+
+
+def _check_once(db: Path, fleet: Fleet, timeout: float) -> None:
+    acked = fleet.acked()
+    assert acked, "no report was acknowledged"
+
+    def all_in() -> bool:
+        return acked <= set(accepted(db))
+    try:
+        wait_for(all_in, timeout, "every PUBACKed report accepted", interval=0.5)
+    except AssertionError:
+        missing = sorted(acked - set(accepted(db)))
+        raise AssertionError("%d of %d PUBACKed reports never accepted, e.g. %s\n%s"
+                             % (len(missing), len(acked), missing[:5], gateway_log(db)[-3000:])) from None
+    twice = [k for k, n in collections.Counter(accepted(db)).items() if n > 1]
+    assert not twice, "accepted twice: %s" % twice[:5]
+
+
+def test_reports_published_while_no_gateway_runs_are_accepted_when_one_starts(rabbit: RabbitCluster,
+                                                                              tmp_path: Path) -> None:
+    db = tmp_path / "gw.db"
+    fleet = Fleet(rabbit, devices=8, reports=25)
+    enroll_all(db, fleet.devices)
+    fleet.start()
+    fleet.join(120)
+    assert len(fleet.acked()) == 8 * 25
+    gw = start_cluster_gateway(db, rabbit, mqtt_node=3, source_nodes=[1, 2, 3])
+    try:
+        _check_once(db, fleet, 120)
+        assert len(accepted(db)) == 8 * 25
+    finally:
+        stop(gw)
+    assert gw.returncode == 0, gateway_log(db)[-3000:]
+
+
+def test_broker_node_sigkill_under_load_loses_and_duplicates_nothing(rabbit: RabbitCluster, tmp_path: Path) -> None:
+    db = tmp_path / "gw.db"
+    # Paced (about 10 s of publishing) so that the kill lands while every device is still sending.
+    fleet = Fleet(rabbit, devices=24, reports=80, window=5, pause_s=0.6)
+    enroll_all(db, fleet.devices)
+    leader = rabbit.queue_leader()
+    assert leader is not None
+    others = [n.index for n in rabbit.nodes if n.index != leader]
+    # The gateway consumes from the leader first (it must move), and publishes through a survivor.
+    gw = start_cluster_gateway(db, rabbit, mqtt_node=others[0], source_nodes=[leader, *others])
+    try:
+        wait_for(lambda: "consuming reports from the queue" in gateway_log(db), 120, "the gateway consuming")
+        fleet.start()
+        wait_for(lambda: len(accepted(db)) >= 300, 120, "the gateway accepting under load")
+        assert len(fleet.acked()) < 24 * 80 * 0.7, "publishing nearly over before the kill"
+        rabbit.kill_node(leader)
+        fleet.join(240)
+        assert fleet.reconnects() > 0, "no publisher had to fail over: the kill did not land under load"
+        _check_once(db, fleet, 180)
+        assert "lost the report queue" in gateway_log(db)
+        assert gw.poll() is None, "the gateway stopped: %s" % gateway_log(db)[-3000:]
+    finally:
+        stop(gw)
+        rabbit.start_node(leader)
+
+
+def test_gateway_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(rabbit: RabbitCluster,
+                                                                              tmp_path: Path) -> None:
+    db = tmp_path / "gw.db"
+    fleet = Fleet(rabbit, devices=16, reports=60, window=5, pause_s=0.5)
+    enroll_all(db, fleet.devices)
+    gw = start_cluster_gateway(db, rabbit, mqtt_node=1, source_nodes=[1, 2, 3])
+    try:
+        wait_for(lambda: "consuming reports from the queue" in gateway_log(db), 120, "the gateway consuming")
+        fleet.start()
+        wait_for(lambda: len(accepted(db)) >= 150, 120, "the gateway accepting under load")
+        assert len(accepted(db)) < 16 * 60, "publishing over before the kill"
+        gw.send_signal(signal.SIGKILL)
+        gw.wait(30)
+        fleet.join(240)  # publishing goes on while no gateway runs
+        gw = start_cluster_gateway(db, rabbit, mqtt_node=2, source_nodes=[2, 3, 1])
+        _check_once(db, fleet, 180)
+        assert len(accepted(db)) == 16 * 60
+    finally:
+        stop(gw)
