@@ -20,6 +20,11 @@ system-deps:
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto; }
 	@command -v npm >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; }
+	@# The replicated broker of the cluster setup (docs/cluster.md) and the engine it was measured against.
+	@[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q rabbitmq-server; }
+	@command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nats-server; }
 
 # solc (recompiles the contract), hardhat and Node.js 22 for the JSON-RPC tests.
 # Twice: the first pass brings the pinned Node 22; the second runs npm under it,

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import collections
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from cluster_fixtures import Fleet, accepted, enroll_all, rabbit, start_cluster_gateway
 from gateway.cluster.rabbitmq import RabbitCluster
-from gw_process import gateway_log, stop, wait_for
+from broker import free_port
+from gw_process import gateway_log, stop, surge, wait_for
 
 __all__ = ["rabbit"]  # the module-scoped cluster fixture
 
@@ -97,3 +100,28 @@ def test_gateway_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(ra
         assert len(accepted(db)) == 16 * 60
     finally:
         stop(gw)
+
+
+def test_bad_source_url_is_a_clear_error(tmp_path: Path) -> None:
+    out = surge("gateway", "run", "--db", str(tmp_path / "gw.db"), "--source", "http://127.0.0.1:5672/",
+                "--duration", "1", check=False)
+    assert out.returncode != 0
+    assert "not an amqp:// or amqps:// URL" in out.stderr + out.stdout
+
+
+def test_unreachable_queue_is_logged_and_retried_without_a_crash(rabbit: RabbitCluster, tmp_path: Path) -> None:
+    """A --source nobody listens on: a log line naming it at every retry, no exit, a clean stop."""
+    db = tmp_path / "gw.db"
+    dead = "amqp://127.0.0.1:%d/" % free_port()
+    log = open(db.with_suffix(".log"), "a")
+    gw = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "gateway", "run", "--broker", rabbit.nodes[0].mqtt_url,
+         "--mqtt-version", "3.1.1", "--source", dead, "--db", str(db)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: gateway_log(db).count("cannot consume surge.reports from %s" % dead) >= 2, 60,
+                 "two logged retries")
+        assert gw.poll() is None, gateway_log(db)
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        gw.wait(30)
+    assert gw.returncode == 0, gateway_log(db)[-3000:]

@@ -5,7 +5,8 @@ fine), AMQP, MQTT and distribution ports, data directory, config file,
 enabled-plugins file and HOME (for the Erlang cookie the nodes and
 rabbitmqctl share).  Node 1 boots alone; nodes 2 and 3 find it through
 classic peer discovery on their first boot and join it.  A node restarted
-after a SIGKILL keeps its data directory and rejoins by itself.
+after a SIGKILL keeps its data directory and rejoins by itself; a whole
+cluster started again on the same directory boots all its nodes at once.
 
 ``declare_reports_queue()`` creates the gateway's reports queue
 (gateway/source_amqp.py: a quorum queue on all three nodes, bound to
@@ -76,7 +77,9 @@ class RabbitCluster:
 
     engine = "rabbitmq"
 
-    def __init__(self, workdir: Path, size: int = 3, start_timeout: float = 120.0) -> None:
+    def __init__(self, workdir: Path, size: int = 3, start_timeout: float = 120.0,
+                 ports_file: Path | None = None) -> None:
+        """``ports_file``: keep node names and ports there, so the same ``workdir`` starts the same nodes again."""
         server, ctl = server_binary(), ctl_binary()
         if server is None or ctl is None:
             raise ClusterError("rabbitmq-server is not installed: `make system-deps` installs the Debian "
@@ -85,11 +88,16 @@ class RabbitCluster:
         self.workdir = workdir
         self.start_timeout = start_timeout
         self.home = workdir / "home"
-        token = secrets.token_hex(3)
         self.cookie = secrets.token_hex(16)
+        saved = json.loads(ports_file.read_text()) if ports_file is not None and ports_file.exists() else None
+        token = saved["token"] if saved else secrets.token_hex(3)
+        ports = saved["ports"] if saved else [free_ports(3) for _ in range(size)]
+        if ports_file is not None and not saved:
+            workdir.mkdir(parents=True, exist_ok=True)
+            ports_file.write_text(json.dumps({"token": token, "ports": ports}))
         self.nodes: list[RabbitNode] = []
-        for i in range(1, size + 1):
-            amqp, mqtt, dist = free_ports(3)
+        for i in range(1, len(ports) + 1):
+            amqp, mqtt, dist = ports[i - 1]
             base = workdir / ("node%d" % i)
             name = "surge%sn%d@localhost" % (token, i)
             self.nodes.append(RabbitNode(i, name, amqp, mqtt, dist, base,
@@ -137,8 +145,13 @@ class RabbitCluster:
         for node in self.nodes:
             self._write_config(node)
         try:
-            self._spawn_and_wait([self.nodes[0]])
-            self._spawn_and_wait(self.nodes[1:])
+            if (self.nodes[0].base / "mnesia" / self.nodes[0].name).exists():
+                # A cluster stopped as a whole: each node waits at boot for the peers it last saw
+                # running, so they must all boot together.
+                self._spawn_and_wait(self.nodes)
+            else:
+                self._spawn_and_wait([self.nodes[0]])
+                self._spawn_and_wait(self.nodes[1:])
             self.wait_clustered()
         except BaseException:
             self.stop()
