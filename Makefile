@@ -68,7 +68,7 @@ clean:
 # Benchmarks (docs/performance.md): every figure beside its baseline from the
 # same run. `bench` writes bench/results/latest.json and prints a markdown
 # table (bounded: under 10 minutes on a 2-core machine); `bench-smoke` runs
-# every group at small sizes in under a minute (tests/test_bench_smoke.py).
+# every group at small sizes in about 90 s (tests/test_bench_smoke.py).
 .PHONY: bench bench-smoke
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run

@@ -86,20 +86,28 @@ class NodeProcess:
         raise ClusterError("node %s: no %s within %.0f s; its log ends:\n%s"
                            % (self.name, what, timeout, log_tail(self.log)))
 
-    def signal(self, sig: int, timeout: float = 30.0) -> None:
-        """Send ``sig`` to the node's process group and wait for the node to exit (SIGKILL after ``timeout``)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
+    def send(self, sig: int) -> None:
+        """Send ``sig`` to the node's process group without waiting."""
+        if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 pass
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+
+    def signal(self, sig: int, timeout: float = 30.0) -> None:
+        """Send ``sig`` to the node's process group and wait for the node to exit (SIGKILL after ``timeout``)."""
+        self.send(sig)
+        self.wait_exit(timeout)
+
+    def wait_exit(self, timeout: float = 30.0) -> None:
+        """Wait for the node to exit (SIGKILL after ``timeout``), then clear up what is left of its group."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
         # Helpers left in the group (a killed leader's children) go too.
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)

@@ -182,8 +182,11 @@ class RabbitCluster:
         self.nodes[index - 1].process.signal(signal.SIGTERM)
 
     def stop(self) -> None:
+        """SIGTERM every node at once (a node stopping alone waits for its peers), then wait for all."""
         for node in self.nodes:
-            node.process.signal(signal.SIGTERM)
+            node.process.send(signal.SIGTERM)
+        for node in self.nodes:
+            node.process.wait_exit()
 
     def running(self) -> list[RabbitNode]:
         return [n for n in self.nodes if n.process.running]
