@@ -12,6 +12,10 @@ For each engine, on a fresh 3-node cluster on loopback (gateway/cluster/):
   store (RabbitMQ: the gateway's quorum queue ``surge.reports``; NATS: the
   R3 work-queue stream ``SURGE_REPORTS``), counted as PUBACKed messages per
   second of wall clock; then everything is read back and counted;
+* RabbitMQ only: the gateway on it: signed reports queued while no gateway
+  runs (their rate into the queue is the baseline), then `surge gateway run
+  --source amqp://...` on SQLite, reports accepted per second from the first
+  accepted to the last;
 * a SIGKILL of the store's leader node under load: publishers on the killed
   node fail over to another one and resend their unacknowledged window; at the
   end every PUBACKed message is looked up, one by one, in what a consumer
@@ -207,6 +211,56 @@ def throughput(engine: Engine, pubs: int, per_pub: int) -> dict[str, Any]:
             "read_back": len(read)}
 
 
+def gateway_from_queue(engine: Rabbit, work: Path, n: int, devices: int) -> dict[str, Any]:
+    """Signed reports queued with no gateway running, then `surge gateway run --source`: accepted per second."""
+    import subprocess
+    import sys
+
+    from bench import gateway_throughput as gt
+
+    messages, publics = gt.presign(n, devices)
+    stop = threading.Event()
+    ports = engine.cluster.mqtt_ports
+    # A device's reports stay with one publisher, in seq order.
+    per_pub = [[m for i, m in enumerate(messages) if (i % devices) % 6 == k] for k in range(6)]
+    pubs = [FailoverPublisher(ports, k, "gwq-%d" % k, per_pub[k], stop) for k in range(6)]
+    queued_s = run_publishers(pubs, timeout=300)
+    work.mkdir(parents=True, exist_ok=True)
+    db = work / "gw.db"
+    gt.enroll_all(db, publics)
+    source = ",".join(engine.cluster.amqp_urls)
+    cfg = gt.gateway_config(work, ports[0], db, n, devices, ['mqtt_version = "3.1.1"', 'source = "%s"' % source])
+    log = open(work / "gateway.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "gateway", "run", "--config", str(cfg)],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 300
+        first: tuple[float, int] | None = None
+        while True:
+            count = gt.count_reports(db) if db.exists() else 0
+            now = time.monotonic()
+            if first is None and count:
+                first = (now, count)
+            if count >= n:
+                break
+            if proc.poll() is not None or now > deadline:
+                raise RuntimeError("gateway stored %d of %d reports from the queue: %s"
+                                   % (count, n, (work / "gateway.log").read_text()[-1500:]))
+            time.sleep(0.02)
+        assert first is not None
+        seconds = max(now - first[0], 1e-3)
+        return {"reports": n, "devices": devices, "queued_per_s": round(n / queued_s, 1),
+                "accepted_per_s": round((n - first[1]) / seconds, 1), "seconds": round(seconds, 2)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
 def kill_under_load(engine: Engine, pubs: int, load_s: float) -> dict[str, Any]:
     """SIGKILL the store's leader ``load_s``/3 into a ``load_s`` load; check every PUBACKed message."""
     stop = threading.Event()
@@ -251,6 +305,8 @@ def measure(engine_cls: Callable[[Path], Engine], work: Path, smoke: bool) -> di
     try:
         engine.setup()
         out["throughput"] = throughput(engine, pubs, per_pub)
+        if isinstance(engine, Rabbit):
+            out["gateway"] = gateway_from_queue(engine, work / "gateway", 1000 if smoke else 20_000, 200)
         out["kill"] = kill_under_load(engine, pubs, load_s)
     finally:
         engine.cluster.stop()
@@ -280,6 +336,11 @@ def group(r: Any, s: Any, work: Path, ctx: dict[str, Any]) -> None:
             raise RuntimeError("%s: %s" % (name, m["error"]))
         r.add("12", "%s: QoS 1 publishes into the R3 store" % name, m["throughput"]["per_s"], "msg/s",
               note="%d publishers over 3 nodes" % m["throughput"]["publishers"])
+        if "gateway" in m:
+            r.add("12", "%s: gateway accepts from the quorum queue" % name, m["gateway"]["accepted_per_s"],
+                  "reports/s", baseline="signed reports into the queue", baseline_value=m["gateway"]["queued_per_s"],
+                  baseline_unit="msg/s", note="%d reports queued with no gateway, then --source; SQLite"
+                  % m["gateway"]["reports"])
         r.add("12", "%s: PUBACKed, lost after leader SIGKILL" % name, m["kill"]["lost"], "msgs",
               baseline="PUBACKed", baseline_value=m["kill"]["acked"], baseline_unit="msgs", compare=False)
         r.add("12", "%s: read twice after leader SIGKILL" % name, m["kill"]["duplicated"], "msgs", compare=False)

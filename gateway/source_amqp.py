@@ -2,7 +2,7 @@
 
 Devices publish plain MQTT to any node of a RabbitMQ cluster (the MQTT
 plugin).  The plugin routes every message to ``amq.topic`` with '/' in the
-topic turned into '.', and sends the device's QoS 1 PUBACK only once the queues
+topic turned into '.' (a '.' inside a level stays '.'), and sends the device's QoS 1 PUBACK only once the queues
 it routes to have confirmed it; ``surge.reports`` is a quorum queue on every
 node, which confirms once a majority of them has it on disk.  So a PUBACK to a
 device means the report survives any one node (docs/cluster.md shows the kill
@@ -31,7 +31,10 @@ log = logging.getLogger("surge.gateway.source")
 
 REPORTS_QUEUE = "surge.reports"
 # MQTT topic surge/v1/<fleet>/<device>/<kind> reaches amq.topic as surge.v1.<fleet>.<device>.<kind>.
-REPORT_BINDINGS = ("surge.v1.*.*.report", "surge.v1.*.*.birth")
+# '#', not '*.*': a topic with a '.' inside a level has more words, and a message that
+# routes nowhere is confirmed (PUBACKed) and dropped; bound this way it reaches the
+# gateway, which rejects it as bad_topic, counted and visible.
+REPORT_BINDINGS = ("surge.v1.#.report", "surge.v1.#.birth")
 QUORUM_SIZE = 3
 
 
@@ -66,11 +69,12 @@ def declare_reports_queue(channel: Any, quorum_size: int = QUORUM_SIZE) -> None:
 
 
 def topic_of(routing_key: str) -> str:
-    """The MQTT topic a routing key came from (the MQTT plugin swaps '/' and '.')."""
-    return routing_key.translate(_SWAP)
+    """The MQTT topic of a routing key, as the MQTT plugin maps it back ('.' to '/').
 
-
-_SWAP = str.maketrans("./", "/.")
+    A '.' the device put inside a level comes back as a level of its own, so
+    such a topic fails parse_topic (bad_topic) instead of passing as another one.
+    """
+    return routing_key.replace(".", "/")
 
 
 class AmqpSource:
@@ -104,7 +108,9 @@ class AmqpSource:
             self.close()
             raise SourceError("cannot consume %s from %s: %s" % (REPORTS_QUEUE, ", ".join(self.urls),
                                                                  _why(exc))) from None
-        self.node = "%s:%s" % (self.conn._impl.params.host, self.conn._impl.params.port)
+        # Which node answered, for the log (pika keeps it on the connection it wraps).
+        used: Any = getattr(getattr(self.conn, "_impl", None), "params", None)
+        self.node = "%s:%s" % (used.host, used.port) if used is not None else ", ".join(self.urls)
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._got.append(Incoming(topic_of(method.routing_key), body, 1, False, bool(method.redelivered),
