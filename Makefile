@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Debian packages the tests drive for real: the Mosquitto broker (tests start
-# their own on a free port; no running service is needed) and Node.js/npm.
+# their own on a free port; no running service is needed), Node.js/npm, and
+# RabbitMQ and NATS for the cluster tests and bench (their own nodes too).
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto; }
