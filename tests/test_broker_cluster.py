@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from cluster_fixtures import Fleet, accepted, enroll_all, rabbit, start_cluster_gateway
+from gateway import config
 from gateway.cluster.rabbitmq import RabbitCluster
 from gateway.source_amqp import parse_source, topic_of
 from broker import free_port
@@ -150,3 +151,16 @@ def test_routing_keys_map_back_to_the_mqtt_topics() -> None:
             assert "source:" in str(exc)
         else:
             raise AssertionError("accepted %r" % bad)
+
+
+def test_source_is_a_config_key_checked_at_load(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "gw.toml"
+    cfg_file.write_text('[gateway]\nsource = "amqp://127.0.0.1:5673/,amqp://127.0.0.1:5674/"\n'
+                        'mqtt_version = "3.1.1"\n')
+    assert config.load(str(cfg_file), {}).source == "amqp://127.0.0.1:5673/,amqp://127.0.0.1:5674/"
+    try:
+        config.load(str(cfg_file), {"source": "127.0.0.1:5673"})
+    except config.ConfigError as exc:
+        assert "not an amqp:// or amqps:// URL" in str(exc)
+    else:
+        raise AssertionError("a source without amqp:// was accepted")
