@@ -15,7 +15,8 @@ published by the pipeline from the database (gateway/republish.py).
 With ``source`` set (``--source amqp://...``) the reports come from a RabbitMQ
 quorum queue instead of the MQTT subscription (gateway/source_amqp.py); the
 loop is the same (commit, then acknowledge), and the MQTT connection stays
-for the gateway's status and everything it publishes.
+for the gateway's status only, retried aside when its node is gone so that
+ingest goes on through the queue.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from gateway.source_amqp import AmqpSource, SourceError, parse_source
 log = logging.getLogger("surge.gateway.ingest")
 
 SESSION_EXPIRY_S = 7 * 86400
+_STATUS_RETRY_S = 5.0  # source mode: how often a lost MQTT status connection is retried
 _INSERT_PROBE_RUN = ("INSERT OR REPLACE INTO probe_runs(device_id, boot, seq, outcome, bw_up, bytes, chunks, "
                      "elapsed_us, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -115,6 +117,7 @@ class Ingest:
         # accepted reports claim their run here.  Claimed results wait in
         # probe_results until their group is committed, so a retried group keeps them.
         self.probes = ProbeListener(cfg, cfg.db, metrics.probes, gateway_id)
+        self._status_retry_at = 0.0
         # Reports from a replicated queue (--source) rather than the MQTT subscription.
         self.source = (AmqpSource(parse_source(cfg.source), prefetch=min(65535, max(100, 4 * cfg.commit_group)))
                        if cfg.source else None)
@@ -206,18 +209,20 @@ class Ingest:
 
     def _session(self, stop: threading.Event) -> None:
         conn = self.conn
-        conn.connect()
-        log.info("connected to %s:%d", self.host, self.port)
         if self.source is None:
+            conn.connect()
+            log.info("connected to %s:%d", self.host, self.port)
             try:
                 conn.subscribe([(self._topic("report"), 1), (self._topic("birth"), 1)])
             except Refused as exc:
                 raise Refused("%s (check the ACL for this gateway's user)" % exc) from None
+            conn.resend_unacked()
+            conn.publish([(self.status_topic, b"online", True)])
         else:
             self.source.connect()
             log.info("consuming reports from the queue at %s", self.source.node)
-        conn.resend_unacked()
-        conn.publish([(self.status_topic, b"online", True)])
+            self._status_retry_at = 0.0
+            self._status_connect()
         self.connected.set()
         held: list[Incoming] = []
         arrived: list[float] = []  # time.monotonic() when each held message was read
@@ -253,6 +258,8 @@ class Ingest:
             del arrived[:len(group)]
             self._ack(group)
         # Stopping: what is held was never acknowledged, so the broker keeps it.
+        if self.source is not None and not conn.connected:
+            return
         conn.publish([(self.status_topic, b"offline", True)])
         conn.wait_acked(5.0)
         conn.disconnect()
@@ -260,8 +267,33 @@ class Ingest:
     def _poll(self, timeout: float) -> list[Incoming]:
         if self.source is None:
             return self.conn.poll(timeout)
-        self.conn.poll(0.0)  # keepalive and the PUBACKs of our status; nothing is subscribed here
+        # With a queue as the source, the MQTT connection only carries our status: losing its
+        # node must not stop ingest (the reports come from the other nodes), so it is retried aside.
+        if self.conn.connected:
+            try:
+                self.conn.poll(0.0)  # keepalive and the PUBACKs of our status; nothing is subscribed here
+            except (MQTTError, OSError) as exc:
+                self.conn.close()
+                log.warning("lost the broker at %s:%d (%s); still consuming reports from the queue, "
+                            "reconnecting to the broker every %.0f s", self.host, self.port, exc, _STATUS_RETRY_S)
+                self._status_retry_at = time.monotonic() + _STATUS_RETRY_S
+        elif time.monotonic() >= self._status_retry_at:
+            self._status_connect()
         return self.source.poll(timeout)
+
+    def _status_connect(self) -> None:
+        """Source mode: (re)connect the MQTT connection that carries our status; never raises."""
+        try:
+            self.conn.connect(timeout=2.0)  # short: ingest waits meanwhile
+            self.conn.resend_unacked()
+            self.conn.publish([(self.status_topic, b"online", True)])
+            log.info("connected to %s:%d", self.host, self.port)
+        except (MQTTError, OSError) as exc:
+            self.conn.close()
+            if self._status_retry_at == 0.0:
+                log.warning("cannot reach the broker at %s:%d (%s); consuming reports from the queue anyway, "
+                            "reconnecting to the broker every %.0f s", self.host, self.port, exc, _STATUS_RETRY_S)
+            self._status_retry_at = time.monotonic() + _STATUS_RETRY_S
 
     def _ack(self, group: list[Incoming]) -> None:
         if self.source is None:

@@ -92,6 +92,30 @@ def test_broker_node_sigkill_under_load_loses_and_duplicates_nothing(rabbit: Rab
         rabbit.start_node(leader)
 
 
+def test_sigkill_of_the_gateways_mqtt_node_does_not_stop_ingest(rabbit: RabbitCluster, tmp_path: Path) -> None:
+    """--broker's node dies under load: the gateway keeps consuming the queue through the others."""
+    db = tmp_path / "gw.db"
+    fleet = Fleet(rabbit, devices=12, reports=60, window=5, pause_s=0.5)
+    enroll_all(db, fleet.devices)
+    leader = rabbit.queue_leader()
+    victim = next(n.index for n in rabbit.nodes if n.index != leader)
+    sources = [n.index for n in rabbit.nodes if n.index != victim]
+    gw = start_cluster_gateway(db, rabbit, mqtt_node=victim, source_nodes=sources)
+    try:
+        wait_for(lambda: "consuming reports from the queue" in gateway_log(db), 120, "the gateway consuming")
+        fleet.start()
+        wait_for(lambda: len(accepted(db)) >= 100, 120, "the gateway accepting under load")
+        rabbit.kill_node(victim)
+        fleet.join(240)
+        _check_once(db, fleet, 180)  # with the gateway's MQTT node still down
+        assert len(accepted(db)) == 12 * 60
+        assert "still consuming reports from the queue" in gateway_log(db)
+        assert gw.poll() is None, gateway_log(db)[-3000:]
+    finally:
+        stop(gw)
+        rabbit.start_node(victim)
+
+
 def test_gateway_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(rabbit: RabbitCluster,
                                                                               tmp_path: Path) -> None:
     db = tmp_path / "gw.db"
