@@ -14,12 +14,18 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Debian packages the tests drive for real: the Mosquitto broker (tests start
-# their own on a free port; no running service is needed) and Node.js/npm.
+# their own on a free port; no running service is needed), Node.js/npm, and
+# RabbitMQ and NATS for the cluster tests and bench (their own nodes too).
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto; }
 	@command -v npm >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; }
+	@# The replicated broker of the cluster setup (docs/cluster.md) and the engine it was measured against.
+	@[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q rabbitmq-server; }
+	@command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nats-server; }
 
 # solc (recompiles the contract), hardhat and Node.js 22 for the JSON-RPC tests.
 # Twice: the first pass brings the pinned Node 22; the second runs npm under it,
@@ -63,7 +69,7 @@ clean:
 # Benchmarks (docs/performance.md): every figure beside its baseline from the
 # same run. `bench` writes bench/results/latest.json and prints a markdown
 # table (bounded: under 10 minutes on a 2-core machine); `bench-smoke` runs
-# every group at small sizes in under a minute (tests/test_bench_smoke.py).
+# every group at small sizes in about 90 s (tests/test_bench_smoke.py).
 .PHONY: bench bench-smoke
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run

@@ -1,7 +1,7 @@
 """Surge benchmarks: every figure beside its baseline, measured in the same run.
 
     python -m bench.run            # full run (`make bench`), a few minutes, bounded
-    python -m bench.run --smoke    # small sizes, under a minute (`make bench-smoke`, CI)
+    python -m bench.run --smoke    # small sizes, about 90 s (`make bench-smoke`, CI)
 
 Writes ``bench/results/latest.json`` (or ``--out``): the machine (CPU model,
 cores, RAM, kernel), the versions of Python, MicroPython, Mosquitto and the
@@ -19,7 +19,9 @@ Groups (docs/performance.md has the method of each):
  8 bandwidth probes (bench/probe_check.py),
  9 device cost of a storage challenge (bench/storage_challenge.py),
 10 rewards (gas per SurgeRewards claim; bench/rewards_bench.py),
-11 epochs (reward epoch close time, epoch file and reward proof size; bench/rewards_epoch.py).
+11 epochs (reward epoch close time, epoch file and reward proof size; bench/rewards_epoch.py),
+12 broker cluster (RabbitMQ quorum queue against NATS JetStream R3: QoS 1 rate, a leader SIGKILL;
+   bench/broker_cluster.py).
 
 Each group runs under its own deadline; a group that fails or overruns is
 recorded with its error and the run goes on, so the harness always stops and
@@ -944,17 +946,20 @@ GROUPS.append(("9 storage", storage_challenge.group_storage))
 GROUPS.append(("10 rewards", group_rewards))
 # Reward epochs: close time, epoch file and reward proof size against fleet size.
 GROUPS.append(("11 epochs", rewards_epoch.group))
+# Replicated broker clusters: QoS 1 rate into the R3 store, what a leader SIGKILL loses (docs/cluster.md).
+from bench import broker_cluster  # noqa: E402
+GROUPS.append(("12 cluster", broker_cluster.group))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="small sizes, under a minute (CI)")
+    ap.add_argument("--smoke", action="store_true", help="small sizes, about 90 s (CI)")
     ap.add_argument("--out", default=None, help="JSON output (default bench/results/latest.json; "
                                                  "smoke: bench/results/smoke.json; with --only: "
                                                  "bench/results/partial[-smoke].json)")
     ap.add_argument("--only", default="", help="comma-separated group numbers, e.g. 1,4")
     ap.add_argument("--limit", type=float, default=0, help="overall time limit in seconds "
-                                                            "(default 590, smoke 110)")
+                                                            "(default 590, smoke 150)")
     args = ap.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     only = {x.strip() for x in args.only.split(",") if x.strip()}
@@ -986,7 +991,8 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(doc, indent=2) + "\n")
 
     # Bounded: each group has its own timeouts; this is the backstop.
-    timer = watchdog(args.limit if args.limit else (110.0 if args.smoke else 590.0),
+    # Smoke: about 55 s of groups 1-11 plus about 35 s for group 12's RabbitMQ cluster (20 s of it booting).
+    timer = watchdog(args.limit if args.limit else (150.0 if args.smoke else 590.0),
                      lambda why: write(document(why)))
     with tempfile.TemporaryDirectory(prefix="surge-bench-") as tmp:
         for name, fn in GROUPS:

@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
                                                "max_report_bytes",
                                                "rate_limit_per_s", "rate_burst", "commit_group", "pipeline_nice",
                                                "log_level",
-                                               "mqtt_version", "probe_rate_per_s", "probe_burst")}
+                                               "mqtt_version", "probe_rate_per_s", "probe_burst", "source")}
     if args.no_republish:
         overrides["republish"] = False
     try:
@@ -340,6 +340,9 @@ def add_parser(sub: Any) -> None:
                      help="do not republish verified reports as JSON")
     run.add_argument("--share-group", dest="share_group", metavar="NAME",
                      help="subscribe through $share/NAME/ so several gateways split a fleet")
+    run.add_argument("--source", metavar="URL[,URL...]",
+                     help="consume reports from a RabbitMQ cluster's quorum queue, amqp://host:port/ of one or "
+                          "more nodes (docs/cluster.md); default: the MQTT subscription")
     run.add_argument("--mqtt-version", dest="mqtt_version", choices=("5", "3.1.1"),
                      help="protocol to the broker: 5 (default) or 3.1.1 for brokers without MQTT 5")
     run.add_argument("--log-level", dest="log_level", metavar="LEVEL")

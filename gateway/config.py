@@ -39,6 +39,9 @@ class GatewayConfig:
     anchor_timeout_s: float = 120.0
     metrics_port: int = 0
     share_group: str | None = None
+    # Reports from a RabbitMQ cluster's quorum queue instead of the MQTT
+    # subscription: amqp://host:port/[,amqp://...] (gateway/source_amqp.py, docs/cluster.md).
+    source: str | None = None
     max_report_bytes: int = 1024
     rate_limit_per_s: float = 5.0
     rate_burst: int = 50
@@ -127,6 +130,12 @@ def validate(cfg: GatewayConfig) -> GatewayConfig:
         raise ConfigError("mqtt_version must be \"5\" or \"3.1.1\", got %r" % cfg.mqtt_version)
     _validate_audit(cfg)
     parse_broker(cfg.broker)
+    if cfg.source is not None:
+        from gateway.source_amqp import parse_source
+        try:
+            parse_source(cfg.source)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return cfg
 
 

@@ -11,6 +11,12 @@ sends at most Receive Maximum unacknowledged messages, which bounds what is
 held.  It runs in a process of its own (gateway/ingest_process.py); what
 integrators see of an accepted report (`verified`, `rejected` receipts) is
 published by the pipeline from the database (gateway/republish.py).
+
+With ``source`` set (``--source amqp://...``) the reports come from a RabbitMQ
+quorum queue instead of the MQTT subscription (gateway/source_amqp.py); the
+loop is the same (commit, then acknowledge), and the MQTT connection stays
+for the gateway's status only, retried aside when its node is gone so that
+ingest goes on through the queue.
 """
 
 from __future__ import annotations
@@ -37,10 +43,12 @@ from gateway.store import AcceptedRow, Device, DeviceState, RejectedRow, Store
 from gateway.verify import Accepted, Duplicate, Limits, Outcome, Rejection, Verifier, parse_topic
 from gateway.probe_check import RunResult
 from gateway.probe_listener import ProbeListener
+from gateway.source_amqp import AmqpSource, SourceError, parse_source
 
 log = logging.getLogger("surge.gateway.ingest")
 
 SESSION_EXPIRY_S = 7 * 86400
+_STATUS_RETRY_S = 5.0  # source mode: how often a lost MQTT status connection is retried
 _INSERT_PROBE_RUN = ("INSERT OR REPLACE INTO probe_runs(device_id, boot, seq, outcome, bw_up, bytes, chunks, "
                      "elapsed_us, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -113,6 +121,10 @@ class Ingest:
         # accepted reports claim their run here.  Claimed results wait in
         # probe_results until their group is committed, so a retried group keeps them.
         self.probes = ProbeListener(cfg, cfg.db, metrics.probes, gateway_id)
+        self._status_retry_at = 0.0
+        # Reports from a replicated queue (--source) rather than the MQTT subscription.
+        self.source = (AmqpSource(parse_source(cfg.source), prefetch=min(65535, max(100, 4 * cfg.commit_group)))
+                       if cfg.source else None)
         self.probe_results: dict[tuple[str, int, int], RunResult] = {}
 
     # -- lookups for the verifier (group-local state first) -----------------
@@ -186,6 +198,8 @@ class Ingest:
                 return
             except Refused as exc:
                 log.error("%s", exc)
+            except SourceError as exc:
+                log.warning("%s; retrying", exc)
             except (MQTTError, OSError) as exc:
                 if self.connected.is_set() or not failing:  # once per outage, not at every retry
                     log.warning("lost the broker at %s:%d (%s); reconnecting", self.host, self.port, exc)
@@ -194,26 +208,34 @@ class Ingest:
                     delays = backoff_delays(1, 30)
                 self.connected.clear()
                 self.conn.close()
+                if self.source is not None:
+                    self.source.close()  # what it delivered and we did not acknowledge goes back to the queue
             failing = True
             stop.wait(next(delays))
 
     def _session(self, stop: threading.Event) -> None:
         conn = self.conn
-        conn.connect()
-        log.info("connected to %s:%d", self.host, self.port)
-        try:
-            conn.subscribe([(self._topic("report"), 1), (self._topic("birth"), 1)])
-        except Refused as exc:
-            raise Refused("%s (check the ACL for this gateway's user)" % exc) from None
-        conn.resend_unacked()
-        conn.publish([(self.status_topic, b"online", True)])
+        if self.source is None:
+            conn.connect()
+            log.info("connected to %s:%d", self.host, self.port)
+            try:
+                conn.subscribe([(self._topic("report"), 1), (self._topic("birth"), 1)])
+            except Refused as exc:
+                raise Refused("%s (check the ACL for this gateway's user)" % exc) from None
+            conn.resend_unacked()
+            conn.publish([(self.status_topic, b"online", True)])
+        else:
+            self.source.connect()
+            log.info("consuming reports from the queue at %s", self.source.node)
+            self._status_retry_at = 0.0
+            self._status_connect()
         self.connected.set()
         held: list[Incoming] = []
         arrived: list[float] = []  # time.monotonic() when each held message was read
         retry_at = 0.0
         while not stop.is_set():
             # Drain the socket without waiting while there is work in hand.
-            got = conn.poll(0.2 if not held else 0.0)
+            got = self._poll(0.2 if not held else 0.0)
             if got:
                 held.extend(got)
                 arrived.extend([time.monotonic()] * len(got))
@@ -240,11 +262,50 @@ class Ingest:
                 continue
             del held[:len(group)]
             del arrived[:len(group)]
-            conn.ack([m.packet_id for m in group if m.qos])
+            self._ack(group)
         # Stopping: what is held was never acknowledged, so the broker keeps it.
+        if self.source is not None and not conn.connected:
+            return
         conn.publish([(self.status_topic, b"offline", True)])
         conn.wait_acked(5.0)
         conn.disconnect()
+
+    def _poll(self, timeout: float) -> list[Incoming]:
+        if self.source is None:
+            return self.conn.poll(timeout)
+        # With a queue as the source, the MQTT connection only carries our status: losing its
+        # node must not stop ingest (the reports come from the other nodes), so it is retried aside.
+        if self.conn.connected:
+            try:
+                self.conn.poll(0.0)  # keepalive and the PUBACKs of our status; nothing is subscribed here
+            except (MQTTError, OSError) as exc:
+                self.conn.close()
+                log.warning("lost the broker at %s:%d (%s); still consuming reports from the queue, "
+                            "reconnecting to the broker every %.0f s", self.host, self.port, exc, _STATUS_RETRY_S)
+                self._status_retry_at = time.monotonic() + _STATUS_RETRY_S
+        elif time.monotonic() >= self._status_retry_at:
+            self._status_connect()
+        return self.source.poll(timeout)
+
+    def _status_connect(self) -> None:
+        """Source mode: (re)connect the MQTT connection that carries our status; never raises."""
+        try:
+            self.conn.connect(timeout=2.0)  # short: ingest waits meanwhile
+            self.conn.resend_unacked()
+            self.conn.publish([(self.status_topic, b"online", True)])
+            log.info("connected to %s:%d", self.host, self.port)
+        except (MQTTError, OSError) as exc:
+            self.conn.close()
+            if self._status_retry_at == 0.0:
+                log.warning("cannot reach the broker at %s:%d (%s); consuming reports from the queue anyway, "
+                            "reconnecting to the broker every %.0f s", self.host, self.port, exc, _STATUS_RETRY_S)
+            self._status_retry_at = time.monotonic() + _STATUS_RETRY_S
+
+    def _ack(self, group: list[Incoming]) -> None:
+        if self.source is None:
+            self.conn.ack([m.packet_id for m in group if m.qos])
+        else:
+            self.source.ack([m.packet_id for m in group])
 
     def process(self, group: list[Incoming], arrived: list[float] | None = None) -> None:
         """Verify one group of messages and commit their outcomes (the caller acknowledges).
