@@ -58,7 +58,7 @@ def _verified(watch: Collector, device: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def nodelay_broker(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Mosquitto as docs/operators.md configures it for probes: no Nagle delay on its writes."""
-    b = Mosquitto(tmp_path / "mosquitto-nodelay", extra_conf="set_tcp_nodelay true")
+    b = Mosquitto(tmp_path / "mosquitto-nodelay")  # set_tcp_nodelay true, as every test broker
     b.start()
     yield b
     b.stop()

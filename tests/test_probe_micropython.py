@@ -16,7 +16,7 @@ from test_agent_micropython import HEAP_PY, _build, _host_key, _run
 
 
 def test_esp32_bundle_probe_runs_are_attested(tmp_path: Path, micropython: str) -> None:
-    broker = Mosquitto(tmp_path / "mosquitto", extra_conf="set_tcp_nodelay true")
+    broker = Mosquitto(tmp_path / "mosquitto")
     broker.start()
     db = tmp_path / "gw.db"
     host_key, key = _host_key(tmp_path)
