@@ -2,11 +2,12 @@
 `surge gateway run`: its 256-byte-chunk runs are checked and its reports attested, from .py in the
 64K heap and from .mpy in 52K.
 
-From .mpy in the 48K target heap the probe still fails now and then (a chunk, or a receipt read
-while the run is in flight, finds no free piece of heap; the report then carries errors.bw and no
-bw_up): of 10-report runs of this test at 48K, 1 of 2 had all 10 checked, the other 9 (one
-missing_chunks); earlier runs of 5-6 reports lost 2 of 5 and 2 of 6.  At 52K and 56K, 2 of 2 runs
-had all 10 checked.  (Loaded 2-core machine; these runs were this test with 10 reports.)"""
+From .mpy in the 48K target heap the probe still fails now and then (its chunk finds no free
+piece of heap; the report then carries errors.bw and no bw_up).  Runs of this test with 10 reports
+on a loaded 2-core machine: at 48K, before the MQTT shim stopped copying each payload, 1 of 2 runs
+had all 10 checked (the other 9, one missing_chunks) and shorter runs lost 2 of 5 and 2 of 6;
+after it, 2 of 3 had all 10 checked and the third 9 (one absent).  At 52K and 56K, 2 of 2 runs
+had all 10 checked.  A test at 48K would fail about one run in ten: not yet."""
 
 from __future__ import annotations
 
