@@ -109,7 +109,8 @@ class Link:
     def publish(self, topic: str, data: bytes, qos: int = 1, retain: bool = False) -> None:
         if self.client is None or not self._up:
             raise ConnectionError("not connected")
-        info = self.client.publish(topic, data, qos=qos, retain=retain)
+        # A copy: paho may keep a payload queued, and agent.bwprobe reuses its buffer.
+        info = self.client.publish(topic, bytes(data), qos=qos, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self.close(False)
             raise ConnectionError("publish failed (%s)" % mqtt.error_string(info.rc))

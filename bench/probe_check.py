@@ -90,7 +90,7 @@ def honest_ratios(reports: int, size: int, nodelay: bool = True) -> tuple[list[f
 
     with tempfile.TemporaryDirectory(prefix="surge-probe-bench-") as tmp_s:
         tmp = Path(tmp_s)
-        broker = Mosquitto(tmp / "mosquitto", extra_conf="set_tcp_nodelay true" if nodelay else "")
+        broker = Mosquitto(tmp / "mosquitto", nodelay=nodelay)
         broker.start()
         db = tmp / "gw.db"
         cfg, key = write_config(tmp, broker.port, bw_probe_bytes=size, interval=0.3)

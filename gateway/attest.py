@@ -189,8 +189,10 @@ def verify(attested: Any, cose: bytes, boot: Any, seq: Any, gateway_address: str
 
 # -- the pipeline stage -------------------------------------------------------
 
-_TO_ATTEST = ("SELECT r.id, r.device_id, r.boot, r.seq, r.cose, r.received_at, p.outcome, p.bw_up FROM reports r "
+_TO_ATTEST = ("SELECT r.id, r.device_id, r.boot, r.seq, r.cose, r.received_at, p.outcome, p.bw_up, d.fleet "
+            "FROM reports r "
             "LEFT JOIN probe_runs p ON p.device_id = r.device_id AND p.boot = r.boot AND p.seq = r.seq "
+            "LEFT JOIN devices d ON d.device_id = r.device_id "
             "WHERE r.id > ? ORDER BY r.id LIMIT ?")
 _INSERT = ("INSERT OR IGNORE INTO attestations(report_id, device_id, boot, seq, bw_up, storage_bytes, "
            "challenges_passed, challenges_failed, challenges_timed_out, flags, body, signature, at) "
@@ -234,8 +236,9 @@ class AttestStage:
             stored = str(store.max_ids()[0])
             store.set_meta(CURSOR, stored)
         self.cursor = int(stored)
-        # Since the last drain(): "attested", "measured" (a bw_up was measured), and each flag.
-        self.counts: dict[str, int] = {}
+        # Since the last drain(), per (fleet, key): key "attested", "measured" (a
+        # bw_up was measured), or a flag.
+        self.counts: dict[tuple[str, str], int] = {}
 
     def step(self) -> int:
         """Attest what was accepted since the last step; returns how many."""
@@ -252,7 +255,7 @@ class AttestStage:
             out = []
             gave_up = []
             standings = self.standing(self.store, [r[1] for r in rows], now)
-            for rid, device_id, boot, seq, cose, _, outcome, bw_up in rows:
+            for rid, device_id, boot, seq, cose, _, outcome, bw_up, fleet in rows:
                 if outcome == "pending":
                     gave_up.append((device_id, boot, seq))
                 cose = bytes(cose)
@@ -265,7 +268,8 @@ class AttestStage:
                 out.append((rid, device_id, boot, seq, measured, standing[0], standing[1], standing[2],
                             standing[3], ",".join(flags), message.decode("ascii"), sig, now))
                 for key in flags + ["attested"] + (["measured"] if measured is not None else []):
-                    self.counts[key] = self.counts.get(key, 0) + 1
+                    k = (fleet or "-", key)
+                    self.counts[k] = self.counts.get(k, 0) + 1
             with self.store._tx():
                 self.store.db.executemany(_INSERT, out)
                 self.store.db.executemany("UPDATE probe_runs SET outcome=CASE WHEN chunks=0 THEN 'absent' ELSE "
@@ -278,8 +282,8 @@ class AttestStage:
             if waiting is not None:
                 return done
 
-    def drain(self) -> dict[str, int]:
-        """Counts since the last call (for the pipeline's metrics)."""
+    def drain(self) -> dict[tuple[str, str], int]:
+        """(fleet, key) -> count since the last call (for the pipeline's metrics)."""
         out, self.counts = self.counts, {}
         return out
 
@@ -297,13 +301,25 @@ def attested_json(store: Store, report_ids: list[int]) -> dict[int, str]:
 
 
 def attestation_counts(store: Store) -> dict[str, Any]:
-    """Totals for `surge gateway status`: attested reports, with a measured rate, by flag."""
-    total, measured = store.db.execute("SELECT COUNT(*), COUNT(bw_up) FROM attestations").fetchone()
+    """Totals for `surge gateway status`: attested reports, with a measured rate, by flag; the same
+    per fleet under "fleets" (a device no longer enrolled counts under "-")."""
+    fleets: dict[str, dict[str, Any]] = {}
+    for fleet, text, n, measured in store.db.execute(
+            "SELECT d.fleet, a.flags, COUNT(*), COUNT(a.bw_up) FROM attestations a "
+            "LEFT JOIN devices d ON d.device_id = a.device_id GROUP BY d.fleet, a.flags"):
+        f = fleets.setdefault(fleet or "-", {"reports": 0, "bw_measured": 0, "flags": {}})
+        f["reports"] += int(n)
+        f["bw_measured"] += int(measured)
+        for flag in text.split(",") if text else []:
+            f["flags"][flag] = f["flags"].get(flag, 0) + int(n)
     flags: dict[str, int] = {}
-    for text, n in store.db.execute("SELECT flags, COUNT(*) FROM attestations WHERE flags != '' GROUP BY flags"):
-        for f in text.split(","):
-            flags[f] = flags.get(f, 0) + n
-    return {"reports": int(total), "bw_measured": int(measured), "flags": dict(sorted(flags.items()))}
+    for f in fleets.values():
+        f["flags"] = dict(sorted(f["flags"].items()))
+        for flag, n in f["flags"].items():
+            flags[flag] = flags.get(flag, 0) + n
+    return {"reports": sum(f["reports"] for f in fleets.values()),
+            "bw_measured": sum(f["bw_measured"] for f in fleets.values()),
+            "flags": dict(sorted(flags.items())), "fleets": dict(sorted(fleets.items()))}
 
 
 def probe_counts(store: Store) -> dict[str, dict[str, dict[str, int]]]:

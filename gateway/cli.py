@@ -205,6 +205,9 @@ def _status(args: argparse.Namespace) -> int:
     if att is not None:
         print("attested:   %d reports, %d with a measured bw_up; flags: %s" % (
             att["reports"], att["bw_measured"], ", ".join("%s %d" % kv for kv in att["flags"].items()) or "none"))
+        for fleet, fa in (att.get("fleets") or {}).items():
+            print("attested %s: %d reports, %d with a measured bw_up; flags: %s" % (
+                fleet, fa["reports"], fa["bw_measured"], ", ".join("%s %d" % kv for kv in fa["flags"].items()) or "none"))
     for fleet, pc in sorted((st.get("probes") or {}).items()):
         print("probes %s: runs %s; chunks %s" % (
             fleet, ", ".join("%s %d" % kv for kv in pc["runs"].items()) or "none",

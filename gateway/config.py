@@ -55,7 +55,9 @@ class GatewayConfig:
     # persistent session through clean_session=False, no ReceiveMaximum.
     mqtt_version: str = "5"
     # Storage audit (gateway/storage_audit/, docs/operators.md): plots and
-    # challenges for every recently reporting device; off unless asked for.
+    # challenges for every recently reporting device; off unless asked for
+    # (docs/operators.md, "Storage audit", says why, and that rewards then pay
+    # no storage).
     storage_audit: bool = False
     audit_plot_kib: int = 4096
     audit_plot_kib_small: int = 64

@@ -63,13 +63,24 @@ class ProbeMetrics:
 
 
 class AttestMetrics:
-    """Reports the pipeline attested (gateway/attest.py)."""
+    """Reports the pipeline attested (gateway/attest.py), per fleet."""
 
     def __init__(self, r: CollectorRegistry) -> None:
-        self.attested = Counter("surge_reports_attested", "Reports attested and signed by this gateway", registry=r)
-        self.measured = Counter("surge_reports_bw_measured", "Attested reports with a gateway-measured bw_up",
-                                registry=r)
-        self.flags = Counter("surge_attestation_flags", "Attestation flags raised, by flag", ["flag"], registry=r)
+        self.attested = Counter("surge_reports_attested", "Reports attested and signed by this gateway, by fleet",
+                                ["fleet"], registry=r)
+        self.measured = Counter("surge_reports_bw_measured", "Attested reports with a gateway-measured bw_up, by fleet",
+                                ["fleet"], registry=r)
+        self.flags = Counter("surge_attestation_flags", "Attestation flags raised, by fleet and flag",
+                             ["fleet", "flag"], registry=r)
+
+    def count(self, fleet: str, key: str, n: int = 1) -> None:
+        """One drained count of gateway/attest.py: "attested", "measured" or a flag."""
+        if key == "attested":
+            self.attested.labels(fleet).inc(n)
+        elif key == "measured":
+            self.measured.labels(fleet).inc(n)
+        else:
+            self.flags.labels(fleet, key).inc(n)
 
 
 # -- storage audit (gateway/storage_audit/) -----------------------------------

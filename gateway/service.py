@@ -187,14 +187,8 @@ class Gateway:
 
     def _attest_step(self) -> None:
         self.attest.step()
-        m = self.metrics.attest
-        for key, n in self.attest.drain().items():
-            if key == "attested":
-                m.attested.inc(n)
-            elif key == "measured":
-                m.measured.inc(n)
-            else:
-                m.flags.labels(key).inc(n)
+        for (fleet, key), n in self.attest.drain().items():
+            self.metrics.attest.count(fleet, key, n)
 
     def _watch_backlog(self, waiting: int) -> None:
         # One batch is anchored at a time and waits for its confirmations; the

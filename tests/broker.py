@@ -26,10 +26,13 @@ def mosquitto_binary() -> str:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "", nodelay: bool = True) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        # As docs/operators.md configures the broker (and `surge gateway acl` writes it):
+        # no Nagle delay on its writes, which the gateway's probe timing depends on.
+        self.nodelay = nodelay
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
@@ -55,7 +58,9 @@ class Mosquitto:
             "autosave_interval 1\n"
             "max_queued_messages 100000\n"
             "log_dest file %s\n"
-            "%s\n" % (user, self.port, self.workdir, self.log, self.extra_conf))
+            "%s"
+            "%s\n" % (user, self.port, self.workdir, self.log,
+                       "set_tcp_nodelay true\n" if self.nodelay else "", self.extra_conf))
         self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

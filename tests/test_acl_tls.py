@@ -128,6 +128,7 @@ def test_acl_over_tls_devices_gateway_integrator_agent(tmp_path: Path) -> None:
           "--cafile", str(ca), "--certfile", str(cert), "--keyfile", str(key))
     conf_text = (out / "surge-broker.conf").read_text()
     assert "cafile %s" % ca in conf_text and "allow_anonymous false" in conf_text
+    assert "set_tcp_nodelay true" in conf_text.splitlines()  # probe timing (docs/operators.md)
     conf = tmp_path / "broker.conf"
     # The generated file as is; `user root` only because the test runs as root and Mosquitto
     # would otherwise switch to its own user, which cannot read the test's directory.

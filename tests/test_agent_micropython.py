@@ -20,7 +20,19 @@ from test_agent_harness import Subscriber, report_chain, verify, write_config
 # more heap than a 32-bit board: bigger pointers and ints).  The smallest
 # heaps, from `python -m tests.portable.heap_bisect [--mpy] [--first-start]`:
 # 46-47K from .mpy, also on a first start (key made on the device); 61-62K
-# from .py, 62K on a first start from .py.
+# from .py, 62K on a first start from .py.  Measured again on 2026-12-03, after
+# issue 12's probe and storage code: 47K from .mpy, 64K from .py (no margin left);
+# after the MQTT shim's publish lost its payload copy: 47K and 63K.
+# Where the 48K goes, from .mpy (gc.mem_free/micropython.mem_info in the run
+# loop): the loaded run-loop modules take ~36 KB (firmware_shim.ed25519 5.2,
+# firmware_shim.mqtt 5.1, agent.config 3.8, firmware_shim.sha512 3.1,
+# agent.runner 3.1, agent.link 2.8, agent.session 2.7, agent.cycle 2.1 ...),
+# an idle agent has ~5.8-6.0 KB free, and signing one report needs ~5-6 KB
+# free even on an unfragmented heap: signing is the limit, then the probe's
+# chunk (~280 bytes) and the shim's header+payload copy (~320 bytes).  From
+# .py the margin is nil the other way: any line added to a run-loop module
+# makes the start fail at 64K compiling agent.bwprobe (the last one, with
+# ~12.6 KB free in pieces, for want of one 592-byte block).
 HEAP_PY = "64K"
 HEAP_MPY = "48K"
 

@@ -143,3 +143,44 @@ def test_to_json_splices_the_signature_where_parsing_would_put_it(gateway_id: st
     doc = json.loads(body_json)
     doc["signature"] = sig.hex()
     assert attest.to_json(body_json, sig) == canonical(doc).decode()
+
+
+def test_stage_counts_attestations_and_flags_per_fleet(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from gateway.metrics import AttestMetrics
+
+    store = Store(tmp_path / "gw.db")
+    north, south = Device(fleet="north", board="rpi-4"), Device(fleet="south", board="rpi-4")
+    for d in (north, south):
+        store.enroll(d.id, d.key.public, d.board, d.fleet, "")
+    stage = attest.AttestStage(Store(tmp_path / "gw.db"), "gw-test", KEY.address, KEY.sign_message,
+                               standing=attest.no_standing)
+    now = time.time()
+    rows = [AcceptedRow(north.id, 1, i, now, north.report(bw=(1_000_000, 1)), False, b"\x00" * 32) for i in range(2)]
+    rows.append(AcceptedRow(south.id, 1, 0, now, south.report(), False, b"\x00" * 32))
+    store.commit_outcomes(rows, [])
+    # North's first run was measured at a tenth of its claim, its second not at all.
+    store.db.execute("INSERT INTO probe_runs VALUES (?, 1, 0, 'checked', 100000, 100, 2, 10, ?)", (north.id, now))
+    assert stage.step() == 3
+    counts = stage.drain()
+    assert counts == {("north", "attested"): 2, ("north", "measured"): 1, ("north", "bw_overclaim"): 1,
+                      ("north", "bw_unverified"): 1, ("north", "storage_unverified"): 2,
+                      ("south", "attested"): 1, ("south", "bw_unverified"): 1, ("south", "storage_unverified"): 1}
+    assert stage.drain() == {}
+    registry = CollectorRegistry()
+    m = AttestMetrics(registry)
+    for (fleet, key), n in counts.items():
+        m.count(fleet, key, n)
+    assert registry.get_sample_value("surge_attestation_flags_total", {"fleet": "north", "flag": "bw_overclaim"}) == 1
+    assert registry.get_sample_value("surge_attestation_flags_total", {"fleet": "south", "flag": "bw_overclaim"}) is None
+    assert registry.get_sample_value("surge_reports_attested_total", {"fleet": "south"}) == 1
+    assert registry.get_sample_value("surge_reports_bw_measured_total", {"fleet": "north"}) == 1
+    # The status: totals as before, and the same per fleet.
+    st = attest.attestation_counts(store)
+    assert (st["reports"], st["bw_measured"]) == (3, 1)
+    assert st["flags"] == {"bw_overclaim": 1, "bw_unverified": 2, "storage_unverified": 3}
+    assert st["fleets"] == {
+        "north": {"reports": 2, "bw_measured": 1,
+                  "flags": {"bw_overclaim": 1, "bw_unverified": 1, "storage_unverified": 2}},
+        "south": {"reports": 1, "bw_measured": 0, "flags": {"bw_unverified": 1, "storage_unverified": 1}}}

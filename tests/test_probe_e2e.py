@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from broker import Mosquitto
+from broker import Mosquitto, free_port
 from gateway import receipts
 from gw_helpers import Collector
-from gw_process import start_gateway, stop, surge, wait_for, wait_online, query
+from gw_process import metric_value, metrics_text, start_gateway, stop, surge, wait_for, wait_online, query
 from test_agent_harness import ROOT, write_config
 
 # A device on a slow link (2 ms per chunk, about 250 kB/s, where an ESP32 on Wi-Fi sits) that claims
@@ -58,7 +58,7 @@ def _verified(watch: Collector, device: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def nodelay_broker(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Mosquitto as docs/operators.md configures it for probes: no Nagle delay on its writes."""
-    b = Mosquitto(tmp_path / "mosquitto-nodelay", extra_conf="set_tcp_nodelay true")
+    b = Mosquitto(tmp_path / "mosquitto-nodelay")  # set_tcp_nodelay true, as every test broker
     b.start()
     yield b
     b.stop()
@@ -70,7 +70,10 @@ def test_honest_agent_gets_attested_bandwidth_and_a_tampered_attestation_fails(t
     db = tmp_path / "gw.db"
     cfg, key = write_config(tmp_path, broker.port, bw_probe_bytes=4096, interval=0.5)
     _enroll(db, key)
-    gw = start_gateway(db, broker)
+    port = free_port()
+    conf = tmp_path / "gw.toml"
+    conf.write_text("[gateway]\nmetrics_port = %d\n" % port)
+    gw = start_gateway(db, broker, "--config", str(conf))
     watch = Collector(broker.port)
     try:
         wait_online(broker, gw)
@@ -129,7 +132,10 @@ def test_agent_claiming_ten_times_its_bandwidth_is_flagged_and_stored(tmp_path: 
     db = tmp_path / "gw.db"
     cfg, key = write_config(tmp_path, broker.port, bw_probe_bytes=4096, interval=0.5)
     _enroll(db, key)
-    gw = start_gateway(db, broker)
+    port = free_port()
+    conf = tmp_path / "gw.toml"
+    conf.write_text("[gateway]\nmetrics_port = %d\n" % port)
+    gw = start_gateway(db, broker, "--config", str(conf))
     watch = Collector(broker.port)
     try:
         wait_online(broker, gw)
@@ -145,6 +151,13 @@ def test_agent_claiming_ten_times_its_bandwidth_is_flagged_and_stored(tmp_path: 
         assert query(db, "SELECT COUNT(*) FROM reports")[0][0] == 3
         flags = query(db, "SELECT flags FROM attestations")
         assert len(flags) == 3 and all("bw_overclaim" in f for (f,) in flags)
+        # The flags are counted per fleet, in the metrics and in the status.
+        wait_for(lambda: metric_value(metrics_text(port), 'surge_attestation_flags_total{flag="bw_overclaim",'
+                                                          'fleet="test"}') >= 3, 30, "3 bw_overclaim counted")
+        assert metric_value(metrics_text(port), 'surge_reports_attested_total{fleet="test"}') >= 3
+        st = json.loads(surge("gateway", "status", "--db", str(db), "--json").stdout)
+        assert st["attestations"]["fleets"]["test"]["flags"]["bw_overclaim"] == 3
+        assert "attested test: 3 reports" in surge("gateway", "status", "--db", str(db)).stdout
     finally:
         watch.close()
         stop(gw)

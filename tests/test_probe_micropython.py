@@ -1,32 +1,43 @@
-"""The esp32 bundle on the real MicroPython unix port (64K heap from .py), probing through a real
-Mosquitto to a real `surge gateway run`: its 256-byte-chunk runs are checked and its reports attested.
+"""The esp32 bundle on the real MicroPython unix port, probing through a real Mosquitto to a real
+`surge gateway run`: its 256-byte-chunk runs are checked and its reports attested, from .py in the
+64K heap and from .mpy in 52K.
 
-(From .mpy in the 48K heap the bundle's probe raises MemoryError today, so those reports carry
-errors.bw and no bw_up: test_agent_micropython.py does not ask it for one either.)"""
+From .mpy in the 48K target heap the probe still fails now and then (its chunk finds no free
+piece of heap; the report then carries errors.bw and no bw_up).  Runs of this test with 10 reports
+on a loaded 2-core machine: at 48K, before the MQTT shim stopped copying each payload, 1 of 2 runs
+had all 10 checked (the other 9, one missing_chunks) and shorter runs lost 2 of 5 and 2 of 6;
+after it, 2 of 3 had all 10 checked and the third 9 (one absent).  At 52K and 56K, 2 of 2 runs
+had all 10 checked.  A test at 48K would fail about one run in ten: not yet."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
 from broker import Mosquitto
 from gw_helpers import Collector
 from gw_process import query, start_gateway, stop, surge, wait_for, wait_online
 from test_agent_micropython import HEAP_PY, _build, _host_key, _run
 
+# Of the heaps tried (48K, 52K, 56K) the smallest at which every .mpy probe run was checked (see the top).
+HEAP_MPY_PROBING = "52K"
 
-def test_esp32_bundle_probe_runs_are_attested(tmp_path: Path, micropython: str) -> None:
-    broker = Mosquitto(tmp_path / "mosquitto", extra_conf="set_tcp_nodelay true")
+
+@pytest.mark.parametrize("mpy,heap", [(False, HEAP_PY), (True, HEAP_MPY_PROBING)], ids=["py", "mpy"])
+def test_esp32_bundle_probe_runs_are_attested(tmp_path: Path, micropython: str, mpy: bool, heap: str) -> None:
+    broker = Mosquitto(tmp_path / "mosquitto")
     broker.start()
     db = tmp_path / "gw.db"
     host_key, key = _host_key(tmp_path)
-    bundle = _build(tmp_path, broker.port, "--with-key", str(host_key))  # 1024-byte runs
+    bundle = _build(tmp_path, broker.port, *(["--mpy"] if mpy else []), "--with-key", str(host_key))  # 1024-byte runs
     surge("gateway", "enroll", "--db", str(db), "--pubkey", key.public.hex(), "--board", "esp32", "--fleet", "test")
     gw = start_gateway(db, broker)
     watch = Collector(broker.port, "surge/v1/+/+/verified")
     try:
         wait_online(broker, gw)
-        proc = _run(micropython, bundle, HEAP_PY, 3)
+        proc = _run(micropython, bundle, heap, 3)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         wait_for(lambda: len(query(db, "SELECT 1 FROM attestations")) >= 3, 60, "3 attestations")
         runs = query(db, "SELECT outcome, chunks, bw_up FROM probe_runs ORDER BY seq")

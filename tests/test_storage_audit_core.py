@@ -350,3 +350,34 @@ def test_restart_resumes_plot_and_open_challenge(tmp_path: Path) -> None:
     (t, p), = dev.receive(again)
     assert aud3.on_message(t, p, clock.t + 1) == "passed"
     assert storage_standing(store, dev.id, clock.t + 1) == (64 * 256, 2, 0, 0)
+
+
+def test_planning_pass_reads_the_same_rows_however_many_devices(tmp_path: Path) -> None:
+    # Each device's last challenge comes from one query for all of them, not one per device:
+    # a planning pass with nothing due runs as many statements for 6 devices as for 1.
+    store, aud, dev, clock = _setup(tmp_path, interval_s=600.0)
+    _exchange(aud, dev, clock, 5)  # plotted and challenged once
+
+    def statements_in_a_pass() -> int:
+        seen: list[str] = []
+        store.db.set_trace_callback(seen.append)
+        try:
+            aud.last_plan = float("-inf")
+            assert aud.tick(clock.t) == []  # nothing due: the last challenge is recent
+        finally:
+            store.db.set_trace_callback(None)
+        return len(seen)
+
+    one = statements_in_a_pass()
+    for i in range(5):
+        other = Device("lab", "esp32")
+        store.enroll(other.id, other.key.public, "esp32", "lab", "")
+        store.db.execute("INSERT INTO device_state(device_id, boot, seq, last_hash, last_seen) VALUES (?, 1, 1, ?, ?)",
+                         (other.id, b"\0" * 16, clock.t))
+        p = aud.ledger.new_plot(other.id, bytes(32), 256, 1, clock.t)
+        store.db.execute("UPDATE audit_plots SET stored=blocks WHERE device_id=?", (other.id,))
+        plot = aud.ledger.plot(other.id)
+        assert plot is not None and plot.plot == p.plot
+        ch = aud.ledger.add_challenge(plot, bytes([i]) * 16, [0], clock.t, clock.t + 5)
+        aud.ledger.resolve(ch.id, "passed", clock.t)
+    assert statements_in_a_pass() == one

@@ -219,6 +219,7 @@ class Auditor:
         recent = self.ledger_recent(now - self.s.window_s)
         plots = {p.device_id: p for p in self.ledger.plots()}
         open_devices = {c.device_id for c in self.ledger.open_challenges()}
+        last_sent = self.ledger.last_challenge_times()
         for device_id, board, fleet in recent:
             self.fleets[device_id] = fleet
             p = plots.get(device_id)
@@ -227,11 +228,11 @@ class Auditor:
                 continue
             if p.stored < 1 or device_id in open_devices:
                 continue
-            last = self.ledger.last_challenge(device_id, p.plot)
+            last = last_sent.get(device_id)
             if last is None:
                 due = p.stored >= p.blocks or now - p.created_at >= self.s.interval_s
             else:
-                due = now - last.sent_at >= self.s.interval_s
+                due = now - last >= self.s.interval_s
             if due:
                 nonce = self.entropy(core.NONCE_BYTES)
                 indices = core.choose_indices(self.entropy(32), p.stored, self.s.k)

@@ -123,10 +123,12 @@ class Ledger:
         return [_challenge(r) for r in self.db.execute(
             "SELECT %s FROM audit_challenges WHERE outcome IS NULL ORDER BY deadline" % _CH_COLS).fetchall()]
 
-    def last_challenge(self, device_id: str, plot: int) -> Challenge | None:
-        r = self.db.execute("SELECT %s FROM audit_challenges WHERE device_id=? AND plot=? ORDER BY id DESC LIMIT 1"
-                            % _CH_COLS, (device_id, plot)).fetchone()
-        return None if r is None else _challenge(r)
+    def last_challenge_times(self) -> dict[str, float]:
+        """device -> when its last challenge on its current plot was sent (devices with none are
+        absent): one query for a whole planning pass, not one per device."""
+        return {str(d): float(t) for d, t in self.db.execute(
+            "SELECT c.device_id, MAX(c.sent_at) FROM audit_challenges c "
+            "JOIN audit_plots p ON p.device_id = c.device_id AND p.plot = c.plot GROUP BY c.device_id")}
 
     def retry(self, cid: int, deadline: float, count_attempt: bool) -> None:
         with self.store._tx():
