@@ -178,7 +178,9 @@ def load(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
         values[name] = value
     if path is not None:
         db = values.get("db")
-        if db is not None and overrides.get("db") is None and not Path(db).is_absolute():
+        # A relative SQLite path is relative to the config file; a postgresql:// URL is left as written.
+        if (db is not None and overrides.get("db") is None and not Path(db).is_absolute()
+                and not str(db).startswith(("postgresql://", "postgres://"))):
             values["db"] = str(Path(path).parent / db)
     from gateway.rewards import settings as rewards_settings
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from boards import BoardProfile
 from firmware_shim import cose
 from gateway import envelope
 from gateway.config import GatewayConfig
+from gateway.db import DB_ERRORS
 from gateway import rotation
 from gateway.faults import crash_point
 from gateway.metrics import IngestMetrics
@@ -41,8 +41,10 @@ from gateway.probe_listener import ProbeListener
 log = logging.getLogger("surge.gateway.ingest")
 
 SESSION_EXPIRY_S = 7 * 86400
-_INSERT_PROBE_RUN = ("INSERT OR REPLACE INTO probe_runs(device_id, boot, seq, outcome, bw_up, bytes, chunks, "
-                     "elapsed_us, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_PROBE_RUN = ("INSERT INTO probe_runs(device_id, boot, seq, outcome, bw_up, bytes, chunks, "
+                     "elapsed_us, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id, boot, seq) DO UPDATE "
+                     "SET outcome=excluded.outcome, bw_up=excluded.bw_up, bytes=excluded.bytes, "
+                     "chunks=excluded.chunks, elapsed_us=excluded.elapsed_us, at=excluded.at")
 
 
 @dataclass
@@ -219,7 +221,7 @@ class Ingest:
             group = held[:self.cfg.commit_group]
             try:
                 self.process(group, arrived[:len(group)])
-            except sqlite3.Error as exc:
+            except DB_ERRORS as exc:
                 # Nothing was acknowledged: keep the group and try again.
                 self.metrics.commit_errors.inc()
                 if not self.commit_failing:
@@ -254,6 +256,11 @@ class Ingest:
         dupes = 0
         read_at = time.monotonic()
         self._registry_changed()
+        if self.store.shared:
+            # Other gateways of the cluster accept reports too: this group's devices
+            # and states come from the database (one query), never a stale cache.
+            self.devices.clear()
+            self.states.clear()
         self._prefetch(group)
         self.pending_state.clear()
         self.pending_seen.clear()
@@ -279,7 +286,7 @@ class Ingest:
                                                 outcome.detail[:500], msg.payload[:2048],
                                                 hashlib.sha256(msg.payload).hexdigest()))
             with self.store._tx():  # the probe results commit with their reports, or neither does
-                self.store.commit_outcomes(rows, rejected)
+                stored_before = self.store.commit_outcomes(rows, rejected)
                 if probe_rows:
                     self.store.db.executemany(_INSERT_PROBE_RUN, probe_rows)
             crash_point("ingest-committed")
@@ -292,8 +299,9 @@ class Ingest:
             log.info("store writable again; resumed acknowledging")
             self.commit_failing = False
         rotation.note_announcements(self.store, accepted)  # key rotation, protocol §3.1 (rare; cheap check)
-        self.metrics.accepted.inc(len(rows))
-        self.metrics.duplicates.inc(dupes)
+        # A report another gateway of the cluster stored first is a duplicate here.
+        self.metrics.accepted.inc(len(rows) - stored_before)
+        self.metrics.duplicates.inc(dupes + stored_before)
         for r in rejected:
             self.metrics.rejected.labels(r.reason).inc()
             if r.reason != "rate_limited":  # a flood must not become a flood of log lines; metrics count it

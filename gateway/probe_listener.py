@@ -210,7 +210,7 @@ class ProbeListener:
             with self.store._tx():
                 self.store.db.executemany(
                     "INSERT INTO probe_counts(fleet, kind, outcome, count) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(fleet, kind, outcome) DO UPDATE SET count=count+excluded.count",
+                    "ON CONFLICT(fleet, kind, outcome) DO UPDATE SET count=probe_counts.count+excluded.count",
                     [(f, k, o, n) for (f, k, o), n in counts.items()])
         except Exception as exc:  # a full disk: metrics still have the counts; the status view misses them
             log.warning("cannot store probe counts: %s", exc)
