@@ -53,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("broker", "username", "password_file", "broker_ca", "db", "chain",
                                                "contract", "keystore", "gateway_id", "batch_size", "batch_seconds",
                                                "batch_max", "confirmations", "anchor_timeout_s", "metrics_port", "share_group",
-                                               "max_report_bytes",
+                                               "max_report_bytes", "node",
                                                "rate_limit_per_s", "rate_burst", "commit_group", "pipeline_nice",
                                                "log_level",
                                                "mqtt_version", "probe_rate_per_s", "probe_burst")}
@@ -342,6 +342,8 @@ def add_parser(sub: Any) -> None:
                      help="do not republish verified reports as JSON")
     run.add_argument("--share-group", dest="share_group", metavar="NAME",
                      help="subscribe through $share/NAME/ so several gateways split a fleet")
+    run.add_argument("--node", metavar="NAME",
+                     help="cluster member name (several gateways on one PostgreSQL db): its own MQTT client ids")
     run.add_argument("--mqtt-version", dest="mqtt_version", choices=("5", "3.1.1"),
                      help="protocol to the broker: 5 (default) or 3.1.1 for brokers without MQTT 5")
     run.add_argument("--log-level", dest="log_level", metavar="LEVEL")

@@ -39,6 +39,9 @@ class GatewayConfig:
     anchor_timeout_s: float = 120.0
     metrics_port: int = 0
     share_group: str | None = None
+    # Cluster (several gateways on one PostgreSQL db, one gateway id): this member's name,
+    # which keeps its MQTT client ids (and so its persistent sessions) its own.
+    node: str | None = None
     max_report_bytes: int = 1024
     rate_limit_per_s: float = 5.0
     rate_burst: int = 50
@@ -72,6 +75,10 @@ class GatewayConfig:
 
     def broker_host_port(self) -> tuple[str, int, bool]:
         return parse_broker(self.broker)
+
+    def client_id(self, gateway_id: str, role: str = "") -> str:
+        """MQTT client id of one of this gateway's connections: surge-gw-ID[-NODE][-ROLE]."""
+        return "-".join(["surge-gw", gateway_id] + ([self.node] if self.node else []) + ([role] if role else []))
 
 
 def parse_broker(url: str) -> tuple[str, int, bool]:

@@ -100,7 +100,7 @@ class Ingest:
         self.status_topic = "surge/v1/_gateway/%s/status" % gateway_id
         v5 = cfg.mqtt_version == "5"
         self.conn = Connection(
-            host, port, "surge-gw-%s" % gateway_id, version=cfg.mqtt_version, username=cfg.username,
+            host, port, cfg.client_id(gateway_id), version=cfg.mqtt_version, username=cfg.username,
             password=cfg.password, tls=tls, ca_file=cfg.broker_ca, keepalive=30, clean_start=False,
             session_expiry=SESSION_EXPIRY_S if v5 else 0,
             # Bounds what the broker sends before we acknowledge: backpressure

@@ -52,7 +52,7 @@ class ProbeListener:
         self.store: Store | None = None  # opened on the listener thread (one connection per thread)
         host, port, tls = cfg.broker_host_port()
         self.host, self.port = host, port
-        self.conn = Connection(host, port, "surge-gw-%s-probe" % gateway_id, version=cfg.mqtt_version,
+        self.conn = Connection(host, port, cfg.client_id(gateway_id, "probe"), version=cfg.mqtt_version,
                                username=cfg.username, password=cfg.password, tls=tls, ca_file=cfg.broker_ca,
                                keepalive=30, clean_start=True)
         # (first tried, device, boot, result) of resolved runs whose pending row was not there yet

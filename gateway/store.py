@@ -162,6 +162,13 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def path_for_humans(self) -> str:
+        """The database as a log line or error names it (a URL without its password)."""
+        if self.shared:
+            from gateway.db.postgres import redact
+            return redact(self.path)
+        return self.path
+
     def _tx(self) -> "_Tx":
         return _Tx(self.db, "BEGIN" if self.shared else "BEGIN IMMEDIATE")
 
