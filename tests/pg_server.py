@@ -63,8 +63,9 @@ def _owner() -> tuple[int, int] | None:
 
 
 class PostgresServer:
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, durable: bool = False) -> None:
         self.bin = bin_dir
+        self.durable = durable  # fsync on (the bench); the tests kill connections, not machines
         self.root = Path(tempfile.mkdtemp(prefix="surge-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -81,8 +82,8 @@ class PostgresServer:
                                  "-E", "UTF8", "--no-sync"), check=True, capture_output=True)
         # Loopback TCP only, no Unix socket (its default directory needs root).
         # fsync off: these tests kill connections and gateways, never the server's machine.
-        opts = ("-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories='' -c fsync=off "
-                "-c max_connections=200" % self.port)
+        opts = ("-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories='' -c max_connections=200%s"
+                % (self.port, "" if self.durable else " -c fsync=off"))
         subprocess.run(self._cmd(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
                                  "-t", "60", "-o", opts, "start"), check=True, capture_output=True)
 
@@ -105,6 +106,14 @@ class PostgresServer:
         import psycopg
         with psycopg.connect(self.url(), autocommit=True) as c:
             c.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+
+    def backends(self, dbname: str) -> int:
+        """How many client connections ``dbname`` has now."""
+        import psycopg
+        with psycopg.connect(self.url(), autocommit=True) as c:
+            row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname=%s AND backend_type='client backend'",
+                            (dbname,)).fetchone()
+            return int(row[0]) if row else 0
 
     def terminate_backends(self, dbname: str, application_name: str | None = None) -> int:
         """pg_terminate_backend on every connection to ``dbname`` (a dropped connection, as the client sees it)."""
