@@ -76,6 +76,8 @@ class Sizes:
     rounds: int             # group 1: interleaved rounds of raw, gateway and ingest-only runs; medians reported
     reward_leaves: tuple[int, ...] = (10_000, 100_000, 1_000_000)  # group 8: reward tree sizes
     reward_claims: int = 8  # group 8: claims measured per tree and case
+    engine_reports: int = 30_000  # group 12: reports per store-engine run...
+    engine_devices: int = 10_000  # ... from this many devices
 
 
 FULL = Sizes(reports=30_000, devices=10_000, latency_reports=8_000, latency_rate=800.0, latency_batch_seconds=10.0,
@@ -85,7 +87,7 @@ FULL = Sizes(reports=30_000, devices=10_000, latency_reports=8_000, latency_rate
 SMOKE = Sizes(reports=1_500, devices=150, latency_reports=200, latency_rate=200.0, latency_batch_seconds=1.0,
               gas_batches=(1, 100, 10_000), proof_sizes=(1_000, 10_000), merkle_build=10_000,
               heap_range=(80, 128), agent_cycles=3, scale_devices=(300,), scale_min_reports=300, rounds=1,
-              reward_leaves=(10_000,), reward_claims=3)
+              reward_leaves=(10_000,), reward_claims=3, engine_reports=400, engine_devices=40)
 
 
 # -- results ---------------------------------------------------------------------
@@ -819,6 +821,8 @@ GROUPS.append(("9 storage", storage_challenge.group_storage))
 GROUPS.append(("10 rewards", group_rewards))
 # Reward epochs: close time, epoch file and reward proof size against fleet size.
 GROUPS.append(("11 epochs", rewards_epoch.group))
+from bench import store_engines  # noqa: E402  (group 12: SQLite vs PostgreSQL, 1 and 2 gateways)
+GROUPS.append(("12 store engines", store_engines.group))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -828,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "smoke: bench/results/smoke.json)")
     ap.add_argument("--only", default="", help="comma-separated group numbers, e.g. 1,4")
     ap.add_argument("--limit", type=float, default=0, help="overall time limit in seconds "
-                                                            "(default 590, smoke 110)")
+                                                            "(default 590, smoke 130)")
     args = ap.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     out = Path(args.out) if args.out else (DEFAULT_OUT.with_name("smoke.json") if args.smoke else DEFAULT_OUT)
@@ -857,7 +861,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(doc, indent=2) + "\n")
 
     # Bounded: each group has its own timeouts; this is the backstop.
-    timer = watchdog(args.limit if args.limit else (110.0 if args.smoke else 590.0),
+    timer = watchdog(args.limit if args.limit else (130.0 if args.smoke else 590.0),
                      lambda why: write(document(why)))
     with tempfile.TemporaryDirectory(prefix="surge-bench-") as tmp:
         for name, fn in GROUPS:

@@ -81,7 +81,9 @@ class Gateway:
             self.gateway_id = gateway_id(self.store, cfg.gateway_id)
             self.chain: ChainBackend = chain if chain is not None else open_gateway_chain(cfg, self.store)
             if self.cluster:
-                cluster.check_identity(self.store, self.gateway_id, self.chain.gateway_address)
+                # The in-process chain makes a fresh key per process: only the id can be shared.
+                cluster.check_identity(self.store, self.gateway_id,
+                                       None if cfg.chain == "memory" else self.chain.gateway_address)
                 if cfg.chain == "memory":
                     log.warning("the in-process chain (chain = memory) is this gateway's own: fine for one "
                                 "gateway on PostgreSQL, but a cluster's gateways must share a JSON-RPC chain "

@@ -171,3 +171,17 @@ def test_reconnects_after_the_server_drops_the_connection(pg_server, pg_url: str
     assert store.commit_outcomes([_row(d.id, 0)], []) == 0  # the next one reconnects
     assert "reconnected to PostgreSQL" in caplog.text
     assert store.report_count() == 1
+
+
+def test_config_file_keeps_a_postgres_url(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A relative SQLite path is taken relative to the config file; a URL is left as written.
+    from gateway import config as gwconfig
+
+    url = "postgresql://surge@127.0.0.1:5432/surge"
+    conf = tmp_path / "gw.toml"
+    conf.write_text('[gateway]\ndb = "%s"\nnode = "a"\n' % url)
+    cfg = gwconfig.load(str(conf), {})
+    assert cfg.db == url and cfg.client_id("gw-1", "pub") == "surge-gw-gw-1-a-pub"
+    conf.write_text('[gateway]\ndb = "gw.db"\n')
+    cfg = gwconfig.load(str(conf), {})
+    assert cfg.db == str(tmp_path / "gw.db") and cfg.client_id("gw-1") == "surge-gw-gw-1"
