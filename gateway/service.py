@@ -105,7 +105,7 @@ class Gateway:
         self.exit_code = 0
         self.behind = False  # anchoring backlog warned about (_watch_backlog)
         # Storage audit (gateway/storage_audit/): its own thread and connection, off unless configured;
-        # in a cluster made when this gateway takes the lead (_take_lead).
+        # in a cluster made when this gateway takes the lead (_lead).
         self.audit: AuditStage | None = None
         self.audit_count = None
         if cfg.storage_audit:
