@@ -146,8 +146,12 @@ class Gateway:
             self._build_pipeline_stages()
             if self.rewards is not None:
                 from gateway.rewards.stage import RewardsStage
-                self.rewards.store.close()
+                old = self.rewards
+                old.store.close()
                 self.rewards = RewardsStage(self.cfg, self.gateway_id, self.chain, self._publish)
+                # The series registered on /metrics at start keep counting.
+                self.rewards.closed, self.rewards.confirmed = old.closed, old.confirmed
+                self.rewards.reorged, self.rewards.pending = old.reorged, old.pending
             self._resend_receipts()
             if self.cfg.storage_audit:
                 self.audit = AuditStage(self.cfg, self.gateway_id, self.audit_count)
