@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Debian packages the tests drive for real: the Mosquitto broker (tests start
-# their own on a free port; no running service is needed), Node.js/npm, and
-# RabbitMQ and NATS for the cluster tests and bench (their own nodes too).
+# their own on a free port; no running service is needed), Node.js/npm,
+# RabbitMQ and NATS for the cluster tests and bench (their own nodes too), and
+# PostgreSQL (likewise a private server per test session).
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto; }
@@ -26,6 +27,9 @@ system-deps:
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q rabbitmq-server; }
 	@command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nats-server; }
+	@# PostgreSQL's server binaries: the tests run a private server (initdb + pg_ctl, tests/pg_server.py).
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
 
 # solc (recompiles the contract), hardhat and Node.js 22 for the JSON-RPC tests.
 # Twice: the first pass brings the pinned Node 22; the second runs npm under it,

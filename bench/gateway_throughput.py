@@ -208,8 +208,6 @@ def enroll_all(db: Path, publics: list[bytes]) -> None:
     from gateway.store import Store
 
     store = Store(db)
-    with store.db:
-        pass
     for pub in publics:
         store.enroll(C.device_id(pub), pub, BOARD, FLEET, "bench")
     store.close()

@@ -81,6 +81,8 @@ class Sizes:
     sustained_seconds: float = 20.0
     reward_leaves: tuple[int, ...] = (10_000, 100_000, 1_000_000)  # group 8: reward tree sizes
     reward_claims: int = 8  # group 8: claims measured per tree and case
+    engine_reports: int = 30_000  # group 12: reports per store-engine run...
+    engine_devices: int = 10_000  # ... from this many devices
 
 
 FULL = Sizes(reports=30_000, devices=10_000, latency_reports=8_000, latency_rate=800.0, latency_batch_seconds=10.0,
@@ -90,7 +92,8 @@ FULL = Sizes(reports=30_000, devices=10_000, latency_reports=8_000, latency_rate
 SMOKE = Sizes(reports=1_500, devices=150, latency_reports=200, latency_rate=200.0, latency_batch_seconds=1.0,
               gas_batches=(1, 100, 10_000), proof_sizes=(1_000, 10_000), merkle_build=10_000,
               heap_range=(80, 128), agent_cycles=3, scale_devices=(300,), scale_min_reports=300, rounds=1,
-              sustained_seconds=3.0, reward_leaves=(10_000,), reward_claims=3)
+              sustained_seconds=3.0, reward_leaves=(10_000,), reward_claims=3, engine_reports=400,
+              engine_devices=40)
 
 
 # -- results ---------------------------------------------------------------------
@@ -949,6 +952,8 @@ GROUPS.append(("11 epochs", rewards_epoch.group))
 # Replicated broker clusters: QoS 1 rate into the R3 store, what a leader SIGKILL loses (docs/cluster.md).
 from bench import broker_cluster  # noqa: E402
 GROUPS.append(("12 cluster", broker_cluster.group))
+from bench import store_engines  # noqa: E402  (group 13: SQLite vs PostgreSQL, 1 and 2 gateways)
+GROUPS.append(("13 store engines", store_engines.group))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -959,7 +964,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "bench/results/partial[-smoke].json)")
     ap.add_argument("--only", default="", help="comma-separated group numbers, e.g. 1,4")
     ap.add_argument("--limit", type=float, default=0, help="overall time limit in seconds "
-                                                            "(default 590, smoke 150)")
+                                                            "(default 590, smoke 170)")
     args = ap.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     only = {x.strip() for x in args.only.split(",") if x.strip()}
@@ -991,8 +996,9 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(doc, indent=2) + "\n")
 
     # Bounded: each group has its own timeouts; this is the backstop.
-    # Smoke: about 55 s of groups 1-11 plus about 35 s for group 12's RabbitMQ cluster (20 s of it booting).
-    timer = watchdog(args.limit if args.limit else (150.0 if args.smoke else 590.0),
+    # Smoke: about 55 s of groups 1-11, about 35 s for group 12's RabbitMQ cluster (20 s of it
+    # booting) and about 20 s for group 13's store engines.
+    timer = watchdog(args.limit if args.limit else (170.0 if args.smoke else 590.0),
                      lambda why: write(document(why)))
     with tempfile.TemporaryDirectory(prefix="surge-bench-") as tmp:
         for name, fn in GROUPS:

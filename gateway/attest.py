@@ -194,9 +194,9 @@ _TO_ATTEST = ("SELECT r.id, r.device_id, r.boot, r.seq, r.cose, r.received_at, p
             "LEFT JOIN probe_runs p ON p.device_id = r.device_id AND p.boot = r.boot AND p.seq = r.seq "
             "LEFT JOIN devices d ON d.device_id = r.device_id "
             "WHERE r.id > ? ORDER BY r.id LIMIT ?")
-_INSERT = ("INSERT OR IGNORE INTO attestations(report_id, device_id, boot, seq, bw_up, storage_bytes, "
+_INSERT = ("INSERT INTO attestations(report_id, device_id, boot, seq, bw_up, storage_bytes, "
            "challenges_passed, challenges_failed, challenges_timed_out, flags, body, signature, at) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
 CURSOR = "cursor:attested"
 # A report accepted while its probe run was still arriving waits this long for
 # the run's outcome (gateway/probe_listener.py); after that the run counts as

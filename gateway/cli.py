@@ -53,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("broker", "username", "password_file", "broker_ca", "db", "chain",
                                                "contract", "keystore", "gateway_id", "batch_size", "batch_seconds",
                                                "batch_max", "confirmations", "anchor_timeout_s", "metrics_port", "share_group",
-                                               "max_report_bytes",
+                                               "max_report_bytes", "node",
                                                "rate_limit_per_s", "rate_burst", "commit_group", "pipeline_nice",
                                                "log_level",
                                                "mqtt_version", "probe_rate_per_s", "probe_burst", "source")}
@@ -312,7 +312,8 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--password-file", dest="password_file", metavar="FILE",
                      help="file whose first line is the broker password")
     run.add_argument("--broker-ca", dest="broker_ca", metavar="FILE", help="CA certificate for mqtts:// brokers")
-    run.add_argument("--db", metavar="FILE", help="SQLite database (default surge-gateway.db)")
+    run.add_argument("--db", metavar="FILE|URL",
+                     help="SQLite file (default surge-gateway.db) or postgresql://user@host/db (a cluster)")
     run.add_argument("--chain", metavar="memory|URL", help="'memory' (in-process EVM) or a JSON-RPC URL")
     run.add_argument("--contract", metavar="ADDR", help="SurgeAnchor address on a JSON-RPC chain")
     run.add_argument("--keystore", metavar="FILE", help="encrypted chain key (password in $SURGE_KEYSTORE_PASSWORD)")
@@ -346,6 +347,8 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--source", metavar="URL[,URL...]",
                      help="consume reports from a RabbitMQ cluster's quorum queue, amqp://host:port/ of one or "
                           "more nodes (docs/cluster.md); default: the MQTT subscription")
+    run.add_argument("--node", metavar="NAME",
+                     help="cluster member name (several gateways on one PostgreSQL db): its own MQTT client ids")
     run.add_argument("--mqtt-version", dest="mqtt_version", choices=("5", "3.1.1"),
                      help="protocol to the broker: 5 (default) or 3.1.1 for brokers without MQTT 5")
     run.add_argument("--log-level", dest="log_level", metavar="LEVEL")
@@ -354,7 +357,7 @@ def add_parser(sub: Any) -> None:
     run.set_defaults(func=_run)
 
     en = gw.add_parser("enroll", help="enroll a device's public key")
-    en.add_argument("--db", required=True, metavar="FILE")
+    en.add_argument("--db", required=True, metavar="FILE|URL")
     en.add_argument("--pubkey", metavar="HEX")
     en.add_argument("--key-file", dest="key_file", metavar="FILE", help="read the public key from an agent key file")
     en.add_argument("--from", dest="from_file", metavar="FILE", help="enrollment file written by `surge flash`")
@@ -365,22 +368,22 @@ def add_parser(sub: Any) -> None:
     en.set_defaults(func=_enroll)
 
     dv = gw.add_parser("devices", help="list enrolled devices")
-    dv.add_argument("--db", required=True, metavar="FILE")
+    dv.add_argument("--db", required=True, metavar="FILE|URL")
     dv.add_argument("--json", action="store_true")
     dv.set_defaults(func=_devices)
 
     rv = gw.add_parser("revoke", help="revoke a device: its reports are rejected from now on")
-    rv.add_argument("--db", required=True, metavar="FILE")
+    rv.add_argument("--db", required=True, metavar="FILE|URL")
     rv.add_argument("device", metavar="DEVICE_ID")
     rv.set_defaults(func=_revoke)
 
     st = gw.add_parser("status", help="summary of a gateway database")
-    st.add_argument("--db", required=True, metavar="FILE")
+    st.add_argument("--db", required=True, metavar="FILE|URL")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_status)
 
     ac = gw.add_parser("acl", help="write Mosquitto password file, ACL and listener config from the registry")
-    ac.add_argument("--db", required=True, metavar="FILE")
+    ac.add_argument("--db", required=True, metavar="FILE|URL")
     ac.add_argument("--out", required=True, metavar="DIR")
     ac.add_argument("--port", type=int, default=8883, help="listener port (default 8883)")
     ac.add_argument("--bind", default="0.0.0.0", help="listener address (default 0.0.0.0)")
@@ -390,7 +393,7 @@ def add_parser(sub: Any) -> None:
     ac.set_defaults(func=_acl)
 
     pr = sub.add_parser("proof", help="export the proof bundle of one report")
-    pr.add_argument("--db", required=True, metavar="FILE")
+    pr.add_argument("--db", required=True, metavar="FILE|URL")
     pr.add_argument("--device", required=True, metavar="ID")
     pr.add_argument("--boot", required=True, type=int, metavar="B")
     pr.add_argument("--seq", required=True, type=int, metavar="S")

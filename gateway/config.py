@@ -42,6 +42,9 @@ class GatewayConfig:
     # Reports from a RabbitMQ cluster's quorum queue instead of the MQTT
     # subscription: amqp://host:port/[,amqp://...] (gateway/source_amqp.py, docs/cluster.md).
     source: str | None = None
+    # Cluster (several gateways on one PostgreSQL db, one gateway id): this member's name,
+    # which keeps its MQTT client ids (and so its persistent sessions) its own.
+    node: str | None = None
     max_report_bytes: int = 1024
     rate_limit_per_s: float = 5.0
     rate_burst: int = 50
@@ -77,6 +80,10 @@ class GatewayConfig:
 
     def broker_host_port(self) -> tuple[str, int, bool]:
         return parse_broker(self.broker)
+
+    def client_id(self, gateway_id: str, role: str = "") -> str:
+        """MQTT client id of one of this gateway's connections: surge-gw-ID[-NODE][-ROLE]."""
+        return "-".join(["surge-gw", gateway_id] + ([self.node] if self.node else []) + ([role] if role else []))
 
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
@@ -189,7 +196,9 @@ def load(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
         values[name] = value
     if path is not None:
         db = values.get("db")
-        if db is not None and overrides.get("db") is None and not Path(db).is_absolute():
+        # A relative SQLite path is relative to the config file; a postgresql:// URL is left as written.
+        if (db is not None and overrides.get("db") is None and not Path(db).is_absolute()
+                and not str(db).startswith(("postgresql://", "postgres://"))):
             values["db"] = str(Path(path).parent / db)
     from gateway.rewards import settings as rewards_settings
     try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from boards import BoardProfile
 from firmware_shim import cose
 from gateway import envelope
 from gateway.config import GatewayConfig
+from gateway.db import DB_ERRORS
 from gateway import rotation
 from gateway.faults import crash_point
 from gateway.metrics import IngestMetrics
@@ -49,8 +49,10 @@ log = logging.getLogger("surge.gateway.ingest")
 
 SESSION_EXPIRY_S = 7 * 86400
 _STATUS_RETRY_S = 5.0  # source mode: how often a lost MQTT status connection is retried
-_INSERT_PROBE_RUN = ("INSERT OR REPLACE INTO probe_runs(device_id, boot, seq, outcome, bw_up, bytes, chunks, "
-                     "elapsed_us, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_PROBE_RUN = ("INSERT INTO probe_runs(device_id, boot, seq, outcome, bw_up, bytes, chunks, "
+                     "elapsed_us, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id, boot, seq) DO UPDATE "
+                     "SET outcome=excluded.outcome, bw_up=excluded.bw_up, bytes=excluded.bytes, "
+                     "chunks=excluded.chunks, elapsed_us=excluded.elapsed_us, at=excluded.at")
 
 
 @dataclass
@@ -110,7 +112,7 @@ class Ingest:
         self.status_topic = "surge/v1/_gateway/%s/status" % gateway_id
         v5 = cfg.mqtt_version == "5"
         self.conn = Connection(
-            host, port, "surge-gw-%s" % gateway_id, version=cfg.mqtt_version, username=cfg.username,
+            host, port, cfg.client_id(gateway_id), version=cfg.mqtt_version, username=cfg.username,
             password=cfg.password, tls=tls, ca_file=cfg.broker_ca, keepalive=30, clean_start=False,
             session_expiry=SESSION_EXPIRY_S if v5 else 0,
             # Bounds what the broker sends before we acknowledge: backpressure
@@ -247,7 +249,7 @@ class Ingest:
             group = held[:self.cfg.commit_group]
             try:
                 self.process(group, arrived[:len(group)])
-            except sqlite3.Error as exc:
+            except DB_ERRORS as exc:
                 # Nothing was acknowledged: keep the group and try again.
                 self.metrics.commit_errors.inc()
                 if not self.commit_failing:
@@ -322,6 +324,11 @@ class Ingest:
         read_at = time.monotonic()
         self._registry_changed()
         self.stateless.clear()
+        if self.store.shared:
+            # Other gateways of the cluster accept reports too: this group's devices
+            # and states come from the database (one query), never a stale cache.
+            self.devices.clear()
+            self.states.clear()
         self._prefetch(group)
         self.pending_state.clear()
         self.pending_seen.clear()
@@ -347,7 +354,7 @@ class Ingest:
                                                 outcome.detail[:500], msg.payload[:2048],
                                                 hashlib.sha256(msg.payload).hexdigest()))
             with self.store._tx():  # the probe results commit with their reports, or neither does
-                self.store.commit_outcomes(rows, rejected)
+                stored_before = self.store.commit_outcomes(rows, rejected)
                 if probe_rows:
                     self.store.db.executemany(_INSERT_PROBE_RUN, probe_rows)
             crash_point("ingest-committed")
@@ -360,8 +367,9 @@ class Ingest:
             log.info("store writable again; resumed acknowledging")
             self.commit_failing = False
         rotation.note_announcements(self.store, accepted)  # key rotation, protocol §3.1 (rare; cheap check)
-        self.metrics.accepted.inc(len(rows))
-        self.metrics.duplicates.inc(dupes)
+        # A report another gateway of the cluster stored first is a duplicate here.
+        self.metrics.accepted.inc(len(rows) - stored_before)
+        self.metrics.duplicates.inc(dupes + stored_before)
         for r in rejected:
             self.metrics.rejected.labels(r.reason).inc()
             if r.reason != "rate_limited":  # a flood must not become a flood of log lines; metrics count it

@@ -52,7 +52,7 @@ class ProbeListener:
         self.store: Store | None = None  # opened on the listener thread (one connection per thread)
         host, port, tls = cfg.broker_host_port()
         self.host, self.port = host, port
-        self.conn = Connection(host, port, "surge-gw-%s-probe" % gateway_id, version=cfg.mqtt_version,
+        self.conn = Connection(host, port, cfg.client_id(gateway_id, "probe"), version=cfg.mqtt_version,
                                username=cfg.username, password=cfg.password, tls=tls, ca_file=cfg.broker_ca,
                                keepalive=30, clean_start=True)
         # (first tried, device, boot, result) of resolved runs whose pending row was not there yet
@@ -210,7 +210,7 @@ class ProbeListener:
             with self.store._tx():
                 self.store.db.executemany(
                     "INSERT INTO probe_counts(fleet, kind, outcome, count) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(fleet, kind, outcome) DO UPDATE SET count=count+excluded.count",
+                    "ON CONFLICT(fleet, kind, outcome) DO UPDATE SET count=probe_counts.count+excluded.count",
                     [(f, k, o, n) for (f, k, o), n in counts.items()])
         except Exception as exc:  # a full disk: metrics still have the counts; the status view misses them
             log.warning("cannot store probe counts: %s", exc)

@@ -167,7 +167,7 @@ class Publisher:
         # A client id of its own (the broker would otherwise drop the ingest
         # connection as a duplicate); same credentials, so the same ACL applies.
         # Persistent session, so what the broker acknowledged is not asked again.
-        self.conn = Connection(host, port, "surge-gw-%s-pub" % gateway_id, version=cfg.mqtt_version,
+        self.conn = Connection(host, port, cfg.client_id(gateway_id, "pub"), version=cfg.mqtt_version,
                                username=cfg.username, password=cfg.password, tls=tls, ca_file=cfg.broker_ca,
                                keepalive=30, clean_start=False, session_expiry=SESSION_EXPIRY_S if v5 else 0)
         # Built messages and after-sent markers, oldest first; survives reconnects.

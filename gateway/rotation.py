@@ -17,13 +17,13 @@ switch and the receipts, or a re-anchoring after a reorg) changes nothing.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from typing import Any, Iterable
 
 import cbor2
 
 from agent import claims as C
+from gateway.db import DB_ERRORS, INTEGRITY_ERRORS
 from gateway.store import Batch, Store
 
 log = logging.getLogger("surge.gateway.rotation")
@@ -45,7 +45,7 @@ def note_announcements(store: Store, accepted: Iterable[Any]) -> None:
             with store._tx():
                 store.db.execute("UPDATE devices SET next_pubkey=? WHERE device_id=? AND revoked_at IS NULL",
                                  (key, acc.device.device_id))
-        except sqlite3.Error as exc:  # recorded again from the batch at confirmation
+        except DB_ERRORS as exc:  # recorded again from the batch at confirmation
             log.warning("could not record the next key of %s now: %s", acc.device.device_id, exc)
         log.info("device %s announced its next key %s (switch once this report is anchored)",
                  acc.device.device_id, C.device_id(key))
@@ -78,12 +78,12 @@ def apply_confirmed(store: Store, batch: Batch) -> list[str]:
             continue  # already switched (applied before), or announced under a key since retired
         try:
             with store._tx():
-                store.db.execute("INSERT OR IGNORE INTO device_keys(device_id, pubkey, retired_at, batch_seq) "
-                                 "VALUES (?, ?, ?, ?)", (dev.device_id, dev.pubkey, time.time(), batch.seq))
+                store.db.execute("INSERT INTO device_keys(device_id, pubkey, retired_at, batch_seq) "
+                                 "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (dev.device_id, dev.pubkey, time.time(), batch.seq))
                 store.db.execute("UPDATE devices SET pubkey=?, next_pubkey=NULL WHERE device_id=?",
                                  (key, dev.device_id))
                 store.bump_registry()
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             log.error("device %s announced key %s, which another device uses; keeping its current key",
                       dev.device_id, C.device_id(key))
             continue

@@ -6,6 +6,11 @@ own database connection and hands off through the store, so the gateway can
 be killed at any instant and restarted: ingest resumes from the broker's
 persistent session, the batcher from unbatched reports, the anchorer from its
 pending records and the chain, the publisher's tail from its cursors.
+
+On PostgreSQL several gateways form a cluster (docs/operators.md, PostgreSQL):
+each ingests, and the pipeline runs on the one holding the leader lock
+(gateway/db/leader.py).  A gateway that takes the lead rebuilds its stages
+from the database, exactly as a restarted gateway would.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from gateway.anchorer import Anchorer
 from gateway.batcher import Batcher
 from gateway.chain import ChainBackend, Web3Chain, load_chain_key, load_keystore, open_chain
 from gateway.config import GatewayConfig
+from gateway.db import cluster
+from gateway.db.leader import Leadership
 from gateway.ingest_process import IngestProcess
 from gateway.metrics import Metrics
 from gateway.republish import Publisher, Tail
@@ -72,17 +79,55 @@ class Gateway:
         self.cfg = cfg
         self.metrics = Metrics()
         self.store = Store(cfg.db)
-        self.gateway_id = gateway_id(self.store, cfg.gateway_id)
-        if chain is None:
-            opened = open_gateway_chain(cfg, self.store)
-            chain = opened
-            if cfg.chain == "memory":
-                block_clock = opened.mine
-        self.chain: ChainBackend = chain
-        self.block_clock = block_clock
+        self.cluster = self.store.shared
+        # Cluster: gateways starting together generate the id and deploy contracts once.
+        with cluster.setup_lock(self.store):
+            self.gateway_id = gateway_id(self.store, cfg.gateway_id)
+            if chain is None:
+                opened = open_gateway_chain(cfg, self.store)
+                chain = opened
+                if cfg.chain == "memory":
+                    block_clock = opened.mine
+            self.chain: ChainBackend = chain
+            self.block_clock = block_clock
+            if self.cluster:
+                # The in-process chain makes a fresh key per process: only the id can be shared.
+                cluster.check_identity(self.store, self.gateway_id,
+                                       None if cfg.chain == "memory" else self.chain.gateway_address)
+                if cfg.chain == "memory":
+                    log.warning("the in-process chain (chain = memory) is this gateway's own: fine for one "
+                                "gateway on PostgreSQL, but a cluster's gateways must share a JSON-RPC chain "
+                                "for another to take over the anchoring")
+            self._build_pipeline_stages()
+            self.rewards = None  # reward epochs: closing and settlement (gateway/rewards/stage.py)
+            if cfg.rewards is not None:
+                from gateway.rewards.stage import RewardsStage
+                self.rewards = RewardsStage(cfg, self.gateway_id, self.chain, self._publish, self.metrics.registry)
+        self.leadership = Leadership(cfg.db, cfg.node)  # cluster: refused if another member has this node name
+        self.leading = False  # cluster: the pipeline below runs only while this gateway holds the lock
         self.ingest = IngestProcess(cfg, self.gateway_id, log_json)
         self.metrics.registry.register(self.ingest.samples)
-        self.publisher = Publisher(cfg, self.gateway_id)
+        self.stop_event = threading.Event()
+        # Batches whose receipts the broker has acknowledged (set by the publisher
+        # thread, written to the store by the main loop, which owns that connection).
+        self.receipted: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.exit_code = 0
+        self.behind = False  # anchoring backlog warned about (_watch_backlog)
+        # Storage audit (gateway/storage_audit/): its own thread and connection, off unless configured;
+        # in a cluster made when this gateway takes the lead (_lead).
+        self.audit: AuditStage | None = None
+        self.audit_count = None
+        if cfg.storage_audit:
+            from gateway.metrics import StorageAuditMetrics
+            self.audit_count = StorageAuditMetrics(self.metrics.registry).count
+            if not self.cluster:
+                self.audit = AuditStage(cfg, self.gateway_id, self.audit_count)
+
+    def _build_pipeline_stages(self) -> None:
+        """The pipeline's stages, each with its own connection, from what the database holds now."""
+        cfg = self.cfg
+        if not hasattr(self, "publisher"):
+            self.publisher = Publisher(cfg, self.gateway_id)
         # Each accepted report is attested (signed by the chain key) before its
         # `verified` message goes out (gateway/attest.py).
         self.attest = AttestStage(Store(cfg.db), self.gateway_id, self.chain.gateway_address, self.chain.attest)
@@ -92,21 +137,40 @@ class Gateway:
         self.anchor_store = Store(cfg.db)
         self.anchorer = Anchorer(self.anchor_store, self.chain, cfg.confirmations, self.metrics, self._confirmed,
                                  self._reorged, drop_after_s=cfg.anchor_timeout_s)
-        self.stop_event = threading.Event()
-        # Batches whose receipts the broker has acknowledged (set by the publisher
-        # thread, written to the store by the main loop, which owns that connection).
-        self.receipted: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self.exit_code = 0
-        self.behind = False  # anchoring backlog warned about (_watch_backlog)
-        # Storage audit (gateway/storage_audit/): its own thread and connection, off unless configured.
-        self.audit: AuditStage | None = None
-        if cfg.storage_audit:
-            from gateway.metrics import StorageAuditMetrics
-            self.audit = AuditStage(cfg, self.gateway_id, StorageAuditMetrics(self.metrics.registry).count)
-        self.rewards = None  # reward epochs: closing and settlement (gateway/rewards/stage.py)
-        if cfg.rewards is not None:
-            from gateway.rewards.stage import RewardsStage
-            self.rewards = RewardsStage(cfg, self.gateway_id, self.chain, self._publish, self.metrics.registry)
+
+    def _close_pipeline_stages(self) -> None:
+        for store in (self.attest.store, self.tail.store, self.batcher.store, self.anchor_store):
+            try:
+                store.close()
+            except Exception:
+                pass  # a connection the server already dropped
+
+    def _lead(self) -> bool:
+        """Cluster: whether this gateway runs the pipeline in this pass (taking or losing the lead)."""
+        leading = self.leadership.poll()
+        if leading and not self.leading:
+            # Whatever the previous leader left (unbatched reports, an anchor in
+            # flight, unsent receipts) is in the database: start from it.
+            self._close_pipeline_stages()
+            self._build_pipeline_stages()
+            if self.rewards is not None:
+                from gateway.rewards.stage import RewardsStage
+                old = self.rewards
+                old.store.close()
+                self.rewards = RewardsStage(self.cfg, self.gateway_id, self.chain, self._publish)
+                # The series registered on /metrics at start keep counting.
+                self.rewards.closed, self.rewards.confirmed = old.closed, old.confirmed
+                self.rewards.reorged, self.rewards.pending = old.reorged, old.pending
+            self._resend_receipts()
+            if self.cfg.storage_audit:
+                self.audit = AuditStage(self.cfg, self.gateway_id, self.audit_count)
+                self.audit.start()
+        elif not leading and self.leading:
+            if self.audit is not None:
+                self.audit.stop()
+                self.audit = None
+        self.leading = leading
+        return leading
 
     def _publish(self, topic: str, payload: bytes) -> None:
         # Queued for the publisher's own connection and thread (gateway/republish.py).
@@ -207,12 +271,23 @@ class Gateway:
 
     def run(self, duration: float | None = None) -> None:
         self.start()
-        self._resend_receipts()
+        if not self.cluster:
+            self._resend_receipts()
         deadline = None if duration is None else time.monotonic() + duration
         last_prune = 0.0
         failing = False
         while not self.stop_event.is_set():
             try:
+                if self.cluster and not self._lead():
+                    self.stop_event.wait(TICK_S)  # another gateway leads; ingest goes on in the child
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+                    if self.ingest.exited.is_set() and not self.ingest.stopping and not self.stop_event.is_set():
+                        log.error("the ingest process exited (%s); stopping the gateway (its supervisor "
+                                  "restarts it)", self.ingest.returncode)
+                        self.exit_code = 1
+                        break
+                    continue
                 self.step()
                 if time.monotonic() - last_prune > 60:
                     # Inside the try: on a full disk this fails too, and must not end the process.
@@ -241,12 +316,14 @@ class Gateway:
         if self.audit is not None:
             self.audit.stop()
         self.ingest.stop()
-        try:
-            self._attest_step()
-            self.tail.step()  # what ingest stored last still goes out
-        except Exception:
-            log.exception("could not queue the last stored reports for publishing")
+        if self.leading or not self.cluster:
+            try:
+                self._attest_step()
+                self.tail.step()  # what ingest stored last still goes out
+            except Exception:
+                log.exception("could not queue the last stored reports for publishing")
         self.publisher.stop()
+        self.leadership.release()
         log.info("gateway %s stopped", self.gateway_id)
 
 
@@ -262,7 +339,7 @@ def status(store: Store) -> dict[str, Any]:
         "batch_seq": a.batch_seq, "tx_hash": a.tx_hash.hex() if a.tx_hash else None,
         "block_number": a.block_number, "chain_id": a.chain_id, "contract": a.contract}
     return {
-        "db": store.path,
+        "db": store.path_for_humans(),
         "gateway_id": store.meta("gateway_id"),
         "devices": {"enrolled": len(devices), "active": sum(1 for d in devices if d.active),
                     "revoked": sum(1 for d in devices if not d.active)},

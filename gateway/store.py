@@ -1,252 +1,33 @@
-"""Durable state of the gateway: SQLite in WAL mode with versioned migrations.
+"""Durable state of the gateway: SQLite in WAL mode (or PostgreSQL) with versioned migrations.
 
 One file holds everything a restarted gateway needs: the device registry, the
 exact COSE bytes of every accepted report, a bounded audit trail of
 rejections, batches with their Merkle roots, and anchoring attempts.  Every
 stage hands off to the next through these tables, so a crash at any point
 resumes from what was committed.
+
+The same statements run on PostgreSQL when the database is a postgresql://
+URL (gateway/db/): then several gateways share one database, and the unique
+(device_id, boot, seq) key makes each report accepted once across all of them.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from gateway import lifecycle
-
-SCHEMA_VERSION = 7
-
-# Each entry moves the schema from version i to i + 1.  Never edit a shipped
-# migration: append a new one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE devices (
-        device_id   TEXT PRIMARY KEY,
-        pubkey      BLOB NOT NULL UNIQUE,
-        board       TEXT NOT NULL,
-        fleet       TEXT NOT NULL,
-        owner       TEXT NOT NULL DEFAULT '',
-        enrolled_at REAL NOT NULL,
-        revoked_at  REAL,
-        next_pubkey BLOB
-    );
-    CREATE TABLE device_state (
-        device_id  TEXT PRIMARY KEY REFERENCES devices(device_id),
-        boot       INTEGER NOT NULL,
-        seq        INTEGER NOT NULL,
-        last_hash  BLOB NOT NULL,
-        reports    INTEGER NOT NULL DEFAULT 0,
-        gaps       INTEGER NOT NULL DEFAULT 0,
-        last_seen  REAL NOT NULL
-    );
-    CREATE TABLE reports (
-        id          INTEGER PRIMARY KEY,
-        device_id   TEXT NOT NULL,
-        boot        INTEGER NOT NULL,
-        seq         INTEGER NOT NULL,
-        received_at REAL NOT NULL,
-        cose        BLOB NOT NULL,
-        gap         INTEGER NOT NULL DEFAULT 0,
-        batch_seq   INTEGER,
-        leaf_index  INTEGER,
-        UNIQUE (device_id, boot, seq)
-    );
-    CREATE INDEX reports_unbatched ON reports(id) WHERE batch_seq IS NULL;
-    CREATE INDEX reports_batch ON reports(batch_seq, leaf_index);
-    CREATE TABLE rejections (
-        id          INTEGER PRIMARY KEY,
-        at          REAL NOT NULL,
-        topic       TEXT NOT NULL,
-        device_id   TEXT,
-        reason      TEXT NOT NULL,
-        detail      TEXT NOT NULL,
-        payload     BLOB
-    );
-    CREATE TABLE rejection_counts (
-        reason TEXT PRIMARY KEY,
-        count  INTEGER NOT NULL
-    );
-    CREATE TABLE batches (
-        seq         INTEGER PRIMARY KEY,
-        gateway_id  TEXT NOT NULL,
-        root        BLOB NOT NULL,
-        size        INTEGER NOT NULL,
-        first_at    REAL NOT NULL,
-        last_at     REAL NOT NULL,
-        prev_root   BLOB NOT NULL,
-        closed_at   REAL NOT NULL,
-        state       TEXT NOT NULL DEFAULT 'closed'
-    );
-    CREATE TABLE anchors (
-        id           INTEGER PRIMARY KEY,
-        batch_seq    INTEGER NOT NULL REFERENCES batches(seq),
-        chain_id     INTEGER NOT NULL,
-        contract     TEXT NOT NULL,
-        gateway_address TEXT NOT NULL,
-        state        TEXT NOT NULL,
-        tx_hash      BLOB,
-        block_number INTEGER,
-        block_hash   BLOB,
-        gas_used     INTEGER,
-        attestation  BLOB,
-        created_at   REAL NOT NULL,
-        updated_at   REAL NOT NULL
-    );
-    CREATE INDEX anchors_batch ON anchors(batch_seq);
-    CREATE INDEX batches_state ON batches(state, seq);
-    CREATE TABLE meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    """,
-    # 2: retired device keys (key rotation, gateway/rotation.py), so bundles of
-    # older reports still name the key that signed them.
-    """
-    CREATE TABLE device_keys (
-        device_id  TEXT NOT NULL,
-        pubkey     BLOB NOT NULL UNIQUE,
-        retired_at REAL NOT NULL,
-        batch_seq  INTEGER NOT NULL
-    );
-    CREATE INDEX device_keys_device ON device_keys(device_id);
-    """,
-    # 3: the ingest process and the pipeline are separate processes
-    # (gateway/ingest_process.py): the pipeline sends `rejected` receipts from
-    # this table, so it keeps the digest of the whole message.
-    """
-    ALTER TABLE rejections ADD COLUMN payload_sha256 TEXT;
-    """,
-    # 4: what the gateway itself verified about a report (docs/protocol.md,
-    # attested): measured upload rate, proven storage, challenge counts, flags,
-    # and the gateway's signature over the canonical JSON body.
-    """
-    CREATE TABLE attestations (
-        report_id           INTEGER PRIMARY KEY REFERENCES reports(id),
-        device_id           TEXT NOT NULL,
-        boot                INTEGER NOT NULL,
-        seq                 INTEGER NOT NULL,
-        bw_up               INTEGER,
-        storage_bytes       INTEGER NOT NULL DEFAULT 0,
-        challenges_passed   INTEGER NOT NULL DEFAULT 0,
-        challenges_failed   INTEGER NOT NULL DEFAULT 0,
-        challenges_timed_out INTEGER NOT NULL DEFAULT 0,
-        flags               TEXT NOT NULL DEFAULT '',
-        body                TEXT NOT NULL,
-        signature           BLOB NOT NULL,
-        at                  REAL NOT NULL
-    );
-    CREATE INDEX attestations_device ON attestations(device_id, boot, seq);
-    """,
-    # 5: bandwidth probe runs the ingest process checked (gateway/probe_check.py),
-    # one row per report whose seq had a run, written with the report; and the
-    # probe outcome counts per fleet (runs by outcome, dropped chunks by reason).
-    """
-    CREATE TABLE probe_runs (
-        device_id   TEXT NOT NULL,
-        boot        INTEGER NOT NULL,
-        seq         INTEGER NOT NULL,
-        outcome     TEXT NOT NULL,
-        bw_up       INTEGER,
-        bytes       INTEGER NOT NULL,
-        chunks      INTEGER NOT NULL,
-        elapsed_us  INTEGER NOT NULL,
-        at          REAL NOT NULL,
-        PRIMARY KEY (device_id, boot, seq)
-    );
-    CREATE TABLE probe_counts (
-        fleet   TEXT NOT NULL,
-        kind    TEXT NOT NULL,
-        outcome TEXT NOT NULL,
-        count   INTEGER NOT NULL,
-        PRIMARY KEY (fleet, kind, outcome)
-    );
-    """,
-    # 6: storage audit (gateway/storage_audit/, docs/protocol.md §10): one plot
-    # per device (its secret seed and how many blocks the device acknowledged),
-    # every challenge with its outcome, and outcome counts per fleet.
-    """
-    CREATE TABLE audit_plots (
-        device_id   TEXT PRIMARY KEY REFERENCES devices(device_id),
-        plot        INTEGER NOT NULL,
-        seed        BLOB NOT NULL,
-        block_size  INTEGER NOT NULL,
-        blocks      INTEGER NOT NULL,
-        stored      INTEGER NOT NULL DEFAULT 0,
-        sent_at     REAL,
-        resends     INTEGER NOT NULL DEFAULT 0,
-        created_at  REAL NOT NULL
-    );
-    CREATE TABLE audit_challenges (
-        id          INTEGER PRIMARY KEY,
-        device_id   TEXT NOT NULL,
-        plot        INTEGER NOT NULL,
-        nonce       BLOB NOT NULL UNIQUE,
-        indices     TEXT NOT NULL,
-        blocks      INTEGER NOT NULL,
-        block_size  INTEGER NOT NULL,
-        sent_at     REAL NOT NULL,
-        deadline    REAL NOT NULL,
-        attempts    INTEGER NOT NULL DEFAULT 1,
-        outcome     TEXT,
-        resolved_at REAL
-    );
-    CREATE INDEX audit_challenges_device ON audit_challenges(device_id, resolved_at);
-    CREATE INDEX audit_challenges_open ON audit_challenges(deadline) WHERE outcome IS NULL;
-    CREATE TABLE audit_counts (
-        fleet   TEXT NOT NULL,
-        outcome TEXT NOT NULL,
-        count   INTEGER NOT NULL,
-        PRIMARY KEY (fleet, outcome)
-    );
-    """,
-    # 7: reward epochs (gateway/rewards/): each closed epoch's signed file,
-    # its anchoring attempts on SurgeRewards, and every owner's cumulative
-    # amount after the latest epoch (the statement's quick path).
-    """
-    CREATE TABLE reward_epochs (
-        epoch       INTEGER PRIMARY KEY,
-        start_ms    INTEGER NOT NULL,
-        end_ms      INTEGER NOT NULL,
-        last_batch  INTEGER NOT NULL,
-        root        BLOB NOT NULL,
-        leaves      INTEGER NOT NULL,
-        total       TEXT NOT NULL,
-        file        BLOB NOT NULL,
-        state       TEXT NOT NULL DEFAULT 'closed',
-        closed_at   REAL NOT NULL
-    );
-    CREATE TABLE reward_anchors (
-        id           INTEGER PRIMARY KEY,
-        epoch        INTEGER NOT NULL REFERENCES reward_epochs(epoch),
-        chain_id     INTEGER NOT NULL,
-        contract     TEXT NOT NULL,
-        gateway_address TEXT NOT NULL,
-        state        TEXT NOT NULL,
-        tx_hash      BLOB,
-        block_number INTEGER,
-        block_hash   BLOB,
-        attestation  BLOB,
-        created_at   REAL NOT NULL,
-        updated_at   REAL NOT NULL
-    );
-    CREATE INDEX reward_anchors_epoch ON reward_anchors(epoch);
-    CREATE TABLE reward_cumulative (
-        owner       TEXT PRIMARY KEY,
-        cumulative  TEXT NOT NULL,
-        epoch       INTEGER NOT NULL
-    );
-    """,
-)
+from gateway.db import Connection, is_postgres
+from gateway.db import StoreError as StoreError  # re-exported: callers import it from here
+from gateway.db import connect
+from gateway.db.schema import MIGRATIONS as MIGRATIONS, SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
 
 # Audit rows kept per rejection table; counts are kept forever.
 MAX_REJECTIONS = 10_000
-
-
-class StoreError(Exception):
-    """The database cannot be opened or is from an unknown schema version."""
+# PostgreSQL pg_advisory_xact_lock key taken by every ingest commit ("surge-out" in ASCII).
+OUTCOMES_LOCK = 0x7375726765_6f7574
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,38 +107,6 @@ class Anchor:
     updated_at: float
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    """Open (creating if needed) and migrate the gateway database."""
-    try:
-        db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before the broker sees the acknowledgement.
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
-        from gateway.faults import db_page_limit
-        pages = db_page_limit()  # fault injection only (SURGE_DB_MAX_PAGES): a "disk" that is full
-        if pages:
-            db.execute("PRAGMA max_page_count=%d" % pages)
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.Error as exc:
-        raise StoreError("cannot open gateway database %s: %s" % (path, exc)) from None
-    if version > SCHEMA_VERSION:
-        raise StoreError("database %s has schema version %d, newer than this gateway (%d); "
-                         "upgrade Surge" % (path, version, SCHEMA_VERSION))
-    for target in range(version, SCHEMA_VERSION):
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            for statement in MIGRATIONS[target].split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute("PRAGMA user_version=%d" % (target + 1))
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            db.execute("ROLLBACK")
-            raise StoreError("migrating %s to schema %d failed: %s" % (path, target + 1, exc)) from None
-    return db
-
-
 def _device(row: Sequence[Any]) -> Device:
     return Device(row[0], bytes(row[1]), row[2], row[3], row[4], row[5], row[6],
                   bytes(row[7]) if row[7] is not None else None)
@@ -407,13 +156,28 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self.db = connect(path)
+        # A cluster's database (PostgreSQL) is written by every gateway at once.
+        self.shared = is_postgres(self.path)
+        self.db: Connection = connect(self.path)
 
     def close(self) -> None:
         self.db.close()
 
+    def path_for_humans(self) -> str:
+        """The database as a log line or error names it (a URL without its password)."""
+        if self.shared:
+            from gateway.db.postgres import redact
+            return redact(self.path)
+        return self.path
+
     def _tx(self) -> "_Tx":
-        return _Tx(self.db)
+        return _Tx(self.db, "BEGIN" if self.shared else "BEGIN IMMEDIATE")
+
+    def insert_id(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one INSERT into a table with an ``id`` key and return the new row's id."""
+        if self.shared:
+            return int(self.db.execute(sql + " RETURNING id", params).fetchone()[0])
+        return int(getattr(self.db.execute(sql, params), "lastrowid", 0) or 0)
 
     # -- meta ---------------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -425,11 +189,19 @@ class Store:
             self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
                             "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
+    def meta_setdefault(self, key: str, value: str) -> str:
+        """The stored value of ``key``, storing ``value`` first if there is none (first writer wins)."""
+        with self._tx():
+            self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", (key, value))
+        stored = self.meta(key)
+        assert stored is not None
+        return stored
+
     # -- registry -----------------------------------------------------------
     def bump_registry(self) -> None:
         """Inside a transaction that changes devices: the ingest process drops its cache."""
         self.db.execute("INSERT INTO meta(key, value) VALUES ('registry_version', '1') "
-                        "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER) + 1")
+                        "ON CONFLICT(key) DO UPDATE SET value=CAST(meta.value AS INTEGER) + 1")
 
     def enroll(self, device_id: str, pubkey: bytes, board: str, fleet: str, owner: str) -> Device:
         with self._tx():
@@ -498,30 +270,38 @@ class Store:
                               (device_id, boot, seq)).fetchone()
         return None if row is None else bytes(row[0])
 
-    _INSERT_REPORT = ("INSERT OR IGNORE INTO reports(device_id, boot, seq, received_at, cose, gap) "
-                      "VALUES (?, ?, ?, ?, ?, ?)")
+    _INSERT_REPORT = ("INSERT INTO reports(device_id, boot, seq, received_at, cose, gap) "
+                      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
     _UPSERT_STATE = ("INSERT INTO device_state(device_id, boot, seq, last_hash, reports, gaps, last_seen) "
                      "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
                      "boot=excluded.boot, seq=excluded.seq, last_hash=excluded.last_hash, "
-                     "reports=reports+1, gaps=gaps+excluded.gaps, last_seen=excluded.last_seen")
+                     "reports=device_state.reports+1, gaps=device_state.gaps+excluded.gaps, last_seen=excluded.last_seen")
 
-    def commit_outcomes(self, accepted: Iterable[AcceptedRow], rejected: Iterable[RejectedRow]) -> None:
+    def commit_outcomes(self, accepted: Iterable[AcceptedRow], rejected: Iterable[RejectedRow]) -> int:
         """Store a group of verification outcomes in one transaction.
+
+        Returns how many accepted rows were already stored (by another gateway
+        of the cluster, or before a crash): the caller counts those as duplicates.
 
         Performance: one ``executemany`` per statement for the whole group
         instead of two ``execute`` calls per report.  A report row that
-        already exists (INSERT OR IGNORE skipped it) must not touch
+        already exists (ON CONFLICT DO NOTHING skipped it) must not touch
         ``device_state``; that cannot be seen from ``executemany``, so when the
         number of inserted rows falls short the group is redone row by row.
         """
         accepted = list(accepted)
+        skipped = 0
         with self._tx():
+            if self.shared:
+                # Report and rejection ids are handed out and committed in the same
+                # order across the cluster, so the pipeline's cursors ("every id
+                # above the last one seen") never pass a row still uncommitted.
+                self.db.execute("SELECT pg_advisory_xact_lock(?)", (OUTCOMES_LOCK,))
             if accepted:
                 self.db.execute("SAVEPOINT outcomes")
-                before = self.db.total_changes
-                self.db.executemany(self._INSERT_REPORT, [(a.device_id, a.boot, a.seq, a.received_at, a.cose,
-                                                           int(a.gap)) for a in accepted])
-                if self.db.total_changes - before == len(accepted):
+                cur = self.db.executemany(self._INSERT_REPORT, [(a.device_id, a.boot, a.seq, a.received_at, a.cose,
+                                                                 int(a.gap)) for a in accepted])
+                if cur.rowcount == len(accepted):
                     self.db.executemany(self._UPSERT_STATE, [(a.device_id, a.boot, a.seq, a.report_hash,
                                                               int(a.gap), a.received_at) for a in accepted])
                 else:
@@ -530,6 +310,7 @@ class Store:
                         cur = self.db.execute(self._INSERT_REPORT, (a.device_id, a.boot, a.seq, a.received_at,
                                                                     a.cose, int(a.gap)))
                         if cur.rowcount == 0:
+                            skipped += 1
                             continue
                         self.db.execute(self._UPSERT_STATE, (a.device_id, a.boot, a.seq, a.report_hash,
                                                              int(a.gap), a.received_at))
@@ -539,7 +320,8 @@ class Store:
                                 "payload_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
                                 (r.at, r.topic, r.device_id, r.reason, r.detail, r.payload, r.payload_sha256))
                 self.db.execute("INSERT INTO rejection_counts(reason, count) VALUES (?, 1) "
-                                "ON CONFLICT(reason) DO UPDATE SET count=count+1", (r.reason,))
+                                "ON CONFLICT(reason) DO UPDATE SET count=rejection_counts.count+1", (r.reason,))
+        return skipped
 
     def prune_rejections(self, keep: int = MAX_REJECTIONS) -> None:
         with self._tx():
@@ -561,8 +343,8 @@ class Store:
 
     def max_ids(self) -> tuple[int, int]:
         """Highest report and rejection row ids (where a fresh cursor starts)."""
-        row = self.db.execute("SELECT (SELECT IFNULL(MAX(id), 0) FROM reports), "
-                              "(SELECT IFNULL(MAX(id), 0) FROM rejections)").fetchone()
+        row = self.db.execute("SELECT (SELECT COALESCE(MAX(id), 0) FROM reports), "
+                              "(SELECT COALESCE(MAX(id), 0) FROM rejections)").fetchone()
         return int(row[0]), int(row[1])
 
     def reports_after(self, last_id: int, limit: int) -> list[tuple[int, str, str, str, int, int, float, int, bytes]]:
@@ -674,7 +456,7 @@ class Store:
     def batch_fleet_counts(self, seq: int) -> dict[str, int]:
         """fleet -> number of reports in batch ``seq`` (devices since deleted count as 'unknown')."""
         return {r[0]: r[1] for r in self.db.execute(
-            "SELECT IFNULL(d.fleet, 'unknown'), COUNT(*) FROM reports r LEFT JOIN devices d "
+            "SELECT COALESCE(d.fleet, 'unknown'), COUNT(*) FROM reports r LEFT JOIN devices d "
             "ON d.device_id = r.device_id WHERE r.batch_seq=? GROUP BY 1", (seq,))}
 
     def report(self, device_id: str, boot: int, seq: int) -> StoredReport | None:
@@ -723,11 +505,11 @@ class Store:
         with self._tx():
             row = self.db.execute("SELECT state FROM batches WHERE seq=?", (batch_seq,)).fetchone()
             lifecycle.check_batch_move(row[0], lifecycle.ANCHORING)
-            cur = self.db.execute(
+            anchor_id = self.insert_id(
                 "INSERT INTO anchors(batch_seq, chain_id, contract, gateway_address, state, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, 'submitting', ?, ?)", (batch_seq, chain_id, contract, gateway_address, now, now))
             self.db.execute("UPDATE batches SET state='anchoring' WHERE seq=?", (batch_seq,))
-            return int(cur.lastrowid or 0)
+            return anchor_id
 
     def update_anchor(self, anchor_id: int, state: str, tx_hash: bytes | None = None,
                       block_number: int | None = None, block_hash: bytes | None = None,
@@ -752,16 +534,17 @@ class Store:
 
 
 class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    """BEGIN IMMEDIATE (SQLite: take the write lock now) ... COMMIT, rolled back on any exception."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Connection, begin: str) -> None:
         self.db = db
+        self.begin = begin
         self.nested = False
 
     def __enter__(self) -> None:
         self.nested = self.db.in_transaction
         if not self.nested:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(self.begin)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.nested:

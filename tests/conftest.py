@@ -84,3 +84,41 @@ def miner(node):  # type: ignore[no-untyped-def]
     m = Miner(node)
     yield m
     m.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server():  # type: ignore[no-untyped-def]
+    """A private PostgreSQL (initdb + pg_ctl, tests/pg_server.py) for the whole session."""
+    from pg_server import PostgresServer, bindir
+
+    found = bindir()
+    if found is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed: `make system-deps` installs "
+                    "Debian's postgresql package")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.fail("psycopg not installed: `make .venv/.installed` installs the gateway extra")
+    server = PostgresServer(found)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):  # type: ignore[no-untyped-def]
+    """A fresh, empty PostgreSQL database for one test (dropped after it): its postgresql:// URL."""
+    name = pg_server.create_database()
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
+    """The gateway's --db for one test, on each engine in turn."""
+    if request.param == "sqlite":
+        return str(tmp_path / "gateway.db")
+    url: str = request.getfixturevalue("pg_url")
+    return url

@@ -206,11 +206,11 @@ class Settler:
     def _begin(self, e: StoredEpoch) -> EpochAnchor:
         now = time.time()
         with self.store._tx():
-            cur = self.store.db.execute(
+            rid = self.store.insert_id(
                 "INSERT INTO reward_anchors(epoch, chain_id, contract, gateway_address, state, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, 'submitting', ?, ?)", (e.epoch, self.chain.chain_id, self.chain.contract_address,
                                                            self.chain.gateway_address, now, now))
-        r = self.store.db.execute("SELECT %s FROM reward_anchors WHERE id=?" % _COLS, (cur.lastrowid,)).fetchone()
+        r = self.store.db.execute("SELECT %s FROM reward_anchors WHERE id=?" % _COLS, (rid,)).fetchone()
         return _anchor(r)
 
     def _advance_epoch(self, e: StoredEpoch, now: float) -> bool:

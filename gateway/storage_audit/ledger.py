@@ -80,7 +80,7 @@ class Ledger:
             self.db.execute(
                 "INSERT INTO audit_plots(device_id, plot, seed, block_size, blocks, stored, sent_at, resends, "
                 "created_at) VALUES (?, 1, ?, ?, ?, 0, NULL, 0, ?) ON CONFLICT(device_id) DO UPDATE SET "
-                "plot=plot+1, seed=excluded.seed, block_size=excluded.block_size, blocks=excluded.blocks, "
+                "plot=audit_plots.plot+1, seed=excluded.seed, block_size=excluded.block_size, blocks=excluded.blocks, "
                 "stored=0, sent_at=NULL, resends=0, created_at=excluded.created_at",
                 (device_id, seed, block_size, blocks, now))
         p = self.plot(device_id)
@@ -103,11 +103,11 @@ class Ledger:
 
     def add_challenge(self, p: Plot, nonce: bytes, indices: list[int], now: float, deadline: float) -> Challenge:
         with self.store._tx():
-            cur = self.db.execute(
+            cid = self.store.insert_id(
                 "INSERT INTO audit_challenges(device_id, plot, nonce, indices, blocks, block_size, sent_at, "
                 "deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (p.device_id, p.plot, nonce, json.dumps(indices), p.stored, p.block_size, now, deadline))
-        c = self.challenge_by_id(int(cur.lastrowid or 0))
+        c = self.challenge_by_id(cid)
         assert c is not None
         return c
 
@@ -153,7 +153,7 @@ class Ledger:
     def add_counts(self, counts: dict[tuple[str, str], int]) -> None:
         with self.store._tx():
             self.db.executemany("INSERT INTO audit_counts(fleet, outcome, count) VALUES (?, ?, ?) "
-                                "ON CONFLICT(fleet, outcome) DO UPDATE SET count=count+excluded.count",
+                                "ON CONFLICT(fleet, outcome) DO UPDATE SET count=audit_counts.count+excluded.count",
                                 [(f, o, n) for (f, o), n in counts.items()])
 
     def counts(self) -> dict[str, dict[str, int]]:

@@ -52,7 +52,7 @@ class AuditStage:
         host, port, tls = cfg.broker_host_port()
         self.host, self.port = host, port
         v5 = cfg.mqtt_version == "5"
-        self.conn = Connection(host, port, "surge-gw-%s-audit" % gateway_id, version=cfg.mqtt_version,
+        self.conn = Connection(host, port, cfg.client_id(gateway_id, "audit"), version=cfg.mqtt_version,
                                username=cfg.username, password=cfg.password, tls=tls, ca_file=cfg.broker_ca,
                                keepalive=30, clean_start=False, session_expiry=SESSION_EXPIRY_S if v5 else 0,
                                receive_maximum=100 if v5 else None, max_packet_size=4096 if v5 else None)
