@@ -119,7 +119,8 @@ def test_batches_and_anchors(db_target: str) -> None:
         store.add_batch(batch, [])
     aid = store.begin_anchor(1, 31337, "0x" + "22" * 20, "0x" + "33" * 20)
     assert store.live_anchor(1) == store.anchor(aid) and store.batch(1).state == "anchoring"  # type: ignore[union-attr]
-    store.update_anchor(aid, "confirmed", tx_hash=b"\x44" * 32, block_number=7, block_hash=b"\x55" * 32,
+    store.update_anchor(aid, "submitted", tx_hash=b"\x44" * 32)  # the moves of gateway/lifecycle.py
+    store.update_anchor(aid, "confirmed", block_number=7, block_hash=b"\x55" * 32,
                         gas_used=50_000, attestation=b"sig")
     a = store.confirmed_anchor(1)
     assert a is not None and a.tx_hash == b"\x44" * 32 and a.block_number == 7
