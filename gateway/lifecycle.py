@@ -33,11 +33,7 @@ receipts).
 
 from __future__ import annotations
 
-from typing import Final, Literal
-
-AnchorState = Literal["submitting", "submitted", "mined", "confirmed", "dropped"]
-BatchState = Literal["closed", "anchoring", "confirmed", "receipted"]
-EpochState = Literal["closed", "confirmed"]
+from typing import Final
 
 SUBMITTING: Final = "submitting"
 SUBMITTED: Final = "submitted"
