@@ -47,10 +47,11 @@ audit_blocks_per_s = 200.0
 """
 
 
-def _gateway(tmp: Path, broker: Mosquitto, metrics_port: int | None = None) -> tuple[Path, subprocess.Popen[str]]:
+def _gateway(tmp: Path, broker: Mosquitto, metrics_port: int | None = None,
+             audit: str = AUDIT) -> tuple[Path, subprocess.Popen[str]]:
     db = tmp / "gw.db"
     conf = tmp / "gw.toml"
-    conf.write_text(AUDIT + ("metrics_port = %d\n" % metrics_port if metrics_port else ""))
+    conf.write_text(audit + ("metrics_port = %d\n" % metrics_port if metrics_port else ""))
     return db, start_gateway(db, broker, "--config", str(conf))
 
 
@@ -215,7 +216,10 @@ def test_esp32_mpy_bundle_stores_and_answers(tmp_path: Path, broker: Mosquitto, 
     out = tmp_path / "bundle"
     assert surge_main(["firmware", "build", "--board", "esp32", "--config", str(cfg), "--out", str(out),
                        "--mpy", "--with-key", str(host_key)]) == 0
-    db, gw = _gateway(tmp_path, broker)
+    # One late answer voids the hour's window, and on one loaded core (taskset -c 0) the
+    # MicroPython board answered 6 of 34 challenges after a 3 s deadline: this honest
+    # board gets the margin a slow board needs (the deadline itself is tested above).
+    db, gw = _gateway(tmp_path, broker, audit=AUDIT.replace("audit_deadline_s = 3.0", "audit_deadline_s = 20.0"))
     _enroll(db, key, "esp32")
     wait_online(broker, gw)
     env = dict(os.environ, MICROPYPATH=".frozen")
