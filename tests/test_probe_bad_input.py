@@ -27,6 +27,12 @@ def dropped(port: int, reason: str) -> float:
                if line.startswith("surge_probe_chunks_dropped_total{") and 'reason="%s"' % reason in line)
 
 
+def chunks_read(port: int) -> float:
+    """Every probe chunk the gateway has read: each is either checked or dropped with a reason."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text(port).splitlines()
+               if line.startswith(("surge_probe_chunks_checked_total{", "surge_probe_chunks_dropped_total{")))
+
+
 def test_bad_probe_input_is_counted_and_never_harms_ingest(tmp_path: Path, broker: Mosquitto) -> None:
     db = tmp_path / "gw.db"
     devs = {name: Device() for name in ("honest", "forger", "borrower", "replayer", "shuffler", "flooder", "bystander")}
@@ -38,9 +44,14 @@ def test_bad_probe_input_is_counted_and_never_harms_ingest(tmp_path: Path, broke
     watch = Collector(broker.port, "surge/v1/+/+/verified")
     pub = publisher(broker.port)
 
-    def probe(d: Device, msgs: list[bytes]) -> None:
+    def probe(d: Device, msgs: list[bytes], wait: bool = True) -> None:
+        # Chunks and reports travel on two gateway connections with nothing ordering them; a device's
+        # first run counts only if its chunks are read before its report (ProbeCheck.claim), so wait.
+        before = chunks_read(port)
         for m in msgs:
             pub.publish("surge/v1/%s/%s/probe" % (d.fleet, d.id), m, qos=0)
+        if wait:
+            wait_for(lambda: chunks_read(port) >= before + len(msgs), 30, "probe chunks read")
 
     def report(d: Device) -> None:
         pub.publish(d.topic, d.report(), qos=1).wait_for_publish(10)
@@ -88,7 +99,7 @@ def test_bad_probe_input_is_counted_and_never_harms_ingest(tmp_path: Path, broke
         # The flood: 3000 chunks from one device, while another keeps reporting.
         flood = chunks(0, 16384)
         for _ in range(3000 // len(flood)):
-            probe(flooder, flood)
+            probe(flooder, flood, wait=False)
         for _ in range(20):
             report(bystander)
 
