@@ -142,8 +142,8 @@ class Gateway:
         for store in (self.attest.store, self.tail.store, self.batcher.store, self.anchor_store):
             try:
                 store.close()
-            except Exception:
-                pass  # a connection the server already dropped
+            except Exception as exc:  # a connection the server already dropped: nothing left to close
+                log.debug("closing a pipeline stage's store: %s", exc)
 
     def _lead(self) -> bool:
         """Cluster: whether this gateway runs the pipeline in this pass (taking or losing the lead)."""

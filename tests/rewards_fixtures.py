@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway import merkle
-from gateway.rewards.chain import leaf_data
+from gateway.rewards.epoch import leaf_data
 
 
 @dataclass(frozen=True)

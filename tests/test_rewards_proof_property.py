@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from gateway import merkle
 from gateway.chain import ChainKey
-from gateway.rewards.chain import Web3RewardsChain, leaf_data
+from gateway.rewards.chain import Web3RewardsChain
+from gateway.rewards.epoch import leaf_data
 from gateway.rewards.open import open_rewards_chain
 from rewards_fixtures import RewardTree
 

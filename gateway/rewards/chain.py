@@ -54,7 +54,6 @@ from .chain_errors import (
 __all__ = [
     "DEFAULT_SUPPLY",
     "Web3RewardsChain",
-    "leaf_data",
     "AlreadyPublished",
     "EpochGap",
     "ExceedsTotal",
@@ -77,13 +76,6 @@ MAX_TOTAL = 2**191 - 1
 # One billion tokens of 18 decimals: the SurgeToken supply a fresh deployment
 # mints, all of which goes to the rewards contract unless `fund` says less.
 DEFAULT_SUPPLY = 10**9 * 10**18
-
-
-def leaf_data(account: str, cumulative: int) -> bytes:
-    """The 52 leaf bytes: abi.encodePacked(address account, uint256 cumulative)."""
-    if not 0 <= cumulative <= UINT256_MAX:
-        raise RewardsError(f"cumulative {cumulative} outside uint256")
-    return bytes(HexBytes(_address(account))) + cumulative.to_bytes(32, "big")
 
 
 class Web3RewardsChain(ContractClient):
