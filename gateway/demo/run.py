@@ -28,6 +28,7 @@ from gateway.config import ConfigError, GatewayConfig, parse_broker, validate
 from gateway.demo import fleet
 from gateway.demo.broker import Broker, BrokerError, start_broker
 from gateway.demo.view import DeviceRow, Rate, Snapshot, View, Watcher
+from gateway.rewards.closer import CLOSE_GRACE_S, uncovered_batches
 from gateway.store import Store, StoredReport
 
 MARKER = ".surge-demo"
@@ -237,19 +238,26 @@ class Demo:
     def _settled(self) -> bool:
         assert self.store is not None
         rewards = getattr(self.gateway, "rewards", None)
-        return self.store.unbatched_count() == 0 and self.store.unconfirmed_count() == 0 and \
-            (rewards is None or rewards.settler.pending() == 0)
+        if self.store.unbatched_count() or self.store.unconfirmed_count():
+            return False
+        # The owner statement printed at the end covers every report: the last
+        # batches wait for their reward window to end and its epoch to settle.
+        return rewards is None or (uncovered_batches(self.store) == 0 and rewards.settler.pending() == 0)
 
     def drain(self, view: View) -> None:
         """Stop the devices, then let the gateway batch and anchor what it accepted."""
         view.update(self.snapshot("stopping the devices ..."), force=True)
         fleet.stop_all(self.devices)
         time.sleep(0.5)  # last PUBACKed reports still in the gateway's commit group
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        # Up to one reward window more: the last batches' epoch closes when it ends.
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S + self.opts.epoch_seconds + CLOSE_GRACE_S
         while time.monotonic() < deadline and not self._settled():
             if self.gateway_thread is None or not self.gateway_thread.is_alive():
                 break
-            view.update(self.snapshot("anchoring the last reports ..."))
+            assert self.store is not None
+            waiting = self.store.unbatched_count() or self.store.unconfirmed_count()
+            view.update(self.snapshot("anchoring the last reports ..." if waiting else
+                                      "closing the reward epoch of the last reports ..."))
             time.sleep(TICK_S)
         view.update(self.snapshot("stopped"), force=True)
 

@@ -163,6 +163,25 @@ def device_inputs(store: Store, after_batch: int, last_batch: int) -> list[E.Dev
     return out
 
 
+def position(store: Store) -> tuple[int, int, int, bytes]:
+    """(next epoch number, earliest start ms, last batch already covered, previous root)."""
+    last = last_epoch(store)
+    n, start, batch, root = (1, 0, 0, E.ZERO_ROOT) if last is None else \
+        (last.epoch + 1, last.end_ms, last.last_batch, last.root)
+    skipped = store.meta(SKIPPED_META)
+    if skipped:
+        s = json.loads(skipped)
+        if s["last_batch"] > batch:
+            start, batch = max(start, s["end_ms"]), s["last_batch"]
+    return n, start, batch, root
+
+
+def uncovered_batches(store: Store) -> int:
+    """Batches no epoch (or skipped window) covers yet: they wait for their window to end."""
+    _, _, after, _ = position(store)
+    return int(store.db.execute("SELECT COUNT(*) FROM batches WHERE seq > ?", (after,)).fetchone()[0])
+
+
 class EpochCloser:
     def __init__(self, store: Store, gateway_id: str, gateway_address: str, formula: F.Formula,
                  epoch_seconds: float, sign: E.Signer, grace_s: float = CLOSE_GRACE_S) -> None:
@@ -177,16 +196,7 @@ class EpochCloser:
         self.grace_ms = round(grace_s * 1000)
 
     def _position(self) -> tuple[int, int, int, bytes]:
-        """(next epoch number, earliest start ms, last batch already covered, previous root)."""
-        last = last_epoch(self.store)
-        n, start, batch, root = (1, 0, 0, E.ZERO_ROOT) if last is None else \
-            (last.epoch + 1, last.end_ms, last.last_batch, last.root)
-        skipped = self.store.meta(SKIPPED_META)
-        if skipped:
-            s = json.loads(skipped)
-            if s["last_batch"] > batch:
-                start, batch = max(start, s["end_ms"]), s["last_batch"]
-        return n, start, batch, root
+        return position(self.store)
 
     def next_window(self) -> tuple[int, int, int] | None:
         """(start ms, end ms, last batch) of the next epoch as the store stands, or None (no batch yet)."""
