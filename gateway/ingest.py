@@ -102,7 +102,7 @@ class Ingest:
         self.stateless: set[str] = set()
         self.pending_seen: dict[tuple[str, int, int], bytes] = {}
         self.verifier = Verifier(self._device, self._state, self._seen, self._board,
-                                 Limits(max_bytes=cfg.max_report_bytes))
+                                 Limits(max_bytes=cfg.max_report_bytes), around=self._around)
         self.connected = threading.Event()
         self.commit_failing = False
         host, port, tls = cfg.broker_host_port()
@@ -152,6 +152,14 @@ class Ingest:
     def _seen(self, device_id: str, boot: int, seq: int) -> bytes | None:
         hit = self.pending_seen.get((device_id, boot, seq))
         return hit if hit is not None else self.store.seen(device_id, boot, seq)
+
+    def _around(self, device_id: str, seq: int) -> dict[int, bytes]:
+        """A late report's accepted neighbours: the store's, and this group's not yet committed."""
+        near = self.store.reports_around(device_id, seq)
+        for (dev, _boot, s), data in self.pending_seen.items():
+            if dev == device_id and seq - 1 <= s <= seq + 1:
+                near[s] = data
+        return near
 
     def _board(self, name: str) -> BoardProfile | None:
         if name not in self.boards:
@@ -343,8 +351,10 @@ class Ingest:
                                            run.bw_up, run.bytes, run.chunks, run.elapsed_us, now))
                     rows.append(AcceptedRow(outcome.device.device_id, outcome.boot, outcome.seq, now,
                                             outcome.cose, outcome.gap, outcome.report_hash))
-                    self.pending_state[outcome.device.device_id] = DeviceState(
-                        outcome.boot, outcome.seq, outcome.report_hash)
+                    last = self._state(outcome.device.device_id)
+                    if last is None or outcome.seq > last.seq:  # a late report leaves S where it is
+                        self.pending_state[outcome.device.device_id] = DeviceState(
+                            outcome.boot, outcome.seq, outcome.report_hash)
                     self.pending_seen[(outcome.device.device_id, outcome.boot, outcome.seq)] = outcome.cose
                 elif isinstance(outcome, Duplicate):
                     dupes += 1
