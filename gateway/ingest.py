@@ -102,7 +102,7 @@ class Ingest:
         self.stateless: set[str] = set()
         self.pending_seen: dict[tuple[str, int, int], bytes] = {}
         self.verifier = Verifier(self._device, self._state, self._seen, self._board,
-                                 Limits(max_bytes=cfg.max_report_bytes))
+                                 Limits(max_bytes=cfg.max_report_bytes), around=self._around)
         self.connected = threading.Event()
         self.commit_failing = False
         host, port, tls = cfg.broker_host_port()
@@ -152,6 +152,14 @@ class Ingest:
     def _seen(self, device_id: str, boot: int, seq: int) -> bytes | None:
         hit = self.pending_seen.get((device_id, boot, seq))
         return hit if hit is not None else self.store.seen(device_id, boot, seq)
+
+    def _around(self, device_id: str, seq: int) -> dict[int, bytes]:
+        """A late report's accepted neighbours: the store's, and this group's not yet committed."""
+        near = self.store.reports_around(device_id, seq)
+        for (dev, _boot, s), data in self.pending_seen.items():
+            if dev == device_id and seq - 1 <= s <= seq + 1:
+                near[s] = data
+        return near
 
     def _board(self, name: str) -> BoardProfile | None:
         if name not in self.boards:
@@ -321,6 +329,7 @@ class Ingest:
         rejected: list[RejectedRow] = []
         probe_rows: list[tuple[str, int, int, str, int | None, int, int, int, float]] = []
         dupes = 0
+        late: list[Accepted] = []
         read_at = time.monotonic()
         self._registry_changed()
         self.stateless.clear()
@@ -343,8 +352,12 @@ class Ingest:
                                            run.bw_up, run.bytes, run.chunks, run.elapsed_us, now))
                     rows.append(AcceptedRow(outcome.device.device_id, outcome.boot, outcome.seq, now,
                                             outcome.cose, outcome.gap, outcome.report_hash))
-                    self.pending_state[outcome.device.device_id] = DeviceState(
-                        outcome.boot, outcome.seq, outcome.report_hash)
+                    last = self._state(outcome.device.device_id)
+                    if last is None or outcome.seq > last.seq:
+                        self.pending_state[outcome.device.device_id] = DeviceState(
+                            outcome.boot, outcome.seq, outcome.report_hash)
+                    else:  # a late report leaves S where it is
+                        late.append(outcome)
                     self.pending_seen[(outcome.device.device_id, outcome.boot, outcome.seq)] = outcome.cose
                 elif isinstance(outcome, Duplicate):
                     dupes += 1
@@ -355,6 +368,9 @@ class Ingest:
                                                 hashlib.sha256(msg.payload).hexdigest()))
             with self.store._tx():  # the probe results commit with their reports, or neither does
                 stored_before = self.store.commit_outcomes(rows, rejected)
+                # In a cluster any accepted report may have been overtaken by its successor
+                # (verified on another gateway at the same time); alone, only a late one can.
+                self._heal_gaps([a for a, _ in accepted] if self.store.shared else late)
                 if probe_rows:
                     self.store.db.executemany(_INSERT_PROBE_RUN, probe_rows)
             crash_point("ingest-committed")
@@ -378,6 +394,23 @@ class Ingest:
             if acc.gap:
                 self.metrics.gaps.inc()
                 log.info("gap for %s at boot %d seq %d: %s", acc.device.device_id, acc.boot, acc.seq, acc.gap_detail)
+
+    def _heal_gaps(self, accepted: list[Accepted]) -> None:
+        """Clear the gap of a report that was recorded with one only because it was stored before
+        its predecessor: ``accepted``'s successors, and those of ``accepted`` that came with a gap,
+        whenever the predecessor is now stored and the report's ``prev`` is its hash.
+
+        Runs inside the commit's transaction (on PostgreSQL under the outcomes
+        lock), so the rows read here are the ones stored."""
+        if not accepted:
+            return
+        keys = [(a.device.device_id, a.seq) for a in accepted]
+        wanted = keys + [(d, s + 1) for d, s in keys] + [(d, s - 1) for (d, s), a in zip(keys, accepted) if a.gap]
+        rows = self.store.reports_at(wanted)
+        for (device_id, seq), (report_id, gap, data) in rows.items():
+            pred = rows.get((device_id, seq - 1))
+            if gap and pred is not None and _prev_of(data) == C.prev_hash(pred[2]):
+                self.store.clear_gap(report_id, device_id)
 
     def _probe_run(self, acc: Accepted, fleet: str, arrived: float) -> RunResult | None:
         key = (acc.device.device_id, acc.boot, acc.seq)
@@ -429,3 +462,11 @@ class Ingest:
             log.warning("device %s says it is a %s but is enrolled as %s", device_id, model, dev.board)
 
 
+def _prev_of(data: bytes) -> bytes | None:
+    """The ``prev`` claim of stored (once verified) report bytes; None if unreadable."""
+    try:
+        surge = envelope.parse(data).claims.get(C.SURGE)
+    except cose.COSEError:
+        return None
+    prev = surge.get(C.PREV) if isinstance(surge, dict) else None
+    return prev if isinstance(prev, bytes) else None

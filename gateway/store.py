@@ -270,11 +270,41 @@ class Store:
                               (device_id, boot, seq)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def reports_around(self, device_id: str, seq: int) -> dict[int, bytes]:
+        """The device's accepted reports at seq-1, seq and seq+1 (any bootcount): seq -> COSE bytes."""
+        return {int(r[0]): bytes(r[1]) for r in self.db.execute(
+            "SELECT seq, cose FROM reports WHERE device_id=? AND seq BETWEEN ? AND ?",
+            (device_id, seq - 1, seq + 1))}
+
+    def reports_at(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, bool, bytes]]:
+        """(device, seq) -> (id, gap, COSE) of the accepted reports among ``keys`` (any bootcount);
+        a few queries per group, not one per report."""
+        out: dict[tuple[str, int], tuple[int, bool, bytes]] = {}
+        keys = list(dict.fromkeys(keys))
+        for i in range(0, len(keys), 200):
+            chunk = keys[i:i + 200]
+            where = " OR ".join(["(device_id=? AND seq=?)"] * len(chunk))
+            for r in self.db.execute("SELECT id, device_id, seq, gap, cose FROM reports WHERE %s" % where,
+                                     [v for key in chunk for v in key]):
+                out[(str(r[1]), int(r[2]))] = (int(r[0]), bool(r[3]), bytes(r[4]))
+        return out
+
+    def clear_gap(self, report_id: int, device_id: str) -> None:
+        """The report's predecessor arrived late and it chains to it: no gap after all (in the caller's tx)."""
+        cur = self.db.execute("UPDATE reports SET gap=0 WHERE id=? AND gap=1", (report_id,))
+        if cur.rowcount:
+            self.db.execute("UPDATE device_state SET gaps=gaps-1 WHERE device_id=? AND gaps > 0", (device_id,))
+
     _INSERT_REPORT = ("INSERT INTO reports(device_id, boot, seq, received_at, cose, gap) "
                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
     _UPSERT_STATE = ("INSERT INTO device_state(device_id, boot, seq, last_hash, reports, gaps, last_seen) "
                      "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
-                     "boot=excluded.boot, seq=excluded.seq, last_hash=excluded.last_hash, "
+                     # Only forward: a late report (gateway/verify.py check_late), or one a
+                     # second gateway commits after a later one, must not move S back.
+                     "boot=CASE WHEN excluded.seq > device_state.seq THEN excluded.boot ELSE device_state.boot END, "
+                     "last_hash=CASE WHEN excluded.seq > device_state.seq THEN excluded.last_hash "
+                     "ELSE device_state.last_hash END, "
+                     "seq=CASE WHEN excluded.seq > device_state.seq THEN excluded.seq ELSE device_state.seq END, "
                      "reports=device_state.reports+1, gaps=device_state.gaps+excluded.gaps, last_seen=excluded.last_seen")
 
     def commit_outcomes(self, accepted: Iterable[AcceptedRow], rejected: Iterable[RejectedRow]) -> int:

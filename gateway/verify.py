@@ -214,10 +214,19 @@ def check_plausible(s: Mapping[Any, Any], board: BoardProfile | None, device_id:
     return None
 
 
+# The accepted reports of a device at seqs around a given one: seq -> exact COSE bytes.
+Around = Callable[[str, int], Mapping[int, bytes]]
+
+
 def check_sequence(device_id: str, boot: int, seq: int, s: Mapping[Any, Any], cose: bytes,
-                   state: DeviceState | None, seen: Callable[[str, int, int], bytes | None]
-                   ) -> tuple[bool, str] | Duplicate | Rejection:
-    """(gap, why) for a new report, Duplicate for a resend, Rejection for a replay."""
+                   state: DeviceState | None, seen: Callable[[str, int, int], bytes | None],
+                   around: Around | None = None) -> tuple[bool, str] | Duplicate | Rejection:
+    """(gap, why) for a new report, Duplicate for a resend, Rejection for a replay.
+
+    ``around``: lets a late report (seq below the highest accepted, never
+    accepted itself) in, checked against its accepted neighbours
+    (``check_late``); without it such a report is a replay.
+    """
     if state is not None and seq <= state.seq:
         previous = seen(device_id, boot, seq)
         if previous == cose:
@@ -225,7 +234,9 @@ def check_sequence(device_id: str, boot: int, seq: int, s: Mapping[Any, Any], co
         if previous is not None:
             return Rejection("replay", "a different report for boot %d seq %d was already accepted"
                              % (boot, seq), device_id)
-        return Rejection("replay", "seq %d is not above the last accepted seq %d" % (seq, state.seq), device_id)
+        if around is None:
+            return Rejection("replay", "seq %d is not above the last accepted seq %d" % (seq, state.seq), device_id)
+        return check_late(device_id, boot, seq, s, cose, state, around)
     if state is not None and boot < state.boot:
         return Rejection("replay", "bootcount %d went backwards (last %d)" % (boot, state.boot), device_id)
     prev = s.get(C.PREV)
@@ -238,6 +249,47 @@ def check_sequence(device_id: str, boot: int, seq: int, s: Mapping[Any, Any], co
     return False, ""
 
 
+def check_late(device_id: str, boot: int, seq: int, s: Mapping[Any, Any], cose: bytes, state: DeviceState,
+               around: Around) -> tuple[bool, str] | Rejection:
+    """A report below the highest accepted seq that was never accepted (docs/protocol.md §5).
+
+    Why it can be genuine: several gateways consume one queue (or one shared
+    subscription), so a device's reports reach them in parallel and a later
+    one can commit first; a broker redelivers what a dead consumer held after
+    newer messages.  Refusing it would lose a report the broker acknowledged
+    to the device.  What still makes it a replay: a report already accepted
+    at this seq (under any bootcount: seq never resets), a bootcount above the
+    highest accepted report's, or an accepted successor whose ``prev`` is not
+    this report's hash (the successor vouches for the one genuine report at
+    this seq).  A ``prev`` that does not match the accepted predecessor, or a
+    predecessor not seen yet, is a gap, as for any other report.
+    """
+    if boot > state.boot:
+        return Rejection("replay", "seq %d under bootcount %d is below the last accepted seq %d of bootcount %d"
+                         % (seq, boot, state.seq, state.boot), device_id)
+    near = around(device_id, seq)
+    if seq in near:
+        return Rejection("replay", "a different report with seq %d was already accepted" % seq, device_id)
+    successor = near.get(seq + 1)
+    if successor is not None:
+        try:
+            surge = envelope.parse(successor).claims.get(C.SURGE)
+            successor_prev = surge.get(C.PREV) if isinstance(surge, dict) else None
+        except COSEError:  # stored bytes were verified once; unreadable now means a damaged store
+            successor_prev = None
+        if successor_prev != C.prev_hash(cose):
+            return Rejection("replay", "seq %d is not the report the accepted seq %d follows (its prev differs)"
+                             % (seq, seq + 1), device_id)
+    if seq == 0:
+        return False, ""
+    predecessor = near.get(seq - 1)
+    if predecessor is None:
+        return True, "late report seq %d; seq %d not accepted" % (seq, seq - 1)
+    if s.get(C.PREV) != C.prev_hash(predecessor):
+        return True, "prev does not match the accepted seq %d" % (seq - 1)
+    return False, ""
+
+
 class Verifier:
     """Runs the checks in order for one message; keeps no state of its own."""
 
@@ -245,7 +297,8 @@ class Verifier:
                  state: Callable[[str], DeviceState | None],
                  seen: Callable[[str, int, int], bytes | None],
                  board: Callable[[str], BoardProfile | None],
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(), around: Around | None = None) -> None:
+        self.around = around
         self.lookup = lookup
         self.state = state
         self.seen = seen
@@ -269,7 +322,8 @@ class Verifier:
         if isinstance(parsed, Rejection):
             return parsed
         boot, seq, s = parsed
-        seqcheck = check_sequence(device.device_id, boot, seq, s, data, self.state(device.device_id), self.seen)
+        seqcheck = check_sequence(device.device_id, boot, seq, s, data, self.state(device.device_id), self.seen,
+                                  self.around)
         if isinstance(seqcheck, (Duplicate, Rejection)):
             return seqcheck
         r = check_clock(env.claims, now, self.limits, device.device_id)

@@ -85,12 +85,13 @@ def test_each_bad_report_is_rejected_counted_and_the_gateway_carries_on(tmp_path
         rejected(big.topic, big.report(storage=(10 ** 15, 1)), "implausible")
         rejected(big.topic, big.report(storage=(1000, 2000)), "implausible")  # free > total
 
-        # Replay: seq 0..2 accepted, seq 5 accepted (a gap), then seq 3, never seen before.
+        # Replay: seq 0..2 accepted, seq 5 accepted (a gap), then a seq 4 that seq 5 does not follow
+        # (its prev is seq 2's): a late report its accepted successor disowns.
         for _ in range(3):
             accepted(replayer, replayer.report())
         five = replayer.report(seq=5)
         accepted(replayer, five)
-        older = replayer.report(seq=3)
+        older = replayer.report(seq=4)
         rejected(replayer.topic, older, "replay")
         # A different report under an accepted (boot, seq) is a replay as well.
         rejected(replayer.topic, replayer.report(seq=5, uptime=999), "replay")

@@ -107,6 +107,77 @@ def test_replay_duplicate_and_gap(world: World) -> None:
     assert isinstance(out, Accepted) and out.gap and "prev" in out.gap_detail
 
 
+class ClusterWorld(World):
+    """As a gateway of a cluster sees it: reports may arrive out of order, so late ones are checked
+    against their accepted neighbours (``around``), and S only moves forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.verifier = Verifier(self.devices.get, self.states.get,
+                                 lambda d, b, s: self.history.get((d, b, s)), self._board, Limits(max_bytes=1024),
+                                 around=lambda d, s: {k[2]: v for k, v in self.history.items()
+                                                      if k[0] == d and s - 1 <= k[2] <= s + 1})
+
+    def submit(self, dev: Device, data: bytes, topic_device: str | None = None) -> Any:
+        last = self.states.get(dev.id)
+        out = self.verifier.verify(topic_device or dev.id, data, NOW)
+        if isinstance(out, Accepted):
+            if last is None or out.seq > last.seq:
+                self.states[dev.id] = DeviceState(out.boot, out.seq, out.report_hash)
+            self.history[(dev.id, out.boot, out.seq)] = data
+        return out
+
+
+def test_late_reports_are_accepted_once_and_leave_the_state_alone() -> None:
+    world = ClusterWorld()
+    dev = Device()
+    world.enroll(dev)
+    r = [dev.report() for _ in range(5)]
+    outs = {i: world.submit(dev, r[i]) for i in (0, 2, 1, 4, 3)}  # two gateways, interleaved
+    assert all(isinstance(o, Accepted) for o in outs.values()), outs
+    assert outs[2].gap and "jumped" in outs[2].gap_detail  # it came first; nothing to chain to yet
+    assert not outs[1].gap and not outs[3].gap  # each late one chains to its accepted predecessor
+    assert world.states[dev.id].seq == 4
+    assert isinstance(world.submit(dev, r[1]), Duplicate)
+    assert isinstance(world.submit(dev, r[3]), Duplicate)
+
+
+def test_a_late_report_that_its_accepted_successor_disowns_is_a_replay() -> None:
+    world = ClusterWorld()
+    dev = Device()
+    world.enroll(dev)
+    r = [dev.report() for _ in range(3)]
+    assert isinstance(world.submit(dev, r[0]), Accepted)
+    assert isinstance(world.submit(dev, r[2]), Accepted)
+    # Signed with the device's key at seq 1, but seq 2 follows another report: a rolled-back clone.
+    clone = Device()
+    clone.key, clone.prev = dev.key, C.prev_hash(r[0])
+    out = world.submit(dev, clone.report(seq=1, uptime=999))
+    assert reason(out) == "replay" and "accepted seq 2 follows" in out.detail
+    assert isinstance(world.submit(dev, r[1]), Accepted)  # the genuine one still gets in
+
+
+def test_a_late_report_under_another_bootcount_is_a_replay() -> None:
+    world = ClusterWorld()
+    dev = Device()
+    world.enroll(dev)
+    r0, r1 = dev.report(), dev.report()
+    dev.boot = 2
+    r2, r3 = dev.report(), dev.report()
+    for data in (r0, r1, r3):
+        assert isinstance(world.submit(dev, data), Accepted)
+    # seq never resets: seq 1 again under boot 2 is another report at an accepted seq.
+    again = Device()
+    again.key, again.boot, again.prev = dev.key, 2, C.prev_hash(r0)
+    assert reason(world.submit(dev, again.report(seq=1))) == "replay"
+    # A bootcount above the highest accepted report's, at a lower seq: the device state went back.
+    ahead = Device()
+    ahead.key, ahead.boot, ahead.prev = dev.key, 3, C.prev_hash(r1)
+    out = world.submit(dev, ahead.report(seq=2))
+    assert reason(out) == "replay" and "bootcount 3" in out.detail
+    assert isinstance(world.submit(dev, r2), Accepted)
+
+
 def test_bootcount_cannot_go_back(world: World) -> None:
     dev = Device()
     world.enroll(dev)

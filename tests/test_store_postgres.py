@@ -158,6 +158,29 @@ def test_second_ingest_counts_a_duplicate(db_target: str) -> None:
     assert a.metrics.accepted._value.get() == 2
 
 
+def test_two_ingests_out_of_order_accept_every_report_once(db_target: str) -> None:
+    # Two gateways get one device's reports in parallel: seq 2 and 4 commit on a before
+    # seq 1 and 3 arrive on b.  The late ones are accepted, S stays at 4, and the gaps
+    # recorded for 2 and 4 (they came first) are cleared once their predecessors are in.
+    d = Device()
+    cfg = GatewayConfig(db=db_target, rate_limit_per_s=1e6, rate_burst=10_000)
+    a_store, b_store = Store(db_target), Store(db_target)
+    a_store.enroll(d.id, d.key.public, d.board, d.fleet, "")
+    a, b = Ingest(cfg, a_store, IngestMetrics(), "gw"), Ingest(cfg, b_store, IngestMetrics(), "gw")
+    r = [d.report() for _ in range(5)]
+    a.process([Publish(d.topic, r[0], 1, False, False, 1)])
+    a.process([Publish(d.topic, r[2], 1, False, False, 2), Publish(d.topic, r[4], 1, False, False, 3)])
+    b.process([Publish(d.topic, r[3], 1, False, False, 1), Publish(d.topic, r[1], 1, False, False, 2)])
+    assert a_store.report_count() == 5
+    assert a.metrics.accepted._value.get() + b.metrics.accepted._value.get() == 5
+    st = a_store.device_state(d.id)
+    assert st is not None and st.seq == 4
+    assert [int(g[0]) for g in a_store.db.execute("SELECT gap FROM reports ORDER BY seq")] == [0] * 5
+    assert a_store.device_stats()[d.id][1] == 0
+    b.process([Publish(d.topic, r[1], 1, False, False, 3)])  # redelivered: a duplicate
+    assert b.metrics.duplicates._value.get() == 1 and a_store.report_count() == 5
+
+
 def test_reconnects_after_the_server_drops_the_connection(pg_server, pg_url: str,  # type: ignore[no-untyped-def]
                                                           caplog: pytest.LogCaptureFixture) -> None:
     store = Store(pg_url)

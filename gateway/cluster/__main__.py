@@ -2,6 +2,7 @@
 
     python -m gateway.cluster rabbitmq --dir DIR     # the engine the gateway consumes (docs/cluster.md)
     python -m gateway.cluster nats --dir DIR         # the one it was measured against
+    python -m gateway.cluster demo --dir DIR [--duration S]   # RabbitMQ + PostgreSQL + 2 gateways + devices
 
 Prints each node's MQTT and AMQP (or NATS) URL and the `surge gateway run`
 options that use them.  DIR keeps the nodes' data: run it again with the
@@ -21,10 +22,27 @@ from gateway.cluster.common import ClusterError
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gateway.cluster", description=__doc__.splitlines()[0])
-    ap.add_argument("engine", choices=("rabbitmq", "nats"))
+    ap.add_argument("engine", choices=("rabbitmq", "nats", "demo"))
     ap.add_argument("--dir", required=True, help="data directory of the nodes (created if missing)")
+    demo = ap.add_argument_group("demo (gateway/cluster/demo.py)")
+    demo.add_argument("--duration", type=float, default=60.0, metavar="S",
+                      help="seconds the devices publish (default 60; 0 = until Ctrl-C)")
+    demo.add_argument("--devices", type=int, default=12, metavar="N", help="simulated devices (default 12)")
+    demo.add_argument("--interval", type=float, default=1.0, metavar="S",
+                      help="seconds between a device's reports (default 1)")
+    demo.add_argument("--db", metavar="URL", help="postgresql:// of a server to use instead of a temporary one")
+    demo.add_argument("--chain", metavar="URL",
+                      help="JSON-RPC endpoint instead of a hardhat node (key in $SURGE_CHAIN_KEY)")
+    demo.add_argument("--kill-leader-after", type=float, metavar="S",
+                      help="SIGKILL the leading gateway S seconds in, restart it after the takeover")
     args = ap.parse_args(argv)
     work = Path(args.dir).resolve()
+    if args.engine == "demo":
+        if args.devices < 1 or args.interval <= 0 or args.duration < 0:
+            ap.error("--devices must be at least 1, --interval above 0 and --duration not negative")
+        from gateway.cluster.demo import run
+        return run(work, args.duration, args.devices, args.interval, args.db, args.chain, args.kill_leader_after,
+                   sys.stdout)
     stop = threading.Event()
     up = threading.Event()
 
