@@ -437,6 +437,9 @@ def sustained(workdir: Path, s: Sizes, rate: float) -> dict[str, float]:
             pub.publish(topic, payload, qos=1)
         last_publish = time.time()
         run.wait_receipted(n, 240)
+        # CPU of the service process (the pipeline) and of its ingest child, start to all receipted.
+        pids = gt.with_children(run.proc.pid)
+        cpu = [gt.stat_cpu_s("/proc/%d/stat" % p) for p in pids[:2]]
         pub.loop_stop()
         pub.disconnect()
         stop.set()
@@ -465,7 +468,8 @@ def sustained(workdir: Path, s: Sizes, rate: float) -> dict[str, float]:
         return lat[min(len(lat) - 1, int(round(q * (len(lat) - 1))))]
 
     return {"reports": n, "stored_per_s": (sb - sa) / (tb - ta), "receipted_per_s": (rb - ra) / (tb - ta),
-            "window_start_s": start - sent[0], "backlog": backlog, "anchor_p50": pct(0.5), "anchor_p99": pct(0.99)}
+            "window_start_s": start - sent[0], "backlog": backlog, "anchor_p50": pct(0.5), "anchor_p99": pct(0.99),
+            "service_cpu_s": cpu[0], "ingest_cpu_s": cpu[-1]}
 
 
 def latency(workdir: Path, s: Sizes) -> dict[str, float]:

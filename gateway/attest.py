@@ -5,9 +5,14 @@ what this gateway verified itself about the same report: the upload rate it
 timed from the device's probe run (gateway/probe_check.py), the storage the
 device proved and its challenge counts (gateway/storage_audit, issue 12 part
 B), and flags where a claim goes beyond that.  It is signed with the
-gateway's chain key (EIP-191, like the batch attestation) over its canonical
-JSON without the ``signature`` member, and bound to the report by the
-SHA-256 of the exact COSE bytes.
+gateway's chain key (EIP-191, like the batch attestation) and bound to the
+report by the SHA-256 of the exact COSE bytes.  Version 2 objects are signed
+per *group*: the canonical JSON bodies of up to ``GROUP`` consecutive
+reports are the leaves of an RFC 9162 tree, the gateway signs its root once,
+and each object carries its ``group`` (root, size, index, inclusion proof).
+One secp256k1 signature per report was the largest CPU cost of the pipeline
+(docs/performance.md, figure 1); version 1 objects (one signature each, over
+the body) still verify.
 
 Building, signing and checking are pure functions; :class:`AttestStage` is
 the pipeline stage that attests each accepted report once, writes the
@@ -24,13 +29,18 @@ from typing import Any, Callable, Mapping, Sequence
 import cbor2
 
 from agent import claims as C
+from gateway import merkle
 from gateway.envelope import payload_at
 from gateway.receipts import canonical
 from gateway.store import Store
 
 log = logging.getLogger("surge.gateway.attest")
 
-VERSION = 1
+VERSION = 2
+# Reports per signed group (v2): a signature costs ~25 us of CPU, a group
+# member's proof ceil(log2 GROUP) hashes (5 here, ~340 bytes of hex in each
+# `verified` message and bundle).
+GROUP = 32
 # Claimed bw_up above measured x (1 + BW_TOLERANCE) + BW_FLOOR is flagged
 # bw_overclaim.  An honest agent's own figure (its send time including the
 # last chunk's PUBACK, in whole ms) and the gateway's (first to last arrival)
@@ -43,7 +53,9 @@ BW_TOLERANCE = 3.0
 BW_FLOOR = 65536
 FLAGS = ("bw_overclaim", "bw_unverified", "challenge_failed", "storage_overclaim", "storage_unverified")
 MEMBERS = ("v", "gateway_id", "device", "boot", "seq", "report_sha256", "at", "bw_up", "storage_bytes",
-           "challenges", "flags", "gateway_address", "signature")
+           "challenges", "flags", "gateway_address", "signature")  # v1
+MEMBERS_V2 = MEMBERS + ("group",)
+GROUP_MEMBERS = ("index", "proof", "root", "size")
 
 # (proven storage bytes, challenges passed, failed, timed out) of a device now.
 Standing = tuple[int, int, int, int]
@@ -102,30 +114,61 @@ def flags_for(claims: Mapping[Any, Any], bw_up: int | None, standing: Standing) 
 
 
 def build(gateway_id: str, gateway_address: str, device_id: str, boot: int, seq: int, cose: bytes, at: float,
-          bw_up: int | None, standing: Standing, flags: list[str]) -> dict[str, Any]:
-    """The attested object without its signature (what is signed)."""
+          bw_up: int | None, standing: Standing, flags: list[str], version: int = VERSION) -> dict[str, Any]:
+    """The attested object without ``signature`` and ``group``: what v1 signs, a v2 group's leaf."""
     proven, passed, failed, timed_out = standing
-    return {"v": VERSION, "gateway_id": gateway_id, "device": device_id, "boot": boot, "seq": seq,
+    return {"v": version, "gateway_id": gateway_id, "device": device_id, "boot": boot, "seq": seq,
             "report_sha256": hashlib.sha256(cose).hexdigest(), "at": round(at * 1000), "bw_up": bw_up,
             "storage_bytes": proven, "challenges": {"passed": passed, "failed": failed, "timed_out": timed_out},
             "flags": sorted(flags), "gateway_address": gateway_address}
 
 
 def signed(body: Mapping[str, Any], sign: Callable[[bytes], bytes]) -> tuple[bytes, bytes]:
-    """(canonical JSON of ``body``, the 65-byte signature ``sign`` makes over it)."""
+    """v1: (canonical JSON of ``body``, the 65-byte signature ``sign`` makes over it)."""
     message = canonical(dict(body))
     return message, sign(message)
+
+
+def group_message(root: bytes, size: int) -> bytes:
+    """What a v2 signature covers: the group's root and size (distinct from a batch's signed record)."""
+    return canonical({"attested_group": {"root": root.hex(), "size": size}})
+
+
+def signed_group(bodies: Sequence[bytes], sign: Callable[[bytes], bytes]) -> tuple[list[str], bytes]:
+    """v2: the canonical bodies of one group -> (each body with its ``group`` member, the signature).
+
+    The leaves are ``leaf_hash(body)`` in the order given; the returned
+    texts are canonical JSON of each object without ``signature``.
+    """
+    tree = merkle.MerkleTree([merkle.leaf_hash(b) for b in bodies])
+    root, size = tree.root, len(bodies)
+    sig = sign(group_message(root, size))
+    head = '"group":{"index":%d,"proof":[%s],"root":"' + root.hex() + '","size":' + str(size) + '},'
+    out = []
+    for i, (body, proof) in enumerate(zip(bodies, tree.proofs())):
+        text = body.decode("ascii")
+        at = text.find(_BEFORE_REPORT)
+        if at < 0:  # not reached: build() always writes report_sha256
+            doc = json.loads(text)
+            doc["group"] = {"index": i, "proof": [p.hex() for p in proof], "root": root.hex(), "size": size}
+            out.append(canonical(doc).decode("ascii"))
+            continue
+        # "group" sorts right after "gateway_id", before "report_sha256".
+        out.append(text[:at + 1] + head % (i, ",".join('"%s"' % p.hex() for p in proof)) + text[at + 1:])
+    return out, sig
 
 
 # In canonical (sorted) JSON "signature" sorts right before "storage_bytes";
 # no string value can hold this text (its quotes would be escaped).
 _BEFORE_SIGNATURE = ',"storage_bytes":'
+_BEFORE_REPORT = ',"report_sha256":'
 
 
 def to_json(body_json: str, signature: bytes) -> str:
     """The attested object as it appears in `verified` and bundles: the body plus ``signature``.
 
-    ``body_json`` is the canonical JSON the signature covers; the member is
+    ``body_json`` is the canonical JSON of the object without it (v1: what
+    the signature covers; v2: with its ``group``, as stored); the member is
     spliced into its sorted place rather than parsing and dumping the object
     again (once per report per `verified` message; the same text either way,
     tests/test_attest.py).
@@ -141,22 +184,26 @@ def to_json(body_json: str, signature: bytes) -> str:
 def verify(attested: Any, cose: bytes, boot: Any, seq: Any, gateway_address: str | None = None) -> dict[str, Any]:
     """Check an attested object against the report it is about; returns it, or raises AttestError.
 
-    The signature must recover to ``gateway_address`` inside the object and,
-    when given, to that address too (a bundle's anchoring gateway); the
-    object must name this report (its SHA-256, boot and seq).
+    The signature (v1: over the body; v2: over the group's root, which the
+    body's inclusion proof must lead to) must recover to ``gateway_address``
+    inside the object and, when given, to that address too (a bundle's
+    anchoring gateway); the object must name this report (its SHA-256, boot
+    and seq).
     """
     from gateway.receipts import _recover
 
     if not isinstance(attested, dict):
         raise AttestError("attested is not an object")
-    extra = set(attested) - set(MEMBERS)
-    missing = set(MEMBERS) - set(attested)
+    version = attested.get("v")
+    if version not in (1, 2):
+        raise AttestError("attested version %r is not 1 or 2" % (version,))
+    members = MEMBERS if version == 1 else MEMBERS_V2
+    extra = set(attested) - set(members)
+    missing = set(members) - set(attested)
     if extra or missing:
         raise AttestError("attested has %s" % "; ".join(
             p for p in ("unknown members " + ", ".join(sorted(extra)) if extra else "",
                         "no " + ", ".join(sorted(missing)) if missing else "") if p))
-    if attested["v"] != VERSION:
-        raise AttestError("attested version %r is not %d" % (attested["v"], VERSION))
     ch = attested["challenges"]
     if (not isinstance(ch, dict) or set(ch) != {"passed", "failed", "timed_out"}
             or not all(type(v) is int for v in ch.values())):
@@ -172,8 +219,13 @@ def verify(attested: Any, cose: bytes, boot: Any, seq: Any, gateway_address: str
         raise AttestError("attested signature is not hex") from None
     if len(sig) != 65:
         raise AttestError("attested signature must be 65 bytes")
-    body = {k: v for k, v in attested.items() if k != "signature"}
-    signer = _recover(canonical(body), sig)
+    body = {k: v for k, v in attested.items() if k not in ("signature", "group")}
+    if version == 1:
+        message = canonical(body)
+    else:
+        root, size = _check_group(attested["group"], canonical(body))
+        message = group_message(root, size)
+    signer = _recover(message, sig)
     claimed_signer = str(attested["gateway_address"])
     if signer is None or signer.lower() != claimed_signer.lower():
         raise AttestError("attested signature does not match its gateway_address %s" % claimed_signer)
@@ -187,13 +239,32 @@ def verify(attested: Any, cose: bytes, boot: Any, seq: Any, gateway_address: str
     return attested
 
 
+def _check_group(group: Any, body: bytes) -> tuple[bytes, int]:
+    """(root, size) of a v2 object's ``group``, once ``body``'s inclusion proof leads to that root."""
+    if not isinstance(group, dict) or set(group) != set(GROUP_MEMBERS):
+        raise AttestError("attested group must have exactly %s" % ", ".join(GROUP_MEMBERS))
+    index, size, proof_hex = group["index"], group["size"], group["proof"]
+    if type(index) is not int or type(size) is not int or not 0 <= index < size:
+        raise AttestError("attested group index and size must be integers, 0 <= index < size")
+    try:
+        root = bytes.fromhex(group["root"])
+        proof = [bytes.fromhex(p) for p in proof_hex] if isinstance(proof_hex, list) else None
+    except (TypeError, ValueError):
+        raise AttestError("attested group root and proof must be hex") from None
+    if proof is None or len(root) != 32:
+        raise AttestError("attested group root must be 32 bytes of hex, proof a list of hashes")
+    if not merkle.verify_inclusion(merkle.leaf_hash(body), index, size, proof, root):
+        raise AttestError("attested body is not in its signed group (inclusion proof fails)")
+    return root, size
+
+
 # -- the pipeline stage -------------------------------------------------------
 
 _TO_ATTEST = ("SELECT r.id, r.device_id, r.boot, r.seq, r.cose, r.received_at, p.outcome, p.bw_up, d.fleet "
             "FROM reports r "
             "LEFT JOIN probe_runs p ON p.device_id = r.device_id AND p.boot = r.boot AND p.seq = r.seq "
             "LEFT JOIN devices d ON d.device_id = r.device_id "
-            "WHERE r.id > ? ORDER BY r.id LIMIT ?")
+            "WHERE r.id > ? AND r.id <= ? ORDER BY r.id LIMIT ?")
 _INSERT = ("INSERT INTO attestations(report_id, device_id, boot, seq, bw_up, storage_bytes, "
            "challenges_passed, challenges_failed, challenges_timed_out, flags, body, signature, at) "
            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
@@ -217,7 +288,7 @@ class AttestStage:
     signature and skips no report; ``cursor`` is what the publisher may send.
     """
 
-    CHUNK = 500
+    CHUNK = 16 * GROUP  # rows read per query: whole groups
 
     def __init__(self, store: Store, gateway_id: str, gateway_address: str, sign: Callable[[bytes], bytes],
                  standing: StandingFn | None = None, clock: Callable[[], float] | None = None) -> None:
@@ -241,18 +312,27 @@ class AttestStage:
         self.counts: dict[tuple[str, str], int] = {}
 
     def step(self) -> int:
-        """Attest what was accepted since the last step; returns how many."""
+        """Attest what was accepted before this step began; returns how many.
+
+        Bounded by the newest report when the step starts: under steady
+        ingest there is always a newer row, and a step that chased them kept
+        the pipeline's pass from ever reaching the batcher and anchorer (the
+        sustained run of bench group 1 receipted almost nothing while load
+        lasted, docs/performance.md).
+        """
         done = 0
-        while True:
+        newest = self.store.max_ids()[0]
+        while self.cursor < newest:
             now = self.clock()
-            rows = self.store.db.execute(_TO_ATTEST, (self.cursor, self.CHUNK)).fetchall()
+            rows = self.store.db.execute(_TO_ATTEST, (self.cursor, newest, self.CHUNK)).fetchall()
             waiting = next((i for i, r in enumerate(rows) if r[6] == "pending" and r[5] > now - PENDING_WAIT_S),
                            None)
             if waiting is not None:
                 rows = rows[:waiting]
             if not rows:
-                return done
+                break
             out = []
+            bodies: list[bytes] = []
             gave_up = []
             standings = self.standing(self.store, [r[1] for r in rows], now)
             for rid, device_id, boot, seq, cose, _, outcome, bw_up, fleet in rows:
@@ -262,14 +342,19 @@ class AttestStage:
                 standing = standings.get(device_id, NOTHING_PROVEN)
                 measured = bw_up if outcome == "checked" else None
                 flags = flags_for(claims_of(cose), measured, standing)
-                body = build(self.gateway_id, self.gateway_address, device_id, boot, seq, cose, now, measured,
-                             standing, flags)
-                message, sig = signed(body, self.sign)
-                out.append((rid, device_id, boot, seq, measured, standing[0], standing[1], standing[2],
-                            standing[3], ",".join(flags), message.decode("ascii"), sig, now))
+                bodies.append(canonical(build(self.gateway_id, self.gateway_address, device_id, boot, seq, cose,
+                                              now, measured, standing, flags)))
+                out.append([rid, device_id, boot, seq, measured, standing[0], standing[1], standing[2],
+                            standing[3], ",".join(flags), "", b"", now])
                 for key in flags + ["attested"] + (["measured"] if measured is not None else []):
                     k = (fleet or "-", key)
                     self.counts[k] = self.counts.get(k, 0) + 1
+            # One signature per GROUP reports (v2); each row keeps its body with
+            # its `group` member, and the group's signature.
+            for start in range(0, len(bodies), GROUP):
+                texts, sig = signed_group(bodies[start:start + GROUP], self.sign)
+                for row, text in zip(out[start:start + GROUP], texts):
+                    row[10], row[11] = text, sig
             with self.store._tx():
                 self.store.db.executemany(_INSERT, out)
                 self.store.db.executemany("UPDATE probe_runs SET outcome=CASE WHEN chunks=0 THEN 'absent' ELSE "
@@ -280,7 +365,8 @@ class AttestStage:
             self.cursor = rows[-1][0]
             done += len(out)
             if waiting is not None:
-                return done
+                break
+        return done
 
     def drain(self) -> dict[tuple[str, str], int]:
         """(fleet, key) -> count since the last call (for the pipeline's metrics)."""

@@ -22,7 +22,8 @@ from gateway.receipts import canonical
 from gateway.store import AcceptedRow, Store
 from gw_helpers import Device
 
-VECTOR = json.loads((VECTORS / "attested.json").read_text())
+VECTOR = json.loads((VECTORS / "attested.json").read_text())  # version 1: one signature per object
+VECTOR_2 = json.loads((VECTORS / "attested_v2.json").read_text())  # version 2: one signature per group
 KEY = ChainKey.from_hex(VECTOR["gateway_key"])
 REPORT = bytes.fromhex(VECTOR["report"])
 
@@ -56,13 +57,35 @@ def test_vector_reproduces_and_verifies() -> None:
     standing = (p, ok, failed, timed_out)
     body = attest.build("gw-lab", KEY.address, "21fe31dfa154a261", 12, 123456, REPORT, 1795000000.123,
                         VECTOR["measured_bw_up"], standing,
-                        attest.flags_for(attest.claims_of(REPORT), VECTOR["measured_bw_up"], standing))
+                        attest.flags_for(attest.claims_of(REPORT), VECTOR["measured_bw_up"], standing), version=1)
     message, sig = attest.signed(body, KEY.sign_message)
     assert message.decode() == VECTOR["canonical_body"]
     assert sig.hex() == VECTOR["signature"]  # EIP-191 with RFC 6979 nonces: deterministic
     assert json.loads(attest.to_json(message.decode(), sig)) == VECTOR["attested"]
     assert attest.verify(VECTOR["attested"], REPORT, 12, 123456, KEY.address) == VECTOR["attested"]
     assert canonical({k: v for k, v in VECTOR["attested"].items() if k != "signature"}) == message
+
+
+def test_v2_vector_reproduces_and_verifies() -> None:
+    """A group of three bodies, one signature over their root; the middle object is the reference report's."""
+    p, ok, failed, timed_out = VECTOR_2["standing"]
+    standing = (p, ok, failed, timed_out)
+    body = attest.build("gw-lab", KEY.address, "21fe31dfa154a261", 12, 123456, REPORT, 1795000000.123,
+                        VECTOR_2["measured_bw_up"], standing,
+                        attest.flags_for(attest.claims_of(REPORT), VECTOR_2["measured_bw_up"], standing))
+    bodies = [b.encode() for b in VECTOR_2["group_bodies"]]
+    assert canonical(body) == bodies[1]
+    texts, sig = attest.signed_group(bodies, KEY.sign_message)
+    assert sig.hex() == VECTOR_2["signature"]  # RFC 6979 nonces: deterministic
+    assert texts[1] == VECTOR_2["stored_body"]
+    doc = VECTOR_2["attested"]
+    assert json.loads(attest.to_json(texts[1], sig)) == doc
+    assert attest.group_message(bytes.fromhex(doc["group"]["root"]), 3).decode() == VECTOR_2["group_message"]
+    assert attest.verify(doc, REPORT, 12, 123456, KEY.address) == doc
+    # The spliced texts are what canonical JSON gives, for every member of the group.
+    for i, (b, t) in enumerate(zip(bodies, texts)):
+        assert canonical(dict(json.loads(b), group=json.loads(t)["group"])).decode() == t
+        assert json.loads(t)["group"]["index"] == i
 
 
 @settings(max_examples=200, deadline=None)
@@ -76,6 +99,35 @@ def test_any_changed_member_fails(member: str, data: st.DataObject) -> None:
     doc[member] = new
     with pytest.raises(attest.AttestError):
         attest.verify(doc, REPORT, 12, 123456, KEY.address)
+
+
+@settings(max_examples=200, deadline=None)
+@given(member=st.sampled_from([m for m in attest.MEMBERS_V2 if m != "signature"] + list(attest.GROUP_MEMBERS)),
+       data=st.data())
+def test_v2_any_changed_member_fails(member: str, data: st.DataObject) -> None:
+    """A tampered v2 object fails: a body member breaks the proof, a group member the proof or signature."""
+    doc = copy.deepcopy(VECTOR_2["attested"])
+    where = doc["group"] if member in attest.GROUP_MEMBERS else doc
+    old = where[member]
+    new = data.draw(st.one_of(st.integers(0, 2 ** 40), st.text(max_size=8), st.none(),
+                              st.just(["bw_overclaim"]), st.just({"passed": 9, "failed": 0, "timed_out": 0}),
+                              st.just(["00" * 32, "11" * 32]), st.just("22" * 32))
+                    .filter(lambda x: x != old))
+    where[member] = new
+    with pytest.raises(attest.AttestError):
+        attest.verify(doc, REPORT, 12, 123456, KEY.address)
+
+
+def test_v2_group_checks_say_what_is_wrong() -> None:
+    doc = VECTOR_2["attested"]
+    with pytest.raises(attest.AttestError, match="not in its signed group"):
+        attest.verify(dict(doc, flags=[]), REPORT, 12, 123456)
+    with pytest.raises(attest.AttestError, match="no group"):
+        attest.verify({k: v for k, v in doc.items() if k != "group"}, REPORT, 12, 123456)
+    with pytest.raises(attest.AttestError, match="0 <= index < size"):
+        attest.verify(dict(doc, group=dict(doc["group"], index=3)), REPORT, 12, 123456)
+    with pytest.raises(attest.AttestError, match="not by the anchoring gateway"):
+        attest.verify(doc, REPORT, 12, 123456, ChainKey.generate().address)
 
 
 def test_binding_to_report_and_gateway() -> None:
@@ -184,3 +236,26 @@ def test_stage_counts_attestations_and_flags_per_fleet(tmp_path: Path) -> None:
         "north": {"reports": 2, "bw_measured": 1,
                   "flags": {"bw_overclaim": 1, "bw_unverified": 1, "storage_unverified": 2}},
         "south": {"reports": 1, "bw_measured": 0, "flags": {"bw_unverified": 1, "storage_unverified": 1}}}
+
+
+def test_stage_signs_once_per_group_and_every_object_verifies(tmp_path: Path) -> None:
+    store = Store(tmp_path / "gw.db")
+    dev = Device(board="rpi-4")
+    store.enroll(dev.id, dev.key.public, dev.board, dev.fleet, "")
+    signatures: list[bytes] = []
+
+    def sign(message: bytes) -> bytes:
+        signatures.append(KEY.sign_message(message))
+        return signatures[-1]
+
+    stage = attest.AttestStage(Store(tmp_path / "gw.db"), "gw-test", KEY.address, sign, standing=attest.no_standing)
+    n = 2 * attest.GROUP + 5
+    reps = [dev.report() for _ in range(n)]
+    store.commit_outcomes([AcceptedRow(dev.id, 1, i, time.time(), r, False, b"\x00" * 32)
+                           for i, r in enumerate(reps)], [])
+    assert stage.step() == n
+    assert len(signatures) == 3  # two full groups and one of 5
+    rows = store.db.execute("SELECT seq, body, signature FROM attestations ORDER BY seq").fetchall()
+    for seq, body, sig in rows:
+        doc = attest.verify(json.loads(attest.to_json(body, bytes(sig))), reps[seq], 1, seq, KEY.address)
+        assert doc["v"] == 2 and doc["group"]["index"] == seq % attest.GROUP

@@ -117,7 +117,9 @@ def test_honest_agent_gets_attested_bandwidth_and_a_tampered_attestation_fails(t
         path = tmp_path / "tampered.json"
         path.write_text(json.dumps(tampered, indent=2))
         bad = surge("verify", str(path), check=False)
-        assert bad.returncode == 1 and bad.stdout.startswith("INVALID: attested signature"), bad.stdout
+        # v2 (one signature per group): a changed body no longer leads to the signed group root.
+        assert bad.returncode == 1 and bad.stdout.startswith("INVALID: attested body is not in its signed group"), \
+            bad.stdout
 
         st = json.loads(surge("gateway", "status", "--db", str(db), "--json").stdout)
         assert st["attestations"]["reports"] == 4 and st["attestations"]["bw_measured"] == 4
