@@ -17,11 +17,10 @@ without a write.  A power cut in the middle of an append leaves a partial
 block; the plot is then dropped, the next challenge fails, and the gateway
 starts a new plot (the window counts as failed: the price of losing data).
 
-Few names and strings, on purpose: agent.runner loads this module for a
-burst of commands and agent.cycle unloads it before signing, and on a 48 KB
+One function, few names and strings, on purpose: agent.runner loads this
+module for each command and, from .mpy, unloads it again, and on a 48 KB
 board it must load into the few KB, in pieces, that an idle agent leaves
-free (each new string is an allocation of its own, and so is each
-function's bytecode, which is why the largest is cut in three).
+free (each function and each new string is an allocation of its own).
 Binary commands rather than JSON with hex for the same reason.
 """
 
@@ -60,45 +59,31 @@ def handle(agent, msg):
     if q is None:
         q = agent.audit_out = []
     if msg[0] == 1 and 73 <= n <= 4105:  # 9 bytes of head, blocks of 64..4096 bytes
-        _store(agent, msg, plot, cur, size, have, q, meta, data)
+        index = int.from_bytes(msg[5:9], "big")
+        if cur != plot or size != n - 9:
+            if index:
+                return  # a plot not started here: wait for its block 0
+            for p in (data, meta):
+                try:
+                    os.remove(p)
+                except OSError:
+                    pass
+            # The old blocks go before the new id is written, so a cut in
+            # between never pairs the new plot with old blocks.
+            fsutil.atomic_write(meta, b"%d %d" % (plot, n - 9))
+            have = 0
+            agent.log("storing plot %d (%d-byte blocks)" % (plot, n - 9))
+        if index > have or (index + 1) * (n - 9) > MAX_BYTES:
+            return
+        if index == have:
+            with open(data, "ab") as f:
+                f.write(memoryview(msg)[9:])
+        if len(q) < 32:  # bounded: the gateway sends again what it was not told
+            q.append(b'{"t":"stored","plot":%d,"index":%d}' % (plot, index))
         return
     if msg[0] != 2 or n < 29 or (n - 25) % 4 or n > 281:  # k = 1..64
         agent.log("ignored storage command: %d bytes" % n)
         return
-    _answer(agent, msg, plot, cur, size, have, q, data)
-
-
-# Three functions, not one: loading this module from .mpy allocates each
-# function's bytecode as one block, and on a 48 KB board heap that a burst of
-# store commands has cut up a 620-byte block was often not to be had.
-
-def _store(agent, msg, plot, cur, size, have, q, meta, data):
-    n = len(msg)
-    index = int.from_bytes(msg[5:9], "big")
-    if cur != plot or size != n - 9:
-        if index:
-            return  # a plot not started here: wait for its block 0
-        for p in (data, meta):
-            try:
-                os.remove(p)
-            except OSError:
-                pass
-        # The old blocks go before the new id is written, so a cut in
-        # between never pairs the new plot with old blocks.
-        fsutil.atomic_write(meta, b"%d %d" % (plot, n - 9))
-        have = 0
-        agent.log("storing plot %d (%d-byte blocks)" % (plot, n - 9))
-    if index > have or (index + 1) * (n - 9) > MAX_BYTES:
-        return
-    if index == have:
-        with open(data, "ab") as f:
-            f.write(memoryview(msg)[9:])
-    if len(q) < 32:  # bounded: the gateway sends again what it was not told
-        q.append(b'{"t":"stored","plot":%d,"index":%d}' % (plot, index))
-
-
-def _answer(agent, msg, plot, cur, size, have, q, data):
-    n = len(msg)
     import binascii
     nonce = bytes(msg[9:25])
     err = None

@@ -6,9 +6,7 @@ user name, password), PUBLISH at QoS 0 and 1 (QoS 1 waits for its PUBACK),
 SUBSCRIBE, PINGREQ and a clean DISCONNECT.  Runs unchanged on CPython, which
 is how the byte-exact tests drive it against a fake socket.
 
-Differences from umqtt.simple: the callback gets the payload as a
-memoryview into the packet (valid during the call; ``bytes(msg)`` keeps it),
-and, additive, ``wait_msg`` consumes every
+Differences from umqtt.simple, all additive: ``wait_msg`` consumes every
 packet whole (umqtt leaves PUBACK/SUBACK bodies for the caller to read, which
 desynchronises the stream when a stale ack turns up in ``check_msg``), and
 ``timeout`` (seconds, None = block) bounds every blocking read.
@@ -248,10 +246,7 @@ class MQTTClient:
                 pid = body[pos:pos + 2]
                 pos += 2
             if self.cb is not None:
-                # A view, not a slice: a storage block (protocol §10) is the
-                # largest message a board receives, and a copy of it would be
-                # a second block of that size.  Valid during the call only.
-                self.cb(topic, memoryview(body)[pos:])
+                self.cb(topic, body[pos:])
             if qos == 1:
                 self._send(b"\x40\x02" + pid)
             elif qos == 2:
