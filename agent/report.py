@@ -114,13 +114,22 @@ def build_birth(board, swname, swversion, bootcount, public, caps, runtime, iat=
 
 # Encoded protected header {1: -8, 4: kid} minus the 8 kid bytes: a2 01 27 04 48.
 _PROTECTED_HEAD = const(b"\xa2\x01\x27\x04\x48")
+# Sig_structure's head up to protected's bytes: array(4), "Signature1",
+# bstr(13); then the empty external_aad (40) before the payload's head.
+_SIG_HEAD = const(b"\x84\x6aSignature1\x4d\x40")
 
 
 def sign_report(secret, public, claims):
     """COSE_Sign1 bytes of ``claims`` signed with the device key (RFC 9052 §4.2)."""
     payload = cborw.dumps(claims)
     protected = _PROTECTED_HEAD + kid(public)
-    msg = cborw.dumps(["Signature1", protected, b"", payload])
+    # The Sig_structure ["Signature1", protected, b"", payload] as pieces:
+    # its head (array, text, protected's head) is constant, then protected,
+    # the empty bstr and the payload's own head.  Signed as pieces, so the
+    # payload is never copied into a second message-sized block.
+    head = bytearray(_SIG_HEAD)
+    cborw.head(head, 2, len(payload))
+    tbs = (head[:13], protected, head[13:], payload)
     # Ed25519 is deterministic: libsodium (CPython hosts with PyNaCl) and the
     # portable code give the same bytes; the portable one is ~50x slower.
     # (A board does not even try the import: a failed one interns its names.)
@@ -128,11 +137,11 @@ def sign_report(secret, public, claims):
     if sys.implementation.name != "micropython":
         try:
             from nacl.signing import SigningKey
-            sig = SigningKey(bytes(secret)).sign(bytes(msg)).signature
+            sig = SigningKey(bytes(secret)).sign(b"".join(tbs)).signature
         except ImportError:
             pass
     if sig is None:
         from firmware_shim import ed25519
-        sig = ed25519.sign(secret, msg, public)
-    msg = None  # not live while the result is built
+        sig = ed25519.sign(secret, tbs, public)
+    head = tbs = None  # not live while the result is built
     return cborw.tagged(18, [protected, {}, payload, sig])

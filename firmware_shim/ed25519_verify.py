@@ -6,7 +6,8 @@ equal R byte for byte, which also rejects non-canonical R.  A device never
 verifies, so this part is loaded only where something does (hosts, tests).
 """
 
-from firmware_shim.ed25519 import _B, Ed25519Error, _add, _encode, _h, _mul
+from firmware_shim import sha512
+from firmware_shim.ed25519 import _B, Ed25519Error, _add, _encode, _mul
 
 try:
     from micropython import const
@@ -58,6 +59,6 @@ def verify(public, msg, sig):
     a = _decode(public)
     if a is None:
         return False
-    k = int.from_bytes(_h(sig[:32], public, msg), "little") % _L
+    k = int.from_bytes(sha512.digest((sig[:32], public, msg)), "little") % _L
     neg_a = ((_P - a[0]) % _P, a[1], a[2], (_P - a[3]) % _P)
     return _encode(_add(_mul(s, _B), _mul(k, neg_a))) == bytes(sig[:32])

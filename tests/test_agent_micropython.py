@@ -22,7 +22,9 @@ from test_agent_harness import Subscriber, report_chain, verify, write_config
 # 46-47K from .mpy, also on a first start (key made on the device); 61-62K
 # from .py, 62K on a first start from .py.  Measured again on 2026-12-03, after
 # issue 12's probe and storage code: 47K from .mpy, 64K from .py (no margin left);
-# after the MQTT shim's publish lost its payload copy: 47K and 63K.
+# after the MQTT shim's publish lost its payload copy: 47K and 63K; after
+# SHA-512 streamed parts and signing stopped joining the message: 46K from .mpy
+# (firmware_shim.sha512 loaded: ~2.1 KB, was 3.1).
 # Where the 48K goes, from .mpy (gc.mem_free/micropython.mem_info in the run
 # loop): the loaded run-loop modules take ~36 KB (firmware_shim.ed25519 5.2,
 # firmware_shim.mqtt 5.1, agent.config 3.8, firmware_shim.sha512 3.1,

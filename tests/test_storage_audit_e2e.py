@@ -244,6 +244,7 @@ def test_esp32_mpy_bundle_stores_and_answers(tmp_path: Path, broker: Mosquitto, 
     finally:
         dev.terminate()
         log = dev.communicate(timeout=20)[0]
+        print("board log (tail):\n" + log[-4000:])  # shown by pytest when the test fails
         stop(gw)
     assert "storing plot 1 (256-byte blocks)" in log and "challenge on plot 1 answered" in log, log[-3000:]
     assert (out / "state" / "plot.bin").stat().st_size == 4096
