@@ -14,7 +14,8 @@ import json
 from typing import Any, Callable, Iterator
 
 from agent import claims as C
-from gateway import envelope, merkle
+from gateway import envelope
+from surge_protocol import merkle
 from gateway.store import Anchor, Batch, Store, StoredReport
 from firmware_shim.cose import COSEError
 
