@@ -43,7 +43,7 @@ node_modules/.installed: package.json package-lock.json
 
 # Host code is typed (mypy --strict, pyproject [tool.mypy]); device modules
 # (agent/, firmware_shim/ outside host/) are checked through their .pyi stubs.
-TYPED := gateway bench boards firmware_shim/host agent/cli.py agent/agent_cli.py agent/keyfile.py agent/link_paho.py
+TYPED := surge_protocol gateway bench boards firmware_shim/host agent/cli.py agent/agent_cli.py agent/keyfile.py agent/link_paho.py
 
 .PHONY: lint
 lint: $(STAMP)

@@ -6,8 +6,10 @@ that each figure costs one key byte instead of five.  Portable: runs on the
 device and on the gateway.
 """
 
-import hashlib
 import binascii
+
+# Identity and chaining live in the protocol package; re-exported for callers.
+from surge_protocol.ids import DEVICE_ID_BYTES, PREV_BYTES, device_id, kid, prev_hash  # noqa: F401
 
 # CWT / EAT registered claim keys (IANA "CBOR Web Token (CWT) Claims").
 IAT = 6
@@ -54,25 +56,8 @@ SURGE_NAMES = {
     PUBKEY: "pubkey", CAPS: "caps", RUNTIME: "runtime",
 }
 
-DEVICE_ID_BYTES = 8
-PREV_BYTES = 16
 # Largest report the gateway accepts (docs/protocol.md "Size limits").
 MAX_REPORT_BYTES = 1024
-
-
-def kid(public):
-    """The COSE key id: the first 8 bytes of SHA-256 of the public key."""
-    return hashlib.sha256(bytes(public)).digest()[:DEVICE_ID_BYTES]
-
-
-def device_id(public):
-    """Text form of the device identity used in topics and client ids."""
-    return binascii.hexlify(kid(public)).decode()
-
-
-def prev_hash(report):
-    """Value of the PREV claim for the report that follows ``report`` (COSE bytes)."""
-    return hashlib.sha256(bytes(report)).digest()[:PREV_BYTES]
 
 
 def _jsonable(v):

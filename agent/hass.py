@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol
 
 from agent import VERSION
 from agent import claims as C
+from surge_protocol import topics
 
 PREFIX = "homeassistant"  # Home Assistant's default discovery prefix
 
@@ -63,7 +64,7 @@ def discovery_topic(device: str, sensor: str, prefix: str = PREFIX) -> str:
 
 def discovery(fleet: str, device: str, board: str, sw_version: str = VERSION) -> list[tuple[str, bytes]]:
     """(topic, retained JSON payload) of every sensor's discovery config."""
-    base = "surge/v1/%s/%s/" % (fleet, device)
+    base = topics.device_base(fleet, device)
     dev = {"identifiers": ["surge_" + device], "name": "Surge %s" % device, "manufacturer": "Surge",
            "model": board, "sw_version": sw_version}
     out = []

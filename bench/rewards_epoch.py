@@ -48,7 +48,7 @@ def build_store(db: Path, n: int) -> Any:
     import hashlib
 
     from agent import keyfile, report
-    from gateway import merkle
+    from surge_protocol import merkle
     from gateway.chain import ChainKey
     from gateway.receipts import canonical
     from gateway.store import Store

@@ -632,7 +632,7 @@ def group_wire(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
 # -- group 4: gas -----------------------------------------------------------------------------------
 
 def group_gas(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
-    from gateway import merkle
+    from surge_protocol import merkle
     from gateway.chain.gas import measure
     from gateway.chain.keys import ChainKey
     from gateway.chain.open import fund_memory_account, memory_web3
@@ -773,7 +773,7 @@ def cpython_agent(broker_url: str, work: Path, n: int) -> dict[str, Any]:
 # -- group 6: proofs -----------------------------------------------------------------------------------
 
 def group_proofs(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
-    from gateway import merkle
+    from surge_protocol import merkle
 
     leaves = [os.urandom(182) for _ in range(s.merkle_build)]
     t = time.perf_counter()
@@ -787,7 +787,7 @@ def group_proofs(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
         sha(b"\x01" + bytes(64)).digest()
     floor = time.perf_counter() - t
     r.add("6", "Merkle tree build, %s leaves (leaf hashes + root)" % "{:,}".format(s.merkle_build), build, "s",
-          "2N-1 bare SHA-256 calls", floor, "s", note="gateway.merkle.MerkleTree from 182-byte leaves")
+          "2N-1 bare SHA-256 calls", floor, "s", note="surge_protocol.merkle.MerkleTree from 182-byte leaves")
     del leaves, tree
     batch_close(r, max(s.merkle_build // 10, 1), work)
     for n in s.proof_sizes:
@@ -806,7 +806,7 @@ def batch_close(r: Results, n: int, work: Path) -> None:
     """Closing one batch of n stored reports (gateway/batcher.py) beside building its tree alone:
     what a catch-up batch of batch_max costs the pipeline (docs/operators.md)."""
     from agent import claims as C
-    from gateway import merkle
+    from surge_protocol import merkle
     from gateway.batcher import Batcher
     from gateway.store import AcceptedRow, Store
 
@@ -834,7 +834,8 @@ def batch_close(r: Results, n: int, work: Path) -> None:
 
 def bundle_at(n: int) -> dict[str, Any]:
     """A real proof bundle for one report at a random leaf of an n-leaf batch."""
-    from gateway import merkle, receipts
+    from gateway import receipts
+    from surge_protocol import merkle
     from gateway.chain.keys import ChainKey
     from gateway.store import Batch
 
@@ -860,7 +861,8 @@ def bundle_at(n: int) -> dict[str, Any]:
 
 
 def _verify_time(doc: dict[str, Any], runs: int = 21) -> dict[str, Any]:
-    from gateway import envelope, merkle, receipts
+    from gateway import envelope, receipts
+    from surge_protocol import merkle
 
     report, public = bytes.fromhex(doc["report"]), bytes.fromhex(doc["public_key"])
     proof = [bytes.fromhex(p) for p in doc["proof"]]

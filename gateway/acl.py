@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.store import Device
+from surge_protocol import topics
 
 GATEWAY_USER = "surge-gateway"
 INTEGRATOR_USER = "surge-integrator"
@@ -42,29 +43,19 @@ def password_hash(password: str, salt: bytes | None = None, iterations: int = PB
 
 
 def device_rules(dev: Device) -> list[str]:
-    base = "surge/v1/%s/%s/" % (dev.fleet, dev.device_id)
-    return (["topic write %s%s" % (base, kind) for kind in ("report", "status", "birth", "probe", "audit")]
-            + ["topic read %s%s" % (base, kind) for kind in ("receipt", "cmd")])
+    return (["topic write %s" % topics.topic(dev.fleet, dev.device_id, kind)
+             for kind in ("report", "status", "birth", "probe", "audit")]
+            + ["topic read %s" % topics.topic(dev.fleet, dev.device_id, kind) for kind in ("receipt", "cmd")])
 
 
-GATEWAY_RULES = [
-    "topic read surge/v1/+/+/report",
-    "topic read surge/v1/+/+/birth",
-    "topic read surge/v1/+/+/probe",
-    "topic read surge/v1/+/+/audit",
-    "topic write surge/v1/+/+/receipt",
-    "topic write surge/v1/+/+/verified",
-    "topic write surge/v1/+/+/cmd",
-    "topic write surge/v1/+/batches",
-    "topic readwrite surge/v1/_gateway/#",
-]
-INTEGRATOR_RULES = [
-    "topic read surge/v1/+/+/verified",
-    "topic read surge/v1/+/+/status",
-    "topic read surge/v1/+/+/birth",
-    "topic read surge/v1/+/batches",
-    "topic read surge/v1/_gateway/#",
-]
+# Built from the same topic tree the gateway subscribes and publishes on, so a
+# renamed topic cannot leave the broker refusing it.
+GATEWAY_RULES = (["topic read %s" % topics.every_device(kind) for kind in ("report", "birth", "probe", "audit")]
+                 + ["topic write %s" % topics.every_device(kind) for kind in ("receipt", "verified", "cmd")]
+                 + ["topic write %s" % topics.every_fleet_batches(),
+                    "topic readwrite %s" % topics.every_gateway()])
+INTEGRATOR_RULES = (["topic read %s" % topics.every_device(kind) for kind in ("verified", "status", "birth")]
+                    + ["topic read %s" % topics.every_fleet_batches(), "topic read %s" % topics.every_gateway()])
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ from __future__ import annotations
 import logging
 import time
 
-from gateway import lifecycle, merkle
+from gateway import lifecycle
+from surge_protocol import merkle
 from gateway.config import GatewayConfig
 from gateway.faults import crash_point
 from gateway.store import Batch, Store

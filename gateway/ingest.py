@@ -44,6 +44,7 @@ from gateway.verify import Accepted, Duplicate, Limits, Outcome, Rejection, Veri
 from gateway.probe_check import RunResult
 from gateway.probe_listener import ProbeListener
 from gateway.source_amqp import AmqpSource, SourceError, parse_source
+from surge_protocol import topics
 
 log = logging.getLogger("surge.gateway.ingest")
 
@@ -109,7 +110,7 @@ class Ingest:
         self.host, self.port = host, port
         # Retained gateway status with a last will, like devices have: operators
         # and tests see when this gateway is subscribed and when it is gone.
-        self.status_topic = "surge/v1/_gateway/%s/status" % gateway_id
+        self.status_topic = topics.gateway_topic(gateway_id, "status")
         v5 = cfg.mqtt_version == "5"
         self.conn = Connection(
             host, port, cfg.client_id(gateway_id), version=cfg.mqtt_version, username=cfg.username,
@@ -194,7 +195,7 @@ class Ingest:
 
     # -- MQTT ---------------------------------------------------------------
     def _topic(self, kind: str) -> str:
-        t = "surge/v1/+/+/%s" % kind
+        t = topics.every_device(kind)
         return "$share/%s/%s" % (self.cfg.share_group, t) if self.cfg.share_group else t
 
     def run(self, stop: threading.Event) -> None:

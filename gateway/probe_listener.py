@@ -29,6 +29,7 @@ from gateway.mqtt_client import Connection, MQTTError, Refused, backoff_delays
 from gateway.probe_check import CHECKED, ProbeTracker, RunResult
 from gateway.store import Store
 from gateway.verify import Rejection, parse_topic
+from surge_protocol import topics
 
 log = logging.getLogger("surge.gateway.probes")
 
@@ -123,7 +124,7 @@ class ProbeListener:
     def _session(self, stop: threading.Event) -> None:
         conn = self.conn
         conn.connect()
-        conn.subscribe([("surge/v1/+/+/probe", 0)])
+        conn.subscribe([(topics.every_device("probe"), 0)])
         self.subscribed.set()
         self.metrics.connected.set(1)
         next_flush = time.monotonic() + FLUSH_S

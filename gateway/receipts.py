@@ -14,7 +14,8 @@ import json
 from typing import Any, Callable, Iterator
 
 from agent import claims as C
-from gateway import envelope, merkle
+from gateway import envelope
+from surge_protocol import merkle, topics
 from gateway.store import Anchor, Batch, Store, StoredReport
 from firmware_shim.cose import COSEError
 
@@ -90,7 +91,7 @@ def batch_event(store: Store, batch: Batch, event: str, publish: Publish, anchor
         if event == "confirmed":
             body["gateway_signature"] = anchor.attestation.hex() if anchor.attestation else None
     for fleet, n in sorted(per_fleet.items()):
-        publish("surge/v1/%s/batches" % fleet, json.dumps(dict(body, fleet_reports=n), separators=(",", ":")).encode())
+        publish(topics.batches(fleet), json.dumps(dict(body, fleet_reports=n), separators=(",", ":")).encode())
 
 
 def publish_confirmed(store: Store, batch: Batch, anchor: Anchor, publish: Publish,
@@ -98,7 +99,7 @@ def publish_confirmed(store: Store, batch: Batch, anchor: Anchor, publish: Publi
     """Send each device its receipt and the fleet a batch event; returns receipts sent."""
     n = 0
     for fleet, device_id, text in receipts(store, batch, anchor, leaves):
-        publish("surge/v1/%s/%s/receipt" % (fleet, device_id), text)
+        publish(topics.topic(fleet, device_id, "receipt"), text)
         n += 1
     batch_event(store, batch, "confirmed", publish, anchor)
     return n

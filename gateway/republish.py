@@ -33,6 +33,7 @@ from gateway.mqtt_client import Connection, MQTTError, backoff_delays
 from gateway.attest import attested_json
 from gateway.receipts import anchor_fields
 from gateway.store import Anchor, Batch, RejectedRow, Store, StoredReport
+from surge_protocol import topics
 
 log = logging.getLogger("surge.gateway.publisher")
 
@@ -147,7 +148,7 @@ def republish_anchored(store: Store, batch: Batch, anchor: Anchor, publish: Call
             continue
         fleet, board = dev
         # gap is reported on the first `verified` message only, as before.
-        publish("surge/v1/%s/%s/verified" % (fleet, rep.device_id),
+        publish(topics.topic(fleet, rep.device_id, "verified"),
                 verified_body(rep.device_id, fleet, board, rep.boot, rep.seq, rep.received_at, False,
                               _stored_claims(rep.cose), rep.cose, "%s%d}" % (info_head, rep.leaf_index),
                               attested.get(rep.id)))
@@ -276,7 +277,7 @@ def rejected_receipt(r: RejectedRow) -> tuple[str, bytes] | None:
         return None  # never answer floods, or topics that are not a device's report topic
     body = {"v": 1, "status": "rejected", "device": parts[3], "reason": r.reason, "detail": r.detail,
             "report_sha256": r.payload_sha256}
-    return "surge/v1/%s/%s/receipt" % (parts[2], parts[3]), json.dumps(body, separators=(",", ":")).encode()
+    return topics.topic(parts[2], parts[3], "receipt"), json.dumps(body, separators=(",", ":")).encode()
 
 
 class Tail:
@@ -312,7 +313,7 @@ class Tail:
                 break
             attested = attested_json(self.store, [r[0] for r in rows])
             self.publisher.submit(lambda rows=rows, attested=attested: [  # type: ignore[misc]
-                ("surge/v1/%s/%s/verified" % (fleet, device),
+                (topics.topic(fleet, device, "verified"),
                  verified_body(device, fleet, board, boot, seq, at, bool(gap), _stored_claims(cose), cose, None,
                                attested.get(rid)))
                 for rid, device, fleet, board, boot, seq, at, gap, cose in rows])

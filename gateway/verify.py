@@ -18,8 +18,8 @@ from firmware_shim.cose import COSEError
 from gateway import envelope
 from gateway.envelope import Envelope
 from gateway.store import Device, DeviceState
+from surge_protocol import topics
 
-REPORT_TOPIC_LEVELS = 5  # surge/v1/<fleet>/<device>/report
 DEFAULT_MAX_BYTES = C.MAX_REPORT_BYTES
 DEFAULT_FUTURE_SKEW_S = 300.0
 # Reports replayed from a device's outbox can be old; older than this is refused.
@@ -65,10 +65,10 @@ class Limits:
 
 def parse_topic(topic: str) -> tuple[str, str, str] | Rejection:
     """(fleet, device id, kind) of ``surge/v1/<fleet>/<device>/<kind>``."""
-    parts = topic.split("/")
-    if len(parts) != REPORT_TOPIC_LEVELS or parts[0] != "surge" or parts[1] != "v1":
+    parts = topics.parse(topic)
+    if parts is None:
         return Rejection("bad_topic", "topic %r is not surge/v1/<fleet>/<device>/<kind>" % topic[:120])
-    return parts[2], parts[3], parts[4]
+    return parts
 
 
 def check_size(data: bytes, limits: Limits) -> Rejection | None:

@@ -1,10 +1,10 @@
-"""Helpers for the SurgeRewards tests: reward trees built with gateway/merkle.py."""
+"""Helpers for the SurgeRewards tests: reward trees built with surge_protocol/merkle.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway import merkle
+from surge_protocol import merkle
 from gateway.rewards.epoch import leaf_data
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from agent import claims as C
 from bench.gateway_throughput import presign
-from gateway import merkle
+from surge_protocol import merkle
 from gateway.chain import Web3Chain, open_chain
 from gateway.config import GatewayConfig
 from gateway.service import Gateway

@@ -29,7 +29,7 @@ from gateway.chain.open import fund_memory_account
 # ---------------------------------------------------------------- reference
 # A deliberately naive, recursive RFC 9162 §2.1 implementation, written from
 # the RFC's definitions and independent of both the contract and
-# gateway.merkle, so that a shared misreading would have to be made twice.
+# surge_protocol.merkle, so that a shared misreading would have to be made twice.
 
 
 def _leaf(data: bytes) -> bytes:
@@ -291,7 +291,7 @@ def test_verify_inclusion_other_gateway(chain: Web3Chain) -> None:
 
 
 def test_agrees_with_gateway_merkle(chain: Web3Chain) -> None:
-    merkle = pytest.importorskip("gateway.merkle")
+    merkle = pytest.importorskip("surge_protocol.merkle")
     for seq, size in enumerate([1, 2, 3, 6, 13, 17], start=1):
         hashes = [merkle.leaf_hash(b"cose-%d-%d" % (seq, i)) for i in range(size)]
         root = merkle.root(hashes)

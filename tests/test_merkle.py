@@ -3,7 +3,7 @@
 The published vectors are what make this an RFC 9162 tree rather than a tree
 that merely agrees with itself; the naive reference below is written straight
 from the RFC's recursive definitions, deliberately sharing no code with
-gateway.merkle.
+surge_protocol.merkle.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import merkle
-from gateway.merkle import MerkleTree, inclusion_proof, leaf_hash, node_hash, root, verify_inclusion
+from surge_protocol import merkle
+from surge_protocol.merkle import MerkleTree, inclusion_proof, leaf_hash, node_hash, root, verify_inclusion
 
 VECTORS = Path(__file__).parent / "vectors" / "merkle_rfc9162.json"
 

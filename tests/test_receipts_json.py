@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import claims as C
-from gateway import merkle, receipts
+from gateway import receipts
+from surge_protocol import merkle
 from gateway.batcher import Batcher
 from gateway.store import AcceptedRow, Store
 from gw_helpers import Device

@@ -1,4 +1,4 @@
-"""Property: SurgeRewards' on-chain proof check agrees with gateway/merkle.py.
+"""Property: SurgeRewards' on-chain proof check agrees with surge_protocol/merkle.py.
 
 For random reward trees (random owners and cumulative amounts, 1 to 70
 leaves) published on the in-process EVM, the contract's claimable() is
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import merkle
+from surge_protocol import merkle
 from gateway.chain import ChainKey
 from gateway.rewards.chain import Web3RewardsChain
 from gateway.rewards.epoch import leaf_data

@@ -48,6 +48,8 @@ import boards
 from firmware_shim.host import bundle as bundle_mod
 from firmware_shim.host.transport import (ENOSPC, DeviceError, DeviceInfo, Transport, TransportError,
                                           dirname, join)
+from surge_protocol import topics
+from surge_protocol.ids import device_id
 
 TMP_SUFFIX = ".surge-new"
 # Packages the bundle owns entirely: files in them that the bundle does not
@@ -446,11 +448,6 @@ def ensure_key(t: Transport, root: str, key_name: str) -> tuple[bytes, bool]:
 
 # -- enrollment ----------------------------------------------------------------
 
-def device_id(public: bytes) -> str:
-    """First 8 bytes of SHA-256(public key), hex (docs/protocol.md §3)."""
-    return hashlib.sha256(public).digest()[:8].hex()
-
-
 def enrollment_entry(public: bytes, board: str, fleet: str, owner: str) -> dict[str, str]:
     return {"device_id": device_id(public), "public_key": public.hex(), "board": board, "fleet": fleet,
             "owner": owner}
@@ -662,7 +659,7 @@ class MqttWatch:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.error: str | None = None
         self.broker = "%s:%d" % (cfg.get("broker.host"), cfg.get("broker.port"))
-        base = "surge/v1/%s/%s/" % (cfg.get("fleet"), device_id)
+        base = topics.device_base(str(cfg.get("fleet")), device_id)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="surge-flash-%s-%d" % (device_id, os.getpid()))
         if cfg.get("broker.username"):
             self.client.username_pw_set(cfg.get("broker.username"), cfg.get("broker.password"))

@@ -19,6 +19,8 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from surge_protocol import topics
+
 PLAIN_EVERY_S = 3.0
 KIND_LABELS = {"sim": "cpython (sim)"}  # CPython agent whose probes are simulated
 RATE_WINDOW_S = 5.0
@@ -74,7 +76,7 @@ class Watcher:
         self.client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        base = "surge/v1/%s/" % self.fleet
+        base = topics.fleet_base(self.fleet)
         client.subscribe([(base + "+/verified", 1), (base + "+/status", 1), (base + "+/receipt", 1),
                           (base + "batches", 1)])
 

@@ -17,7 +17,7 @@ ASCII, no trailing newline; gateway/receipts.py `canonical`):
 
 Leaf data = owner address (20 bytes) || cumulative (uint256 big-endian),
 Solidity's ``abi.encodePacked(address, uint256)``; leaves sorted by owner
-address bytes; the tree is RFC 9162 (gateway/merkle.py).  Token amounts are
+address bytes; the tree is RFC 9162 (surge_protocol/merkle.py).  Token amounts are
 decimal strings in JSON (they exceed 2**53, where many JSON readers round).
 
 ``recompute`` rebuilds outputs, root and header from the inputs alone and
@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from Crypto.Hash import keccak
 
-from gateway import merkle
+from surge_protocol import merkle
 from gateway.receipts import canonical, recover_signer, strict_json
 from gateway.rewards import formula as F
 

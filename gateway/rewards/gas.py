@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 from hexbytes import HexBytes
 
-from gateway import merkle
+from surge_protocol import merkle
 from gateway.chain.keys import ChainKey
 from gateway.chain.open import fund_memory_account
 

@@ -24,6 +24,7 @@ from gateway.rewards.closer import EpochCloser, StoredEpoch, epochs
 from gateway.rewards.settings import RewardsConfig
 from gateway.rewards.settler import EpochAnchor, Settler
 from gateway.store import Store
+from surge_protocol import topics
 
 log = logging.getLogger("surge.gateway.rewards")
 
@@ -33,7 +34,7 @@ INLINE_FILE_BYTES = 256 * 1024
 
 
 def epochs_topic(gateway_id: str) -> str:
-    return "surge/v1/_gateway/%s/epochs" % gateway_id
+    return topics.gateway_topic(gateway_id, "epochs")
 
 
 def event_message(event: str, e: StoredEpoch, a: EpochAnchor | None) -> bytes:

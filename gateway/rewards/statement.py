@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import merkle
+from surge_protocol import merkle
 from gateway.receipts import canonical, hex_field, strict_json
 from gateway.rewards import epoch as E
 from gateway.rewards import formula as F

@@ -45,6 +45,7 @@ from gateway.ingest import RateLimiter
 from gateway.storage_audit import core
 from gateway.storage_audit.ledger import Challenge, Ledger, Plot
 from gateway.store import Store
+from surge_protocol import topics
 
 log = logging.getLogger("surge.gateway.audit")
 
@@ -121,7 +122,7 @@ class Auditor:
         return f
 
     def _cmd_topic(self, device_id: str) -> str:
-        return "surge/v1/%s/%s/cmd" % (self._fleet(device_id), device_id)
+        return topics.topic(self._fleet(device_id), device_id, "cmd")
 
     # -- device messages ----------------------------------------------------
 

@@ -25,10 +25,11 @@ from gateway.mqtt_client import Connection, MQTTError, backoff_delays
 from gateway.storage_audit.auditor import AuditSettings, Auditor, CountFn
 from gateway.storage_audit.standing import WINDOW_META
 from gateway.store import Store
+from surge_protocol import topics
 
 log = logging.getLogger("surge.gateway.audit")
 
-AUDIT_FILTER = "surge/v1/+/+/audit"
+AUDIT_FILTER = topics.every_device("audit")
 SESSION_EXPIRY_S = 7 * 86400
 POLL_S = 0.05
 
