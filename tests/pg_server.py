@@ -10,7 +10,6 @@ initdb refuses to run as root, so under root the cluster belongs to the
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
 import shutil
@@ -20,25 +19,10 @@ import uuid
 from pathlib import Path
 
 from broker import free_port
+from gateway.cluster.postgres import bindir
 
 SUPERUSER = "surge"
-
-
-def bindir() -> Path | None:
-    """Where initdb and pg_ctl are, or None when PostgreSQL's server is not installed."""
-    candidates: list[Path] = []
-    if shutil.which("pg_config"):
-        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
-        if out:
-            candidates.append(Path(out))
-    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
-    on_path = shutil.which("initdb")
-    if on_path:
-        candidates.append(Path(os.path.realpath(on_path)).parent)
-    for c in candidates:
-        if (c / "initdb").exists() and (c / "pg_ctl").exists():
-            return c
-    return None
+__all__ = ["PostgresServer", "SUPERUSER", "bindir"]
 
 
 def _run_as() -> list[str]:
