@@ -304,3 +304,16 @@ class TcpProxy:
         self.closed = True
         self.cut()
         self.listener.close()
+
+
+def processes_under(workdir: Path) -> list[str]:
+    """Command lines of live processes that mention the demo's directory."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path("/proc/%s/cmdline" % pid).read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(workdir) in cmd and "pytest" not in cmd:
+            found.append(cmd)
+    return found

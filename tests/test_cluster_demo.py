@@ -4,7 +4,6 @@ PostgreSQL, hardhat, two gateways, simulated devices; a leader SIGKILLed midway;
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from cluster_fixtures import _ensure_rabbitmq
 from conftest import ROOT
+from gw_process import processes_under
 from gateway.cluster.postgres import bindir
 
 pytestmark = pytest.mark.timeout(400)
@@ -35,19 +35,6 @@ def demo_argv(workdir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "gateway.cluster", "demo", "--dir", str(workdir), *args]
 
 
-def left_over(workdir: Path) -> list[str]:
-    """Live processes whose command line names the demo's directory (RabbitMQ nodes, gateways)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path("/proc/%s/cmdline" % pid).read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(workdir) in cmd and "pytest" not in cmd:
-            found.append(cmd)
-    return found
-
-
 def test_demo_runs_survives_a_leader_kill_and_stops_everything(tmp_path: Path) -> None:
     work = tmp_path / "cluster-demo"
     proc = subprocess.run(demo_argv(work, "--duration", "15", "--devices", "4", "--kill-leader-after", "5"),
@@ -59,7 +46,7 @@ def test_demo_runs_survives_a_leader_kill_and_stops_everything(tmp_path: Path) -
     check = next(line for line in out.splitlines() if line.startswith("check: "))
     assert ", 0 lost, 0 stored twice;" in check and not check.startswith("check: 0 reports"), check
     assert "verifies: batch " in out
-    assert not left_over(work)
+    assert not processes_under(work)
 
 
 def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
@@ -80,4 +67,4 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert "interrupted: stopping everything" in log.read_text()
-    assert not left_over(work)
+    assert not processes_under(work)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from broker import Mosquitto
 from conftest import ROOT
-from gw_process import HardhatNode
+from gw_process import HardhatNode, processes_under
 
 import boards
 from agent import claims as C
@@ -40,19 +40,6 @@ def demo(workdir: Path, *args: str, env: dict[str, str] | None = None,
 def surge_verify(bundle: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*SURGE, "verify", str(bundle), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
-
-
-def processes_under(workdir: Path) -> list[str]:
-    """Command lines of live processes that mention the demo's directory."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path("/proc/%s/cmdline" % pid).read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(workdir) in cmd and "pytest" not in cmd:
-            found.append(cmd)
-    return found
 
 
 def check_run(proc: subprocess.CompletedProcess[str], workdir: Path, broker_kind: str) -> dict[str, int]:
