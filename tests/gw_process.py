@@ -9,6 +9,7 @@ can cut to make the RPC endpoint unreachable without losing the chain's state
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
+from eth_utils import keccak
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import Mosquitto, free_port
@@ -317,3 +319,28 @@ def processes_under(workdir: Path) -> list[str]:
         if str(workdir) in cmd and "pytest" not in cmd:
             found.append(cmd)
     return found
+
+
+# The SurgeAnchor event a batch's anchor emits (topics[2]: the batch seq; data: its root first).
+ANCHORED = "0x" + keccak(text="Anchored(address,uint64,bytes32,uint64)").hex()
+
+
+def assert_anchored_once(store: Any, chain_url: str, reports: int) -> list[Any]:
+    """Batches 1..n hold ``reports`` reports at distinct leaves, each with one confirmed anchor and one
+    Anchored event on the chain, root for root; returns the batches."""
+    batches = store.batches()
+    assert [b.seq for b in batches] == list(range(1, len(batches) + 1)), "one batch per seq, none skipped"
+    assert sum(b.size for b in batches) == reports
+    placed = store.db.execute("SELECT batch_seq, leaf_index FROM reports").fetchall()
+    assert len({(int(p[0]), int(p[1])) for p in placed}) == reports, "two reports at one leaf"
+    for b in batches:
+        assert len([a for a in store.anchors(b.seq) if a.state == "confirmed"]) == 1, b
+    contract = store.meta("contract:" + chain_url)
+    assert contract is not None
+    logs = rpc(chain_url, "eth_getLogs", [{"fromBlock": "0x0", "toBlock": "latest", "address": contract,
+                                          "topics": [ANCHORED]}])
+    on_chain = collections.Counter(int(e["topics"][2], 16) for e in logs)
+    assert on_chain == collections.Counter(b.seq for b in batches), "a batch anchored twice or never"
+    roots = {int(e["topics"][2], 16): bytes.fromhex(e["data"][2:66]) for e in logs}
+    assert all(roots[b.seq] == b.root for b in batches), "a root on chain differs from its batch"
+    return batches

@@ -11,7 +11,6 @@ once (the chain's Anchored events), a confirmed receipt for each.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import subprocess
@@ -23,18 +22,16 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from eth_utils import keccak
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import Mosquitto, free_port
 from gateway.store import Store
 from gw_helpers import Collector, Device
-from gw_process import HARDHAT_KEY_0, HardhatNode, Miner, metric_value, metrics_text, rpc, stop, wait_for
+from gw_process import HARDHAT_KEY_0, assert_anchored_once, HardhatNode, Miner, metric_value, metrics_text, stop, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
 Key = tuple[str, int, int]
-ANCHORED = "0x" + keccak(text="Anchored(address,uint64,bytes32,uint64)").hex()
 
 
 class Member:
@@ -140,21 +137,7 @@ def check_exactly_once(store: Store, chain: HardhatNode, expected: set[Key], wat
     assert set(rows) == expected
     wait_for(lambda: store.unbatched_count() == 0 and store.unconfirmed_count() == 0, 180,
              "every report batched and every batch confirmed")
-    batches = store.batches()
-    assert [b.seq for b in batches] == list(range(1, len(batches) + 1)), "one batch per seq, none skipped"
-    assert sum(b.size for b in batches) == len(expected)
-    placed = store.db.execute("SELECT batch_seq, leaf_index FROM reports").fetchall()
-    assert len(set(map(tuple, placed))) == len(expected), "two reports at one leaf"
-    for b in batches:
-        assert len([a for a in store.anchors(b.seq) if a.state == "confirmed"]) == 1, b
-    contract = store.meta("contract:" + chain.url)
-    assert contract is not None
-    logs = rpc(chain.url, "eth_getLogs", [{"fromBlock": "0x0", "toBlock": "latest", "address": contract,
-                                           "topics": [ANCHORED]}])
-    on_chain = collections.Counter(int(e["topics"][2], 16) for e in logs)
-    assert on_chain == collections.Counter(b.seq for b in batches), "a batch anchored twice or never"
-    roots = {int(e["topics"][2], 16): bytes.fromhex(e["data"][2:66]) for e in logs}
-    assert all(roots[b.seq] == b.root for b in batches)
+    assert_anchored_once(store, chain.url, len(expected))
 
     def receipted() -> set[Key]:
         out = set()
