@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
-from eth_utils import keccak
+from eth_hash.auto import keccak
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import Mosquitto, free_port
@@ -322,7 +322,7 @@ def processes_under(workdir: Path) -> list[str]:
 
 
 # The SurgeAnchor event a batch's anchor emits (topics[2]: the batch seq; data: its root first).
-ANCHORED = "0x" + keccak(text="Anchored(address,uint64,bytes32,uint64)").hex()
+ANCHORED = "0x" + keccak(b"Anchored(address,uint64,bytes32,uint64)").hex()
 
 
 def assert_anchored_once(store: Any, chain_url: str, reports: int) -> list[Any]:
@@ -343,4 +343,4 @@ def assert_anchored_once(store: Any, chain_url: str, reports: int) -> list[Any]:
     assert on_chain == collections.Counter(b.seq for b in batches), "a batch anchored twice or never"
     roots = {int(e["topics"][2], 16): bytes.fromhex(e["data"][2:66]) for e in logs}
     assert all(roots[b.seq] == b.root for b in batches), "a root on chain differs from its batch"
-    return batches
+    return list(batches)
