@@ -56,6 +56,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bench import gateway_throughput as gt
 from bench import rewards_epoch
 from bench.rewards_bench import group_rewards
+from bench.steady import steady_rates
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
@@ -369,11 +370,12 @@ def group_throughput(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> N
     offered = s.sustained_fraction * _median(gws, "per_s")
     sus = sustained(work / "sustained", s, offered)
     note = ("%d reports from %d devices offered at %.0f/s (%.0f%% of the burst's accepted rate above) for %.0f s, "
-            "default config; rates are the slopes of stored and of receipted reports over the steady window "
-            "(%.1f s to the last publish); stored but not yet receipted at the last publish: %d; "
+            "default config; rates of stored and of receipted reports over the steady window, between its "
+            "first and last receipted step (%.1f s to %.1f s, %d steps; bench/steady.py); stored but not yet "
+            "receipted at the last publish: %d; "
             "publish -> anchored (batch confirmed, K=2) p50 %.0f ms" % (
                 sus["reports"], s.devices, offered, 100 * s.sustained_fraction, s.sustained_seconds,
-                sus["window_start_s"], sus["backlog"], sus["anchor_p50"]))
+                sus["window_start_s"], sus["window_end_s"], sus["steps"], sus["backlog"], sus["anchor_p50"]))
     r.add("1", "Sustained load: end to end against accepted + stored, same run", sus["receipted_per_s"],
           "reports/s", "accepted + stored over the same window", sus["stored_per_s"], "reports/s", ">= 0.95x",
           note=note)
@@ -394,10 +396,10 @@ def sustained(workdir: Path, s: Sizes, rate: float) -> dict[str, float]:
     """Reports offered at a steady ``rate``: do anchoring and receipts keep up with ingest?
 
     Counts of stored and of receipted reports are sampled from the database
-    while the load runs; their slopes over the steady window (after the
-    first quarter, to the last publish) are the two rates, so the fixed
-    latency of the last batch (K confirmations) does not count against the
-    rate as it does in a burst.
+    while the load runs; the rates are taken over the steady window (after
+    the first quarter, to the last publish), between its first and last
+    receipted step (bench/steady.py), so the fixed latency of the last batch
+    (K confirmations) does not count against the rate as it does in a burst.
     """
     import sqlite3
 
@@ -415,7 +417,7 @@ def sustained(workdir: Path, s: Sizes, rate: float) -> dict[str, float]:
                 stored = con.execute("SELECT COUNT(*) FROM reports").fetchone()[0]
                 done = con.execute("SELECT IFNULL(SUM(size), 0) FROM batches WHERE state='receipted'").fetchone()[0]
                 samples.append((time.time(), int(stored), int(done)))
-                stop.wait(0.25)
+                stop.wait(0.1)
         finally:
             con.close()
 
@@ -455,10 +457,7 @@ def sustained(workdir: Path, s: Sizes, rate: float) -> dict[str, float]:
         stop.set()
         run.close()
     start = sent[0] + (last_publish - sent[0]) / 4
-    window = [x for x in samples if start <= x[0] <= last_publish]
-    if len(window) < 2:
-        raise RuntimeError("sustained run: %d samples in the steady window" % len(window))
-    (ta, sa, ra), (tb, sb, rb) = window[0], window[-1]
+    rates = steady_rates(samples, start, last_publish)
     backlog = next((st - done for t, st, done in reversed(samples) if t <= last_publish), 0)
     lat = sorted((confirmed[k] - sent[i]) * 1000 for i, k in enumerate(keys) if k in confirmed)
     if len(lat) != n:
@@ -467,8 +466,9 @@ def sustained(workdir: Path, s: Sizes, rate: float) -> dict[str, float]:
     def pct(q: float) -> float:
         return lat[min(len(lat) - 1, int(round(q * (len(lat) - 1))))]
 
-    return {"reports": n, "stored_per_s": (sb - sa) / (tb - ta), "receipted_per_s": (rb - ra) / (tb - ta),
-            "window_start_s": start - sent[0], "backlog": backlog, "anchor_p50": pct(0.5), "anchor_p99": pct(0.99),
+    return {"reports": n, "stored_per_s": rates.stored_per_s, "receipted_per_s": rates.receipted_per_s,
+            "window_start_s": rates.start - sent[0], "window_end_s": rates.end - sent[0], "steps": rates.steps,
+            "backlog": backlog, "anchor_p50": pct(0.5), "anchor_p99": pct(0.99),
             "service_cpu_s": cpu[0], "ingest_cpu_s": cpu[-1]}
 
 
