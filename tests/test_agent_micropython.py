@@ -48,11 +48,21 @@ def _build(tmp: Path, port: int, *extra: str, **over: Any) -> Path:
     return out
 
 
-def _run(micropython: str, bundle: Path, heap: str, count: int) -> subprocess.CompletedProcess[str]:
+def board_env() -> dict[str, str]:
     # MICROPYPATH without the repository: the bundle must bring everything.
-    env = dict(os.environ, MICROPYPATH=".frozen")
-    return subprocess.run([micropython, "-X", "heapsize=" + heap, str(bundle / "main.py"),
-                           "--count", str(count)], cwd=bundle.parent, env=env,
+    return dict(os.environ, MICROPYPATH=".frozen")
+
+
+def board_argv(micropython: str, heap: str, *args: str) -> list[str]:
+    """Run a bundle as a board does, from its own root (cwd = the bundle): module
+    paths are then "agent/x.py" whatever the host's temporary directory, as short
+    as a board's "/agent/x.py".  Each module keeps its path, so a long host path
+    cost ~1-2 KB of heap and made the smallest heap depend on where the test ran."""
+    return [micropython, "-X", "heapsize=" + heap, "main.py", *args]
+
+
+def _run(micropython: str, bundle: Path, heap: str, count: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(board_argv(micropython, heap, "--count", str(count)), cwd=bundle, env=board_env(),
                           capture_output=True, text=True, timeout=90)
 
 

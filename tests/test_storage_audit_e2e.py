@@ -25,6 +25,7 @@ from gw_helpers import Collector
 from broker import free_port
 from gw_process import gateway_log, status, wait_for, metric_value, metrics_text, start_gateway, stop, surge, wait_online
 from test_agent_harness import start_agent, write_config
+from test_agent_micropython import board_argv, board_env
 
 # The esp32 .mpy bundle stores and answers without a MemoryError from 52K of
 # heap on the 64-bit unix port; at the 48K report-cycle target an idle agent
@@ -222,8 +223,7 @@ def test_esp32_mpy_bundle_stores_and_answers(tmp_path: Path, broker: Mosquitto, 
     db, gw = _gateway(tmp_path, broker, audit=AUDIT.replace("audit_deadline_s = 3.0", "audit_deadline_s = 20.0"))
     _enroll(db, key, "esp32")
     wait_online(broker, gw)
-    env = dict(os.environ, MICROPYPATH=".frozen")
-    dev = subprocess.Popen([micropython, "-X", "heapsize=" + AUDIT_HEAP, str(out / "main.py")], cwd=out.parent, env=env,
+    dev = subprocess.Popen(board_argv(micropython, AUDIT_HEAP), cwd=out, env=board_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # 4 KiB for a MicroPython board in 16 blocks of 256 bytes, then two passes.  (On a loaded

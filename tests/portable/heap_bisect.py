@@ -43,9 +43,10 @@ def attempt(binary: str, out: Path, kb: int, first_start: bool = False) -> tuple
         (out / "esp.key").unlink(missing_ok=True)
     t0 = time.monotonic()
     try:
-        proc = subprocess.run([binary, "-X", "heapsize=%dK" % kb, str(out / "main.py"), "--count", "1"],
+        # From the bundle's root, as a board runs it (tests/test_agent_micropython.py board_argv).
+        proc = subprocess.run([binary, "-X", "heapsize=%dK" % kb, "main.py", "--count", "1"],
                               env=dict(os.environ, MICROPYPATH=".frozen"), capture_output=True,
-                              text=True, timeout=20, cwd=out.parent)
+                              text=True, timeout=20, cwd=out)
     except subprocess.TimeoutExpired:
         # Out of memory while connecting: the agent keeps retrying, as designed.
         return False, time.monotonic() - t0
