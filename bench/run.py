@@ -582,11 +582,12 @@ def group_verify(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
                "plausibility; best of 3 over %d reports" % n)
 
     # The pipeline turns every stored report into two `verified` messages.
-    from gateway.republish import _stored_claims, verified_body
+    from gateway.attest import claims_of
+    from gateway.republish import verified_body
 
     def written() -> None:
         for dev, data in items:
-            verified_body(dev, gt.FLEET, gt.BOARD, 1, 2, now, False, _stored_claims(data), data, None)
+            verified_body(dev, gt.FLEET, gt.BOARD, 1, 2, now, False, claims_of(data), data, None)
 
     def plain() -> None:
         for dev, data in items:

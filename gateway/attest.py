@@ -276,7 +276,11 @@ PENDING_WAIT_S = 5.0
 
 
 def claims_of(cose: bytes) -> dict[Any, Any]:
-    """Claims of a stored (already verified) report, read by position."""
+    """Claims of a report the gateway verified and stored: plain decoding, no re-verification.
+
+    The bytes were checked in full (structure, determinism, signature) before
+    they were stored, so the payload is where the one valid form puts it.
+    """
     payload = payload_at(cose)
     return dict(cbor2.loads(payload if payload is not None else cbor2.loads(cose).value[2]))
 
@@ -291,10 +295,13 @@ class AttestStage:
     CHUNK = 16 * GROUP  # rows read per query: whole groups
 
     def __init__(self, store: Store, gateway_id: str, gateway_address: str, sign: Callable[[bytes], bytes],
-                 standing: StandingFn | None = None, clock: Callable[[], float] | None = None) -> None:
+                 standing: StandingFn | None = None, clock: Callable[[], float] | None = None,
+                 on_claims: Callable[[int, dict[Any, Any]], None] | None = None) -> None:
         import time
 
         self.store = store
+        # Told each report's decoded claims, for the messages built later (gateway/republish.py ClaimsText).
+        self.on_claims = on_claims
         self.gateway_id = gateway_id
         self.gateway_address = gateway_address
         self.sign = sign
@@ -341,7 +348,10 @@ class AttestStage:
                 cose = bytes(cose)
                 standing = standings.get(device_id, NOTHING_PROVEN)
                 measured = bw_up if outcome == "checked" else None
-                flags = flags_for(claims_of(cose), measured, standing)
+                claims = claims_of(cose)
+                if self.on_claims is not None:
+                    self.on_claims(rid, claims)
+                flags = flags_for(claims, measured, standing)
                 bodies.append(canonical(build(self.gateway_id, self.gateway_address, device_id, boot, seq, cose,
                                               now, measured, standing, flags)))
                 out.append([rid, device_id, boot, seq, measured, standing[0], standing[1], standing[2],

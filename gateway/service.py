@@ -33,7 +33,7 @@ from gateway.db import cluster
 from gateway.db.leader import Leadership
 from gateway.ingest_process import IngestProcess
 from gateway.metrics import Metrics
-from gateway.republish import Publisher, Tail
+from gateway.republish import ClaimsText, Publisher, Tail, republish_anchored
 from gateway.storage_audit.stage import AuditStage
 from gateway.store import Anchor, Batch, Store
 
@@ -130,8 +130,10 @@ class Gateway:
             self.publisher = Publisher(cfg, self.gateway_id)
         # Each accepted report is attested (signed by the chain key) before its
         # `verified` message goes out (gateway/attest.py).
-        self.attest = AttestStage(Store(cfg.db), self.gateway_id, self.chain.gateway_address, self.chain.attest)
-        self.tail = Tail(Store(cfg.db), self.publisher, cfg.republish, lambda: self.attest.cursor)
+        self.texts = ClaimsText() if cfg.republish else None
+        self.attest = AttestStage(Store(cfg.db), self.gateway_id, self.chain.gateway_address, self.chain.attest,
+                                  on_claims=self.texts.put if self.texts else None)
+        self.tail = Tail(Store(cfg.db), self.publisher, cfg.republish, lambda: self.attest.cursor, self.texts)
         self.batcher = Batcher(Store(cfg.db), self.gateway_id, cfg.batch_size, cfg.batch_seconds,
                                cfg.batch_max)
         self.anchor_store = Store(cfg.db)
@@ -183,8 +185,7 @@ class Gateway:
         sent = receipts.publish_confirmed(self.anchor_store, batch, anchor, self._publish, leaves)
         self.metrics.receipts.inc(sent)
         if self.cfg.republish:
-            from gateway.republish import republish_anchored
-            republish_anchored(self.anchor_store, batch, anchor, self._publish, leaves)
+            republish_anchored(self.anchor_store, batch, anchor, self._publish, leaves, self.texts)
         # 'receipted' only once the broker has every receipt: a crash before that
         # leaves the batch 'confirmed', and the next start sends them again.
         self.publisher.after_sent(lambda: self.receipted.put(batch.seq))

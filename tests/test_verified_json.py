@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from agent import claims as C
 from firmware_shim import cbor as portable_cbor
 from firmware_shim import cose
-from gateway.republish import _stored_claims, claims_json, verified_body
+from gateway.attest import claims_of
+from gateway.republish import ClaimsText, claims_json, verified_body
 
 SECRET = bytes(range(32))
 
@@ -76,7 +77,7 @@ def test_payload_found_by_position_in_every_length_class(padding: int) -> None:
     if padding:
         claims[C.SWNAME] = "x" * padding
     report = _signed(claims)
-    assert _stored_claims(report) == dict(cbor2.loads(cbor2.loads(report).value[2])) == claims
+    assert claims_of(report) == dict(cbor2.loads(cbor2.loads(report).value[2])) == claims
 
 
 def test_writer_on_a_real_report() -> None:
@@ -86,4 +87,20 @@ def test_writer_on_a_real_report() -> None:
     report = _signed(claims)
     decoded = dict(cbor2.loads(cbor2.loads(report).value[2]))
     assert verified_body("0011223344556677", "fleet-é", "rpi4", 3, 2 ** 40, 1764000000.1235, False,
-                         _stored_claims(report), report, None) == reference(decoded, report, None, False)
+                         claims_of(report), report, None) == reference(decoded, report, None, False)
+
+
+def test_claims_text_gives_the_same_bytes_hit_or_miss_and_stays_bounded() -> None:
+    reports = [_signed({C.IAT: 1764000000 + i, C.UPTIME: i, C.SURGE: {C.SEQ: i}}) for i in range(4)]
+    texts = ClaimsText(cap=2)
+    for i, r in enumerate(reports):
+        texts.put(i, claims_of(r))
+    assert len(texts._texts) == 2  # the two oldest went
+    for i, r in enumerate(reports):
+        want = claims_json(claims_of(r))
+        assert texts.get(i, r) == want  # a miss (0, 1) decodes the report again
+        assert texts.take(i, r) == want
+        assert i not in texts._texts
+    assert verified_body("0011223344556677", "f", "rpi4", 1, 0, 1.0, False, texts.get(0, reports[0]),
+                         reports[0], None) == verified_body("0011223344556677", "f", "rpi4", 1, 0, 1.0, False,
+                                                            claims_of(reports[0]), reports[0], None)
