@@ -48,6 +48,7 @@ TYPED := surge_protocol gateway bench boards firmware_shim/host agent/cli.py age
 .PHONY: lint
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(TYPED)
 
 test: $(STAMP) system-deps node_modules/.installed lint

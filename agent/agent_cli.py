@@ -29,8 +29,14 @@ def _init(args: argparse.Namespace) -> int:
         "version": 1,
         "board": profile.name,
         "fleet": args.fleet,
-        "broker": {"url": args.broker, "username": args.username, "password": None,
-                   "tls": args.broker.startswith("mqtts://"), "ca_file": None, "keepalive": 60},
+        "broker": {
+            "url": args.broker,
+            "username": args.username,
+            "password": None,
+            "tls": args.broker.startswith("mqtts://"),
+            "ca_file": None,
+            "keepalive": 60,
+        },
         "interval": profile.report_interval_s,
         "mounts": list(profile.mounts),
         "net_interface": profile.net_interface,
@@ -64,8 +70,10 @@ def _init(args: argparse.Namespace) -> int:
     print("public key: %s" % key.public.hex())
     print("device key written to %s (mode 0600)" % key_path)
     if profile.runtime == "micropython":
-        print("note: `surge firmware build` leaves this key out of the bundle; the board "
-              "generates its own at first start (--with-key uses this one instead)")
+        print(
+            "note: `surge firmware build` leaves this key out of the bundle; the board "
+            "generates its own at first start (--with-key uses this one instead)"
+        )
     else:
         print("next: surge agent run --config %s" % out)
     return 0
@@ -81,10 +89,16 @@ def _run(args: argparse.Namespace) -> int:
     except agent_config.ConfigError as exc:
         raise CLIError(str(exc)) from None
     key = keyfile.load(cfg.path("key_file"))
-    link = Link("surge-" + report.device_id(key.public), cfg.get("broker.host"), cfg.get("broker.port"),
-                cfg.get("broker.username") or key.device_id, cfg.get("broker.password"),
-                cfg.get("broker.keepalive"),
-                cfg.get("broker.tls"), cfg.path("broker.ca_file"))
+    link = Link(
+        "surge-" + report.device_id(key.public),
+        cfg.get("broker.host"),
+        cfg.get("broker.port"),
+        cfg.get("broker.username") or key.device_id,
+        cfg.get("broker.password"),
+        cfg.get("broker.keepalive"),
+        cfg.get("broker.tls"),
+        cfg.path("broker.ca_file"),
+    )
     try:
         agent = Agent(cfg, key.secret, key.public, link, "cpython", _log)
     except OSError as exc:
@@ -112,12 +126,14 @@ def add_parser(subparsers: Any) -> None:
     init.add_argument("--fleet", required=True, metavar="NAME")
     init.add_argument("--out", required=True, metavar="FILE", help="config file to write (JSON)")
     init.add_argument("--username", help="MQTT user name")
-    init.add_argument("--password-env", metavar="VAR",
-                      help="take the MQTT password from this environment variable (never from argv)")
+    init.add_argument(
+        "--password-env", metavar="VAR", help="take the MQTT password from this environment variable (never from argv)"
+    )
     init.add_argument("--wifi-ssid", help="Wi-Fi network for boards (password: edit the config)")
     init.set_defaults(func=_init)
     run = sub.add_parser("run", help="measure and report")
     run.add_argument("--config", required=True, metavar="FILE")
-    run.add_argument("--count", type=int, metavar="N",
-                     help="make N reports, exit once all are acknowledged (default: forever)")
+    run.add_argument(
+        "--count", type=int, metavar="N", help="make N reports, exit once all are acknowledged (default: forever)"
+    )
     run.set_defaults(func=_run)

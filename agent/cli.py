@@ -95,8 +95,10 @@ def decode_report(data: bytes, pubkey: bytes | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "size": len(data),
         "header": {
-            "protected": {"alg": "EdDSA" if msg.header.get(cose.ALG) == cose.EDDSA else msg.header.get(cose.ALG),
-                          "kid": msg.header[cose.KID].hex() if isinstance(msg.header.get(cose.KID), bytes) else None},
+            "protected": {
+                "alg": "EdDSA" if msg.header.get(cose.ALG) == cose.EDDSA else msg.header.get(cose.ALG),
+                "kid": msg.header[cose.KID].hex() if isinstance(msg.header.get(cose.KID), bytes) else None,
+            },
             "unprotected": {str(k): v.hex() if isinstance(v, bytes) else v for k, v in msg.unprotected.items()},
         },
         "device": kid.hex() if isinstance(kid, bytes) else None,
@@ -110,8 +112,10 @@ def decode_report(data: bytes, pubkey: bytes | None) -> dict[str, Any]:
         if not valid:
             reason = "signature does not verify under this public key"
         elif isinstance(kid, bytes) and kid != C.kid(pubkey):
-            valid, reason = False, "kid %s does not belong to this public key (device %s)" % (
-                kid.hex(), C.device_id(pubkey))
+            valid, reason = (
+                False,
+                "kid %s does not belong to this public key (device %s)" % (kid.hex(), C.device_id(pubkey)),
+            )
         out["signature"] = {"valid": valid, "reason": reason}
     return out
 
@@ -132,8 +136,11 @@ def _decode(args: argparse.Namespace) -> int:
 
 def _needs_extra(command: str, extra: str, missing: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        raise CLIError("`surge %s` needs the %r extra (Python package %r is missing): "
-                       "pip install 'depin-surge[%s]'" % (command, extra, missing, extra))
+        raise CLIError(
+            "`surge %s` needs the %r extra (Python package %r is missing): "
+            "pip install 'depin-surge[%s]'" % (command, extra, missing, extra)
+        )
+
     return run
 
 

@@ -65,8 +65,13 @@ def discovery_topic(device: str, sensor: str, prefix: str = PREFIX) -> str:
 def discovery(fleet: str, device: str, board: str, sw_version: str = VERSION) -> list[tuple[str, bytes]]:
     """(topic, retained JSON payload) of every sensor's discovery config."""
     base = topics.device_base(fleet, device)
-    dev = {"identifiers": ["surge_" + device], "name": "Surge %s" % device, "manufacturer": "Surge",
-           "model": board, "sw_version": sw_version}
+    dev = {
+        "identifiers": ["surge_" + device],
+        "name": "Surge %s" % device,
+        "manufacturer": "Surge",
+        "model": board,
+        "sw_version": sw_version,
+    }
     out = []
     for key, name, unit, device_class, extra in SENSORS:
         doc: dict[str, Any] = {

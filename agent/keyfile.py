@@ -49,13 +49,19 @@ def _public(secret: bytes) -> bytes:
 
 def write(path: str, key: DeviceKey) -> None:
     """Create ``path`` with mode 0600; never overwrite an existing key."""
-    body = json.dumps({"type": KEY_TYPE, "secret": key.secret.hex(),
-                       "public": key.public.hex(), "device_id": key.device_id}) + "\n"
+    body = (
+        json.dumps(
+            {"type": KEY_TYPE, "secret": key.secret.hex(), "public": key.public.hex(), "device_id": key.device_id}
+        )
+        + "\n"
+    )
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise KeyFileError("%s already exists; refusing to overwrite a key "
-                           "(move it away first if you really mean to replace it)" % path) from None
+        raise KeyFileError(
+            "%s already exists; refusing to overwrite a key "
+            "(move it away first if you really mean to replace it)" % path
+        ) from None
     except OSError as exc:
         raise KeyFileError("cannot create %s: %s" % (path, exc.strerror)) from None
     with os.fdopen(fd, "w") as f:
@@ -73,8 +79,10 @@ def load(path: str, check_mode: bool = True) -> DeviceKey:
     except OSError as exc:
         raise KeyFileError("cannot read key file %s: %s" % (path, exc.strerror)) from None
     if check_mode and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError("key file %s is accessible by group or others (mode %o); "
-                           "run: chmod 600 %s" % (path, stat.S_IMODE(st.st_mode), path))
+        raise KeyFileError(
+            "key file %s is accessible by group or others (mode %o); "
+            "run: chmod 600 %s" % (path, stat.S_IMODE(st.st_mode), path)
+        )
     try:
         doc = json.loads(raw)
         if doc.get("type") != KEY_TYPE:

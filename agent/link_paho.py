@@ -20,9 +20,18 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 
 class Link:
-    def __init__(self, client_id: str, host: str, port: int, user: str | None = None,
-                 password: str | None = None, keepalive: int = 60, tls: bool = False,
-                 ca_file: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        host: str,
+        port: int,
+        user: str | None = None,
+        password: str | None = None,
+        keepalive: int = 60,
+        tls: bool = False,
+        ca_file: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.client_id = client_id
         self.host = host
         self.port = port
@@ -46,13 +55,11 @@ class Link:
         return self.client is not None and self._up
 
     # paho callbacks (VERSION2 signatures)
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode,
-                    props: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         self._connack = rc
         self._up = not rc.is_failure
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode,
-                       props: Any) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         self._up = False
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -67,10 +74,10 @@ class Link:
             self.close(False)
             raise ConnectionError("connection lost (%s)" % mqtt.error_string(rc))
 
-    def connect(self, will_topic: str, subscriptions: Iterable[str],
-                retained: Iterable[tuple[str, bytes]]) -> None:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        clean_session=True, protocol=mqtt.MQTTv311)
+    def connect(self, will_topic: str, subscriptions: Iterable[str], retained: Iterable[tuple[str, bytes]]) -> None:
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True, protocol=mqtt.MQTTv311
+        )
         c.will_set(will_topic, b"offline", qos=1, retain=True)
         if self.user is not None:
             c.username_pw_set(self.user, self._password)

@@ -4,8 +4,16 @@ from agent.config import Config
 
 class Agent:
     made: int
-    def __init__(self, cfg: Config, secret: bytes, public: bytes, link: Any, runtime: str,
-                 log: Callable[[str], None] = ..., caps: list[str] | None = ...) -> None: ...
+    def __init__(
+        self,
+        cfg: Config,
+        secret: bytes,
+        public: bytes,
+        link: Any,
+        runtime: str,
+        log: Callable[[str], None] = ...,
+        caps: list[str] | None = ...,
+    ) -> None: ...
     def topic(self, kind: str) -> str: ...
     def birth(self) -> bytes: ...
     def connect(self) -> bool: ...

@@ -42,8 +42,13 @@ def main(path: str, n: int) -> None:
         agent.cycle()
         agent.flush()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    out = {"cycles": n, "cpu_s_per_cycle": cpu / n, "wall_ms_per_cycle": wall * 1000 / n,
-           "rss_kb": _status_kb("VmRSS"), "hwm_kb": _status_kb("VmHWM")}
+    out = {
+        "cycles": n,
+        "cpu_s_per_cycle": cpu / n,
+        "wall_ms_per_cycle": wall * 1000 / n,
+        "rss_kb": _status_kb("VmRSS"),
+        "hwm_kb": _status_kb("VmHWM"),
+    }
     agent.stop()
     print(json.dumps(out), flush=True)
 

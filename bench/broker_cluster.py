@@ -62,6 +62,7 @@ def _key(body: bytes) -> tuple[int, int]:
 
 # -- engines: store setup and read-back --------------------------------------------
 
+
 class Engine(Protocol):
     name: str
     cluster: Any
@@ -109,7 +110,6 @@ class Rabbit:
         conn.close()
         return got
 
-
     def left(self) -> int:
         """Messages still in the queue after a drain (0 unless the read-back missed some)."""
         node = self.cluster.running()[0]
@@ -130,12 +130,14 @@ class Nats:
         import nats
 
         async def go() -> Any:
-            nc = await nats.connect([n.url for n in self.cluster.running()], connect_timeout=5,
-                                    max_reconnect_attempts=5)
+            nc = await nats.connect(
+                [n.url for n in self.cluster.running()], connect_timeout=5, max_reconnect_attempts=5
+            )
             try:
                 return await fn(nc.jetstream())
             finally:
                 await nc.close()
+
         return asyncio.run(go())
 
     def setup(self) -> None:
@@ -145,25 +147,35 @@ class Nats:
             deadline = time.monotonic() + 30
             while True:  # the meta leader may still be electing right after start
                 try:
-                    await js.add_stream(StreamConfig(name=REPORTS_STREAM, subjects=list(REPORT_SUBJECTS),
-                                                     retention=RetentionPolicy.WORK_QUEUE, num_replicas=3))
+                    await js.add_stream(
+                        StreamConfig(
+                            name=REPORTS_STREAM,
+                            subjects=list(REPORT_SUBJECTS),
+                            retention=RetentionPolicy.WORK_QUEUE,
+                            num_replicas=3,
+                        )
+                    )
                     return
                 except Exception:
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.5)
+
         self._run(add)
 
     def leader(self) -> int:
         async def info(js: Any) -> Any:
             return (await js.stream_info(REPORTS_STREAM)).cluster.leader
+
         name = self._run(info)
         return next(int(n.index) for n in self.cluster.nodes if n.name == name)
 
     def left(self) -> int:
         """Messages still in the stream after a drain (0 unless the read-back missed some)."""
+
         async def info(js: Any) -> int:
             return int((await js.stream_info(REPORTS_STREAM)).state.messages)
+
         return int(self._run(info))
 
     def drain(self, idle_s: float = 3.0) -> list[bytes]:
@@ -190,11 +202,13 @@ class Nats:
                     await m.ack()
                 idle_since = time.monotonic()
             return got
+
         result: list[bytes] = self._run(pull)
         return result
 
 
 # -- runs ----------------------------------------------------------------------------
+
 
 def _publishers(engine: Engine, pubs: int, per_pub: int, stop: threading.Event, prefix: str) -> list[FailoverPublisher]:
     ports = engine.cluster.mqtt_ports
@@ -207,8 +221,13 @@ def throughput(engine: Engine, pubs: int, per_pub: int) -> dict[str, Any]:
     seconds = run_publishers(ps, timeout=300)
     acked = sum(len(p.stats.acked) for p in ps)
     read = engine.drain(idle_s=3.0 if per_pub > 1000 else 1.5)
-    return {"publishers": pubs, "acked": acked, "seconds": round(seconds, 2), "per_s": round(acked / seconds, 1),
-            "read_back": len(read)}
+    return {
+        "publishers": pubs,
+        "acked": acked,
+        "seconds": round(seconds, 2),
+        "per_s": round(acked / seconds, 1),
+        "read_back": len(read),
+    }
 
 
 def gateway_from_queue(engine: Rabbit, work: Path, n: int, devices: int) -> dict[str, Any]:
@@ -231,8 +250,12 @@ def gateway_from_queue(engine: Rabbit, work: Path, n: int, devices: int) -> dict
     source = ",".join(engine.cluster.amqp_urls)
     cfg = gt.gateway_config(work, ports[0], db, n, devices, ['mqtt_version = "3.1.1"', 'source = "%s"' % source])
     log = open(work / "gateway.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "gateway", "run", "--config", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "gateway", "run", "--config", str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
     try:
         deadline = time.monotonic() + 300
         first: tuple[float, int] | None = None
@@ -244,13 +267,20 @@ def gateway_from_queue(engine: Rabbit, work: Path, n: int, devices: int) -> dict
             if count >= n:
                 break
             if proc.poll() is not None or now > deadline:
-                raise RuntimeError("gateway stored %d of %d reports from the queue: %s"
-                                   % (count, n, (work / "gateway.log").read_text()[-1500:]))
+                raise RuntimeError(
+                    "gateway stored %d of %d reports from the queue: %s"
+                    % (count, n, (work / "gateway.log").read_text()[-1500:])
+                )
             time.sleep(0.02)
         assert first is not None
         seconds = max(now - first[0], 1e-3)
-        return {"reports": n, "devices": devices, "queued_per_s": round(n / queued_s, 1),
-                "accepted_per_s": round((n - first[1]) / seconds, 1), "seconds": round(seconds, 2)}
+        return {
+            "reports": n,
+            "devices": devices,
+            "queued_per_s": round(n / queued_s, 1),
+            "accepted_per_s": round((n - first[1]) / seconds, 1),
+            "seconds": round(seconds, 2),
+        }
     finally:
         proc.terminate()
         try:
@@ -284,11 +314,20 @@ def kill_under_load(engine: Engine, pubs: int, load_s: float) -> dict[str, Any]:
     acked_keys = [(k, i) for k, p in enumerate(ps) for i in p.stats.acked]
     lost = [key for key in acked_keys if counts[key] == 0]
     dup = sum(1 for c in counts.values() if c > 1)
-    return {"killed_node": victim, "killed_at_s": round(killed_at, 1), "load_s": load_s,
-            "acked": len(acked_keys), "acked_before_kill": acked_before, "read_back": sum(counts.values()),
-            "lost": len(lost), "lost_examples": [list(k) for k in lost[:5]], "duplicated": dup,
-            "left_in_store_after_read": left,
-            "reconnects": sum(p.stats.reconnects for p in ps), "publisher_errors": errors}
+    return {
+        "killed_node": victim,
+        "killed_at_s": round(killed_at, 1),
+        "load_s": load_s,
+        "acked": len(acked_keys),
+        "acked_before_kill": acked_before,
+        "read_back": sum(counts.values()),
+        "lost": len(lost),
+        "lost_examples": [list(k) for k in lost[:5]],
+        "duplicated": dup,
+        "left_in_store_after_read": left,
+        "reconnects": sum(p.stats.reconnects for p in ps),
+        "publisher_errors": errors,
+    }
 
 
 def measure(engine_cls: Callable[[Path], Engine], work: Path, smoke: bool) -> dict[str, Any]:
@@ -334,15 +373,34 @@ def group(r: Any, s: Any, work: Path, ctx: dict[str, Any]) -> None:
     for name, m in res.items():
         if "error" in m:
             raise RuntimeError("%s: %s" % (name, m["error"]))
-        r.add("12", "%s: QoS 1 publishes into the R3 store" % name, m["throughput"]["per_s"], "msg/s",
-              note="%d publishers over 3 nodes" % m["throughput"]["publishers"])
+        r.add(
+            "12",
+            "%s: QoS 1 publishes into the R3 store" % name,
+            m["throughput"]["per_s"],
+            "msg/s",
+            note="%d publishers over 3 nodes" % m["throughput"]["publishers"],
+        )
         if "gateway" in m:
-            r.add("12", "%s: gateway accepts from the quorum queue" % name, m["gateway"]["accepted_per_s"],
-                  "reports/s", baseline="signed reports into the queue", baseline_value=m["gateway"]["queued_per_s"],
-                  baseline_unit="msg/s", note="%d reports queued with no gateway, then --source; SQLite"
-                  % m["gateway"]["reports"])
-        r.add("12", "%s: PUBACKed, lost after leader SIGKILL" % name, m["kill"]["lost"], "msgs",
-              baseline="PUBACKed", baseline_value=m["kill"]["acked"], baseline_unit="msgs", compare=False)
+            r.add(
+                "12",
+                "%s: gateway accepts from the quorum queue" % name,
+                m["gateway"]["accepted_per_s"],
+                "reports/s",
+                baseline="signed reports into the queue",
+                baseline_value=m["gateway"]["queued_per_s"],
+                baseline_unit="msg/s",
+                note="%d reports queued with no gateway, then --source; SQLite" % m["gateway"]["reports"],
+            )
+        r.add(
+            "12",
+            "%s: PUBACKed, lost after leader SIGKILL" % name,
+            m["kill"]["lost"],
+            "msgs",
+            baseline="PUBACKed",
+            baseline_value=m["kill"]["acked"],
+            baseline_unit="msgs",
+            compare=False,
+        )
         r.add("12", "%s: read twice after leader SIGKILL" % name, m["kill"]["duplicated"], "msgs", compare=False)
     ctx["broker_cluster"] = res
 
@@ -356,10 +414,16 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         res = run(Path(tmp), args.smoke)
     import os
-    doc = {"format": "surge-bench-broker-cluster/1", "profile": "smoke" if args.smoke else "full",
-           "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-           "seconds": round(time.time() - started, 1), "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-           "payload_bytes": PAYLOAD, "engines": res}
+
+    doc = {
+        "format": "surge-bench-broker-cluster/1",
+        "profile": "smoke" if args.smoke else "full",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "payload_bytes": PAYLOAD,
+        "engines": res,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     print("wrote", args.out)

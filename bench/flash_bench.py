@@ -33,17 +33,36 @@ def main() -> None:
         for mpy in (False, True):
             for baud in (None, 115200):
                 with PtyBoard(work / ("b-%s-%s" % (mpy, baud)), micropython_binary(), baud=baud) as board:
-                    args = ["flash", "--board", "esp32", "--port", board.port, "--config", str(cfg), "--wait", "0",
-                            "--enroll-out", str(work / "e.json"), "--no-board-check"] + (["--mpy"] if mpy else [])
+                    args = [
+                        "flash",
+                        "--board",
+                        "esp32",
+                        "--port",
+                        board.port,
+                        "--config",
+                        str(cfg),
+                        "--wait",
+                        "0",
+                        "--enroll-out",
+                        str(work / "e.json"),
+                        "--no-board-check",
+                    ] + (["--mpy"] if mpy else [])
                     started = time.monotonic()
                     res = surge(*args)
                     wall = time.monotonic() - started
                     m = LINE.search(res.stdout)
                     assert res.returncode == 0 and m, res.stderr
-                    rows.append({"bundle": ".mpy" if mpy else ".py", "line": "115200 baud" if baud else "pty",
-                                 "files": int(m.group(2)), "bytes_copied": int(m.group(3)),
-                                 "copy_s": float(m.group(5)), "wire_bytes_sent": int(m.group(6)),
-                                 "command_s": round(wall, 2)})
+                    rows.append(
+                        {
+                            "bundle": ".mpy" if mpy else ".py",
+                            "line": "115200 baud" if baud else "pty",
+                            "files": int(m.group(2)),
+                            "bytes_copied": int(m.group(3)),
+                            "copy_s": float(m.group(5)),
+                            "wire_bytes_sent": int(m.group(6)),
+                            "command_s": round(wall, 2),
+                        }
+                    )
     for r in rows:
         print(json.dumps(r))
 

@@ -70,6 +70,7 @@ BOARD = "rpi-4"
 
 # -- reports -------------------------------------------------------------------
 
+
 def presign(n: int, devices: int) -> tuple[list[tuple[str, bytes]], list[bytes]]:
     """N reports from D devices, interleaved round robin, each device in seq order."""
     keys = [SigningKey(os.urandom(32)) for _ in range(devices)]
@@ -80,9 +81,18 @@ def presign(n: int, devices: int) -> tuple[list[tuple[str, bytes]], list[bytes]]
     for i in range(n):
         d = i % devices
         seq = i // devices
-        claims = report.build_claims(seq=seq, bootcount=1, uptime=100 + seq, interval=60, iat=now, prev=prev[d],
-                                     storage=(64_000_000_000, 12_000_000_000), net=(123456, 654321),
-                                     bw=(1_000_000, 2_000_000), link_mbps=1000)
+        claims = report.build_claims(
+            seq=seq,
+            bootcount=1,
+            uptime=100 + seq,
+            interval=60,
+            iat=now,
+            prev=prev[d],
+            storage=(64_000_000_000, 12_000_000_000),
+            net=(123456, 654321),
+            bw=(1_000_000, 2_000_000),
+            link_mbps=1000,
+        )
         payload = cbor.dumps(claims)
         protected = b"\xa2\x01\x27\x04\x48" + C.kid(publics[d])
         sig = keys[d].sign(cbor.dumps(["Signature1", protected, b"", payload])).signature
@@ -94,13 +104,16 @@ def presign(n: int, devices: int) -> tuple[list[tuple[str, bytes]], list[bytes]]
 
 # -- broker --------------------------------------------------------------------
 
+
 class Broker:
     def __init__(self, workdir: Path, inflight: int) -> None:
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         conf = workdir / "mosquitto.conf"
-        conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        "max_inflight_messages %d\nmax_queued_messages 0\nlog_dest none\n" % (self.port, inflight))
+        conf.write_text(
+            "listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_inflight_messages %d\nmax_queued_messages 0\nlog_dest none\n" % (self.port, inflight)
+        )
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -119,6 +132,7 @@ class Broker:
 
 
 # -- publisher -----------------------------------------------------------------
+
 
 def publish_all(port: int, messages: list[tuple[str, bytes]], inflight: int) -> tuple[float, float]:
     """Publish at QoS 1 with at most ``inflight`` unacknowledged; (first publish, last PUBACK)."""
@@ -153,6 +167,7 @@ def publish_all(port: int, messages: list[tuple[str, bytes]], inflight: int) -> 
 
 # -- (a) raw -----------------------------------------------------------------------
 
+
 def subscriber_main(port: int, count: int) -> None:
     """Child process: subscribe, say 'ready', count ``count`` messages, print timings."""
     got = [0]
@@ -186,8 +201,11 @@ def subscriber_main(port: int, count: int) -> None:
 def measure_raw(workdir: Path, messages: list[tuple[str, bytes]], inflight: int) -> dict[str, Any]:
     broker = Broker(workdir / "raw-broker", inflight)
     try:
-        sub = subprocess.Popen([sys.executable, "-m", "bench.gateway_throughput", "--_subscriber",
-                                str(broker.port), str(len(messages))], stdout=subprocess.PIPE, text=True)
+        sub = subprocess.Popen(
+            [sys.executable, "-m", "bench.gateway_throughput", "--_subscriber", str(broker.port), str(len(messages))],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert sub.stdout is not None
         if sub.stdout.readline().strip() != "ready":
             raise RuntimeError("subscriber did not start")
@@ -204,6 +222,7 @@ def measure_raw(workdir: Path, messages: list[tuple[str, bytes]], inflight: int)
 
 # -- (b) gateway -------------------------------------------------------------------
 
+
 def enroll_all(db: Path, publics: list[bytes]) -> None:
     from gateway.store import Store
 
@@ -215,9 +234,14 @@ def enroll_all(db: Path, publics: list[bytes]) -> None:
 
 def gateway_config(workdir: Path, port: int, db: Path, n: int, devices: int, extra: list[str]) -> Path:
     """The bench gateway's TOML: memory chain, rate limit lifted, ``extra`` KEY=VALUE lines last."""
-    values = {"broker": '"mqtt://127.0.0.1:%d"' % port, "db": '"%s"' % db.name, "chain": '"memory"',
-              "rate_limit_per_s": "1000000.0", "rate_burst": str(max(50, n // devices + 1)),
-              "log_level": '"warning"'}
+    values = {
+        "broker": '"mqtt://127.0.0.1:%d"' % port,
+        "db": '"%s"' % db.name,
+        "chain": '"memory"',
+        "rate_limit_per_s": "1000000.0",
+        "rate_burst": str(max(50, n // devices + 1)),
+        "log_level": '"warning"',
+    }
     for line in extra:
         key, _, value = line.partition("=")
         values[key.strip()] = value.strip()
@@ -285,13 +309,22 @@ def cpu_split_table(roles: dict[int, str], marks: list[tuple[str, dict[str, floa
     _, first = marks[0]
     lines = ["%-52s %s" % ("CPU per report (us)", "  ".join("%14s" % name for name, _ in marks[1:]))]
     for key in sorted({k for _, m in marks for k in m}):  # threads may start after the first mark
-        lines.append("%-52s %s" % (key, "  ".join("%14.1f" % ((m.get(key, 0.0) - first.get(key, 0.0)) / n * 1e6)
-                                                    for _, m in marks[1:])))
+        lines.append(
+            "%-52s %s"
+            % (key, "  ".join("%14.1f" % ((m.get(key, 0.0) - first.get(key, 0.0)) / n * 1e6) for _, m in marks[1:]))
+        )
     return "\n".join(lines)
 
 
-def measure_gateway(workdir: Path, messages: list[tuple[str, bytes]], publics: list[bytes],
-                    inflight: int, extra: list[str], gas: bool = False, cpu_split: bool = False) -> dict[str, Any]:
+def measure_gateway(
+    workdir: Path,
+    messages: list[tuple[str, bytes]],
+    publics: list[bytes],
+    inflight: int,
+    extra: list[str],
+    gas: bool = False,
+    cpu_split: bool = False,
+) -> dict[str, Any]:
     gwdir = workdir / "gateway"
     gwdir.mkdir()
     broker = Broker(workdir / "gw-broker", inflight)
@@ -299,8 +332,11 @@ def measure_gateway(workdir: Path, messages: list[tuple[str, bytes]], publics: l
     enroll_all(db, publics)
     cfg = gateway_config(gwdir, broker.port, db, len(messages), len(publics), extra)
     log = open(gwdir / "gateway.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "gateway", "run", "--config", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "gateway", "run", "--config", str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_gateway_online(broker.port, proc)
         result: dict[str, float] = {}
@@ -313,8 +349,11 @@ def measure_gateway(workdir: Path, messages: list[tuple[str, bytes]], publics: l
             result["done"] = time.monotonic()
 
         poller = threading.Thread(target=poll_db, daemon=True)
-        roles = {proc.pid: "gateway pipeline process", broker.proc.pid: "mosquitto",
-                 os.getpid(): "load generator (this process)"}
+        roles = {
+            proc.pid: "gateway pipeline process",
+            broker.proc.pid: "mosquitto",
+            os.getpid(): "load generator (this process)",
+        }
         roles.update({c: "gateway ingest process" for c in with_children(proc.pid)[1:]})
         marks = [("start", thread_cpu(roles))]
         poller.start()
@@ -322,14 +361,19 @@ def measure_gateway(workdir: Path, messages: list[tuple[str, bytes]], publics: l
         poller.join(600)
         marks.append(("until stored", thread_cpu(roles)))
         if "done" not in result:
-            raise RuntimeError("gateway stored %d of %d reports (see %s)"
-                               % (count_reports(db), len(messages), gwdir / "gateway.log"))
+            raise RuntimeError(
+                "gateway stored %d of %d reports (see %s)" % (count_reports(db), len(messages), gwdir / "gateway.log")
+            )
         seconds = result["done"] - first
         con = sqlite3.connect(str(db))
         rejected = dict(con.execute("SELECT reason, count FROM rejection_counts").fetchall())
         con.close()
-        out: dict[str, Any] = {"messages": len(messages), "seconds": seconds, "per_s": len(messages) / seconds,
-                               "rejections": rejected}
+        out: dict[str, Any] = {
+            "messages": len(messages),
+            "seconds": seconds,
+            "per_s": len(messages) / seconds,
+            "rejections": rejected,
+        }
         if gas:
             out["gas"] = anchored_gas(db, len(messages), proc)
             marks.append(("until anchored", thread_cpu(roles)))
@@ -348,8 +392,10 @@ def measure_gateway(workdir: Path, messages: list[tuple[str, bytes]], publics: l
 def anchored_gas(db: Path, n: int, proc: subprocess.Popen[bytes], timeout: float = 300) -> dict[str, Any]:
     """Wait until every report is in a confirmed batch; gas used per anchor and per report."""
     deadline = time.monotonic() + timeout
-    query = ("SELECT b.seq, b.size, a.gas_used FROM batches b JOIN anchors a ON a.batch_seq = b.seq "
-             "AND a.state = 'confirmed' ORDER BY b.seq")
+    query = (
+        "SELECT b.seq, b.size, a.gas_used FROM batches b JOIN anchors a ON a.batch_seq = b.seq "
+        "AND a.state = 'confirmed' ORDER BY b.seq"
+    )
     while True:
         con = sqlite3.connect(str(db), timeout=30)
         rows = con.execute(query).fetchall()
@@ -360,12 +406,17 @@ def anchored_gas(db: Path, n: int, proc: subprocess.Popen[bytes], timeout: float
             raise RuntimeError("only %d of %d reports anchored" % (sum(r[1] for r in rows), n))
         time.sleep(0.2)
     gas = [g for _, _, g in rows]
-    return {"batches": len(rows), "batch_sizes": sorted({size for _, size, _ in rows}),
-            "gas_per_anchor": gas, "mean_gas_per_anchor": sum(gas) / len(gas),
-            "gas_per_report": sum(gas) / sum(size for _, size, _ in rows)}
+    return {
+        "batches": len(rows),
+        "batch_sizes": sorted({size for _, size, _ in rows}),
+        "gas_per_anchor": gas,
+        "mean_gas_per_anchor": sum(gas) / len(gas),
+        "gas_per_report": sum(gas) / sum(size for _, size, _ in rows),
+    }
 
 
 # -- profile of the per-message path ---------------------------------------------------
+
 
 class _Msg:
     """What Ingest.process reads from a received message."""
@@ -376,8 +427,7 @@ class _Msg:
         self.topic, self.payload, self.packet_id, self.qos = topic, payload, packet_id, 1
 
 
-def profile_ingest(workdir: Path, messages: list[tuple[str, bytes]], publics: list[bytes],
-                   out: Path) -> dict[str, Any]:
+def profile_ingest(workdir: Path, messages: list[tuple[str, bytes]], publics: list[bytes], out: Path) -> dict[str, Any]:
     """Ingest.process (verify + commit, no acknowledging) over all messages in commit groups, under cProfile."""
     from gateway.config import GatewayConfig
     from gateway.ingest import Ingest
@@ -394,7 +444,7 @@ def profile_ingest(workdir: Path, messages: list[tuple[str, bytes]], publics: li
     started = time.perf_counter()
     prof.enable()
     for i in range(0, len(msgs), group):
-        ingest.process(msgs[i:i + group])  # type: ignore[arg-type]
+        ingest.process(msgs[i : i + group])  # type: ignore[arg-type]
     prof.disable()
     seconds = time.perf_counter() - started
     prof.dump_stats(str(out))
@@ -423,7 +473,7 @@ def ingest_cpu(workdir: Path, messages: list[tuple[str, bytes]], publics: list[b
     msgs = [_Msg(t, p, i % 65535 + 1) for i, (t, p) in enumerate(messages)]
     started = time.process_time()
     for i in range(0, len(msgs), cfg.commit_group):
-        ingest.process(msgs[i:i + cfg.commit_group])  # type: ignore[arg-type]
+        ingest.process(msgs[i : i + cfg.commit_group])  # type: ignore[arg-type]
     cpu = time.process_time() - started
     if count_reports(db) != len(messages):
         raise RuntimeError("ingest stored %d of %d reports" % (count_reports(db), len(messages)))
@@ -432,23 +482,42 @@ def ingest_cpu(workdir: Path, messages: list[tuple[str, bytes]], publics: list[b
 
 # -- main ------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reports", type=int, default=20000, metavar="N")
     parser.add_argument("--devices", type=int, default=200, metavar="D")
-    parser.add_argument("--inflight", type=int, default=DEFAULT_INFLIGHT,
-                        help="publisher's cap on unacknowledged messages, and the broker's max_inflight_messages")
+    parser.add_argument(
+        "--inflight",
+        type=int,
+        default=DEFAULT_INFLIGHT,
+        help="publisher's cap on unacknowledged messages, and the broker's max_inflight_messages",
+    )
     parser.add_argument("--json", metavar="OUT", help="write the results as JSON")
     parser.add_argument("--profile", metavar="FILE", help="also profile Ingest.process with cProfile into FILE")
-    parser.add_argument("--gateway-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra TOML line for the gateway's config, e.g. batch_size=10000 (repeatable)")
-    parser.add_argument("--gas", action="store_true",
-                        help="after the timing, wait until all reports are anchored and report gas per report")
-    parser.add_argument("--cpu-split", action="store_true",
-                        help="print CPU per report of each process (main thread and the others): gateway "
-                             "pipeline and ingest, broker, load generator; with --gas also until anchored")
-    parser.add_argument("--ingest-cpu", action="store_true",
-                        help="only: CPU per report of the ingest path alone, in this process (no broker)")
+    parser.add_argument(
+        "--gateway-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra TOML line for the gateway's config, e.g. batch_size=10000 (repeatable)",
+    )
+    parser.add_argument(
+        "--gas",
+        action="store_true",
+        help="after the timing, wait until all reports are anchored and report gas per report",
+    )
+    parser.add_argument(
+        "--cpu-split",
+        action="store_true",
+        help="print CPU per report of each process (main thread and the others): gateway "
+        "pipeline and ingest, broker, load generator; with --gas also until anchored",
+    )
+    parser.add_argument(
+        "--ingest-cpu",
+        action="store_true",
+        help="only: CPU per report of the ingest path alone, in this process (no broker)",
+    )
     parser.add_argument("--skip-raw", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--_subscriber", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -462,15 +531,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t = time.monotonic()
         messages, publics = presign(args.reports, args.devices)
-        print("signed %d reports from %d devices in %.1f s (%d bytes each on average)"
-              % (len(messages), len(publics), time.monotonic() - t,
-                 sum(len(p) for _, p in messages) // len(messages)), flush=True)
-        result: dict[str, Any] = {"reports": args.reports, "devices": args.devices, "inflight": args.inflight,
-                                  "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+        print(
+            "signed %d reports from %d devices in %.1f s (%d bytes each on average)"
+            % (len(messages), len(publics), time.monotonic() - t, sum(len(p) for _, p in messages) // len(messages)),
+            flush=True,
+        )
+        result: dict[str, Any] = {
+            "reports": args.reports,
+            "devices": args.devices,
+            "inflight": args.inflight,
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+        }
         if args.ingest_cpu:
             result["ingest_cpu_us_per_report"] = ingest_cpu(workdir, messages, publics)
-            print("ingest path alone, in process:      %8.1f us CPU per report"
-                  % result["ingest_cpu_us_per_report"])
+            print("ingest path alone, in process:      %8.1f us CPU per report" % result["ingest_cpu_us_per_report"])
             if args.json:
                 Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
             return 0
@@ -478,16 +553,19 @@ def main(argv: list[str] | None = None) -> int:
             result["raw_qos1"] = measure_raw(workdir, messages, args.inflight)
             print("raw paho QoS 1 through Mosquitto:  %8.0f msg/s" % result["raw_qos1"]["per_s"], flush=True)
         result["gateway_options"] = args.gateway_option
-        result["gateway"] = measure_gateway(workdir, messages, publics, args.inflight, args.gateway_option,
-                                            gas=args.gas, cpu_split=args.cpu_split)
+        result["gateway"] = measure_gateway(
+            workdir, messages, publics, args.inflight, args.gateway_option, gas=args.gas, cpu_split=args.cpu_split
+        )
         print("gateway verified + stored:          %8.0f reports/s" % result["gateway"]["per_s"], flush=True)
         if "raw_qos1" in result:
             result["ratio"] = result["gateway"]["per_s"] / result["raw_qos1"]["per_s"]
             print("ratio gateway / raw:                %8.2f" % result["ratio"])
         if "gas" in result["gateway"]:
             g = result["gateway"]["gas"]
-            print("gas: %d anchors of %s reports, mean %.0f gas per anchor, %.1f gas per report"
-                  % (g["batches"], g["batch_sizes"], g["mean_gas_per_anchor"], g["gas_per_report"]))
+            print(
+                "gas: %d anchors of %s reports, mean %.0f gas per anchor, %.1f gas per report"
+                % (g["batches"], g["batch_sizes"], g["mean_gas_per_anchor"], g["gas_per_report"])
+            )
         if args.cpu_split:
             print(result["gateway"]["cpu_split"])
         if result["gateway"]["rejections"]:

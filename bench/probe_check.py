@@ -44,12 +44,15 @@ def chunk_cost_us(chunk: int, n: int) -> float:
     for r in range(n // per_run):
         nonce = os.urandom(16)
         for i in range(per_run):
-            body = bytes(bwprobe.message(nonce, r + 1, i, per_run, per_run * chunk)) if chunk == bwprobe.CHUNK \
+            body = (
+                bytes(bwprobe.message(nonce, r + 1, i, per_run, per_run * chunk))
+                if chunk == bwprobe.CHUNK
                 else _message(nonce, r + 1, i, per_run, chunk)
+            )
             wire += encode_publish(topic, body, qos=0)
     best = float("inf")
     for _ in range(3):
-        tracker = ProbeTracker(rate_per_s=1e9, burst=10 ** 9)
+        tracker = ProbeTracker(rate_per_s=1e9, burst=10**9)
         tracker.add_device(DEV, "lab", 0, 0.0)
         dec = Decoder(v5=True)
         t0 = time.process_time()
@@ -94,13 +97,28 @@ def honest_ratios(reports: int, size: int, nodelay: bool = True) -> tuple[list[f
         broker.start()
         db = tmp / "gw.db"
         cfg, key = write_config(tmp, broker.port, bw_probe_bytes=size, interval=0.3)
-        surge("gateway", "enroll", "--db", str(db), "--pubkey", key.public.hex(), "--board", "linux-generic",
-              "--fleet", "test")
+        surge(
+            "gateway",
+            "enroll",
+            "--db",
+            str(db),
+            "--pubkey",
+            key.public.hex(),
+            "--board",
+            "linux-generic",
+            "--fleet",
+            "test",
+        )
         gw = start_gateway(db, broker)
         try:
             wait_online(broker, gw)
-            proc = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "run", "--config", str(cfg),
-                                   "--count", str(reports)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(
+                [sys.executable, "-m", "agent.cli", "agent", "run", "--config", str(cfg), "--count", str(reports)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert proc.returncode == 0, proc.stderr
             wait_for(lambda: query(db, "SELECT COUNT(*) FROM attestations")[0][0] >= reports, 60, "attestations")
             rows = query(db, "SELECT r.cose, a.bw_up FROM reports r JOIN attestations a ON a.report_id = r.id")
@@ -118,25 +136,42 @@ def group_probe(r: Any, s: Any, work: Path, ctx: dict[str, Any]) -> None:
     full = s is FULL
     n = 16384 if full else 2048
     for chunk, who in ((512, "CPython agent"), (256, "MicroPython agent")):
-        r.add("8", "Gateway CPU per probe chunk checked, %d B chunks (%s)" % (chunk, who), chunk_cost_us(chunk, n),
-              "us", note="MQTT decode, topic, rate limit, CBOR, stream regenerated and compared, run bookkeeping; "
-                         "best of 3 over %d chunks, one core" % n)
+        r.add(
+            "8",
+            "Gateway CPU per probe chunk checked, %d B chunks (%s)" % (chunk, who),
+            chunk_cost_us(chunk, n),
+            "us",
+            note="MQTT decode, topic, rate limit, CBOR, stream regenerated and compared, run bookkeeping; "
+            "best of 3 over %d chunks, one core" % n,
+        )
     per_chunk = chunk_cost_us(512, n)
     runs_per_s = 1e6 / (8 * per_chunk)
     verify_rate = _verify_rate(gt, 2000 if full else 500)
-    r.add("8", "Probe runs checked/s, one core, 4 KB runs (8 chunks)", runs_per_s, "runs/s",
-          "reports verified/s, full verify path", verify_rate, "reports/s",
-          note="one run per report when every device probes before every report: the ratio is how many "
-               "reports' runs one core checks per report it verifies")
+    r.add(
+        "8",
+        "Probe runs checked/s, one core, 4 KB runs (8 chunks)",
+        runs_per_s,
+        "runs/s",
+        "reports verified/s, full verify path",
+        verify_rate,
+        "reports/s",
+        note="one run per report when every device probes before every report: the ratio is how many "
+        "reports' runs one core checks per report it verifies",
+    )
     reports = 30 if full else 4
     # Smoke: one short run, to keep `make bench-smoke` inside its time limit.
     for size, nodelay in ((4096, True), (65536, True), (65536, False)) if full else ((4096, True),):
         ratios, unmeasured = honest_ratios(reports, size, nodelay)
-        r.add("8", "Honest agent claimed/measured bw_up, %d KB runs, loopback%s (median)" % (
-                  size // 1024, "" if nodelay else ", broker without set_tcp_nodelay"),
-              statistics.median(ratios) if ratios else None, "x", compare=False,
-              note="min %.2f max %.2f over %d reports (%d without a rate); bw_overclaim above 4x + 64 KiB/s"
-                   % (min(ratios, default=0), max(ratios, default=0), len(ratios), unmeasured))
+        r.add(
+            "8",
+            "Honest agent claimed/measured bw_up, %d KB runs, loopback%s (median)"
+            % (size // 1024, "" if nodelay else ", broker without set_tcp_nodelay"),
+            statistics.median(ratios) if ratios else None,
+            "x",
+            compare=False,
+            note="min %.2f max %.2f over %d reports (%d without a rate); bw_overclaim above 4x + 64 KiB/s"
+            % (min(ratios, default=0), max(ratios, default=0), len(ratios), unmeasured),
+        )
 
 
 def _verify_rate(gt: Any, n: int) -> float:
@@ -164,8 +199,10 @@ if __name__ == "__main__":
     if len(sys.argv) in (4, 5) and sys.argv[1] == "--ratio":
         got, none = honest_ratios(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:] != ["--no-nodelay"])
         got.sort()
-        print("claimed/measured over %d reports (%d without a rate): min %.2f median %.2f max %.2f" % (
-            len(got), none, got[0], statistics.median(got), got[-1]))
+        print(
+            "claimed/measured over %d reports (%d without a rate): min %.2f median %.2f max %.2f"
+            % (len(got), none, got[0], statistics.median(got), got[-1])
+        )
         print(" ".join("%.2f" % x for x in got))
     else:
         print(__doc__)

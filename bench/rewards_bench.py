@@ -27,17 +27,38 @@ def gas_per_claim(r: Results, leaf_counts: tuple[int, ...], claims: int) -> None
         g = measure_claims(n, claims)
         where = "%s leaves, %d-sibling proof" % ("{:,}".format(n), g.proof_length)
         base = "Uniswap merkle-distributor, %s leaves (published)" % "{:,}".format(UNISWAP_LEAVES)
-        r.add(GROUP, "Gas per claim, first claim, %s" % where, g.first_mean, "gas",
-              base + ", mean", UNISWAP_MEAN, "gas",
-              note="mean of %d claims (min %d, max %d); claimed and the owner's token balance "
-                   "both written from zero; %.0f calldata bytes" % (g.claims, g.first_min, g.first_max,
-                                                                  g.calldata_mean))
-        r.add(GROUP, "Gas per claim, first claim worst, %s" % where, float(g.first_max), "gas",
-              base + ", worst", UNISWAP_WORST, "gas", note="max of %d claims" % g.claims)
-        r.add(GROUP, "Gas per claim, repeat claim (later epoch), %s" % where, g.repeat_mean, "gas",
-              base + ", mean", UNISWAP_MEAN, "gas",
-              note="mean of %d claims (min %d, max %d): the same owners claim the next epoch's "
-                   "higher cumulative amount" % (g.claims, g.repeat_min, g.repeat_max))
+        r.add(
+            GROUP,
+            "Gas per claim, first claim, %s" % where,
+            g.first_mean,
+            "gas",
+            base + ", mean",
+            UNISWAP_MEAN,
+            "gas",
+            note="mean of %d claims (min %d, max %d); claimed and the owner's token balance "
+            "both written from zero; %.0f calldata bytes" % (g.claims, g.first_min, g.first_max, g.calldata_mean),
+        )
+        r.add(
+            GROUP,
+            "Gas per claim, first claim worst, %s" % where,
+            float(g.first_max),
+            "gas",
+            base + ", worst",
+            UNISWAP_WORST,
+            "gas",
+            note="max of %d claims" % g.claims,
+        )
+        r.add(
+            GROUP,
+            "Gas per claim, repeat claim (later epoch), %s" % where,
+            g.repeat_mean,
+            "gas",
+            base + ", mean",
+            UNISWAP_MEAN,
+            "gas",
+            note="mean of %d claims (min %d, max %d): the same owners claim the next epoch's "
+            "higher cumulative amount" % (g.claims, g.repeat_min, g.repeat_max),
+        )
 
 
 def group_rewards(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:

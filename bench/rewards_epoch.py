@@ -54,9 +54,21 @@ def build_store(db: Path, n: int) -> Any:
     from gateway.store import Store
 
     key = keyfile.generate()
-    cose = report.sign_report(key.secret, key.public, report.build_claims(
-        seq=0, bootcount=1, uptime=10, interval=EPOCH_S, prev=None, storage=(8 << 30, 1 << 30), net=(1, 2),
-        bw=(1 << 20, 2 << 20), rssi=-60))
+    cose = report.sign_report(
+        key.secret,
+        key.public,
+        report.build_claims(
+            seq=0,
+            bootcount=1,
+            uptime=10,
+            interval=EPOCH_S,
+            prev=None,
+            storage=(8 << 30, 1 << 30),
+            net=(1, 2),
+            bw=(1 << 20, 2 << 20),
+            rssi=-60,
+        ),
+    )
     gw = ChainKey.generate()
     sig = gw.sign_message(b"bench")  # the closer never checks attestation signatures it wrote itself
     st = Store(db)
@@ -64,24 +76,34 @@ def build_store(db: Path, n: int) -> Any:
     owners = [owner(i) for i in range(n)]  # EIP-55, as enrollment stores them
     at = T0 + 10
     st.db.execute("BEGIN")
-    st.db.executemany("INSERT INTO devices(device_id, pubkey, board, fleet, owner, enrolled_at) VALUES "
-                      "(?, ?, 'rpi-4', 'bench', ?, ?)",
-                      ((d, hashlib.sha256(d.encode()).digest(), o, T0) for d, o in zip(ids, owners)))
-    st.db.executemany("INSERT INTO reports(id, device_id, boot, seq, received_at, cose, batch_seq, leaf_index) "
-                      "VALUES (?, ?, 1, 0, ?, ?, ?, ?)",
-                      ((i + 1, d, at, cose, i // BATCH + 1, i % BATCH) for i, d in enumerate(ids)))
-    st.db.executemany("INSERT INTO attestations(report_id, device_id, boot, seq, bw_up, storage_bytes, flags, body, "
-                      "signature, at) VALUES (?, ?, 1, 0, ?, ?, '', ?, ?, ?)",
-                      ((i + 1, d, (1 + i % 7) << 20, (1 + i % 13) << 30, canonical({"device": d}).decode(), sig, at)
-                       for i, d in enumerate(ids)))
+    st.db.executemany(
+        "INSERT INTO devices(device_id, pubkey, board, fleet, owner, enrolled_at) VALUES "
+        "(?, ?, 'rpi-4', 'bench', ?, ?)",
+        ((d, hashlib.sha256(d.encode()).digest(), o, T0) for d, o in zip(ids, owners)),
+    )
+    st.db.executemany(
+        "INSERT INTO reports(id, device_id, boot, seq, received_at, cose, batch_seq, leaf_index) "
+        "VALUES (?, ?, 1, 0, ?, ?, ?, ?)",
+        ((i + 1, d, at, cose, i // BATCH + 1, i % BATCH) for i, d in enumerate(ids)),
+    )
+    st.db.executemany(
+        "INSERT INTO attestations(report_id, device_id, boot, seq, bw_up, storage_bytes, flags, body, "
+        "signature, at) VALUES (?, ?, 1, 0, ?, ?, '', ?, ?, ?)",
+        (
+            (i + 1, d, (1 + i % 7) << 20, (1 + i % 13) << 30, canonical({"device": d}).decode(), sig, at)
+            for i, d in enumerate(ids)
+        ),
+    )
     leaf = merkle.leaf_hash(cose)
     prev = bytes(32)
     for b in range(0, n, BATCH):
         size = min(BATCH, n - b)
         root = merkle.MerkleTree([leaf] * size).root
-        st.db.execute("INSERT INTO batches(seq, gateway_id, root, size, first_at, last_at, prev_root, closed_at, "
-                      "state) VALUES (?, 'gw-bench', ?, ?, ?, ?, ?, ?, 'confirmed')",
-                      (b // BATCH + 1, root, size, at, at, prev, at))
+        st.db.execute(
+            "INSERT INTO batches(seq, gateway_id, root, size, first_at, last_at, prev_root, closed_at, "
+            "state) VALUES (?, 'gw-bench', ?, ?, ?, ?, ?, ?, 'confirmed')",
+            (b // BATCH + 1, root, size, at, at, prev, at),
+        )
         prev = root
     st.db.execute("COMMIT")
     return st, gw
@@ -112,9 +134,17 @@ def measure(n: int, work: Path) -> dict[str, Any]:
     proof = reward_proof(st, owner(n // 2))
     proof_s = time.perf_counter() - t
     st.close()
-    return {"devices": n, "setup_s": setup, "close_s": close_s, "file_bytes": len(ep.file), "recompute_s": recompute_s,
-            "proof_hashes": len(proof["proof"]), "proof_bytes": 32 * len(proof["proof"]),
-            "proof_json_bytes": len(json.dumps(proof, separators=(",", ":"))), "statement_proof_s": proof_s}
+    return {
+        "devices": n,
+        "setup_s": setup,
+        "close_s": close_s,
+        "file_bytes": len(ep.file),
+        "recompute_s": recompute_s,
+        "proof_hashes": len(proof["proof"]),
+        "proof_bytes": 32 * len(proof["proof"]),
+        "proof_json_bytes": len(json.dumps(proof, separators=(",", ":"))),
+        "statement_proof_s": proof_s,
+    }
 
 
 def group(r: Any, s: Any, work: Path, ctx: dict[str, Any]) -> None:
@@ -124,16 +154,34 @@ def group(r: Any, s: Any, work: Path, ctx: dict[str, Any]) -> None:
     for n in SMOKE_DEVICES if vars(s) == vars(SMOKE) else FULL_DEVICES:
         m = measure(n, work)
         label = "{:,}".format(n)
-        r.add("11", "Epoch close, %s devices and owners" % label, m["close_s"], "s", target="well within one epoch",
-              note="closer.close: read %s attested reports, formula, sign, write the %.1f MB epoch file; "
-                   "recompute from the file %.1f s" % (label, m["file_bytes"] / 1e6, m["recompute_s"]))
-        r.add("11", "Epoch file, %s devices" % label, m["file_bytes"] / 1e6, "MB",
-              note="canonical JSON: inputs per device, outputs per owner")
+        r.add(
+            "11",
+            "Epoch close, %s devices and owners" % label,
+            m["close_s"],
+            "s",
+            target="well within one epoch",
+            note="closer.close: read %s attested reports, formula, sign, write the %.1f MB epoch file; "
+            "recompute from the file %.1f s" % (label, m["file_bytes"] / 1e6, m["recompute_s"]),
+        )
+        r.add(
+            "11",
+            "Epoch file, %s devices" % label,
+            m["file_bytes"] / 1e6,
+            "MB",
+            note="canonical JSON: inputs per device, outputs per owner",
+        )
         plain = 32 * math.ceil(math.log2(n))
-        r.add("11", "Reward proof path, %s owners" % label, m["proof_bytes"], "bytes",
-              "32 x ceil(log2 N) (INCENTIVES.md)", plain, "bytes",
-              note="%d hashes; the whole reward proof is %d bytes of JSON; building it from the stored epoch %.2f s"
-                   % (m["proof_hashes"], m["proof_json_bytes"], m["statement_proof_s"]))
+        r.add(
+            "11",
+            "Reward proof path, %s owners" % label,
+            m["proof_bytes"],
+            "bytes",
+            "32 x ceil(log2 N) (INCENTIVES.md)",
+            plain,
+            "bytes",
+            note="%d hashes; the whole reward proof is %d bytes of JSON; building it from the stored epoch %.2f s"
+            % (m["proof_hashes"], m["proof_json_bytes"], m["statement_proof_s"]),
+        )
         for p in work.glob("epoch-*.db*"):
             p.unlink()
 

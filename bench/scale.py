@@ -39,12 +39,23 @@ def main() -> None:
         for rnd in range(a.rounds):
             for devices, reports in a.pairs:
                 messages, publics = gt.presign(reports, devices)
-                res = run.gateway_rate(Path(tmp) / ("gw-%d-%d-%d" % (devices, reports, rnd)), messages, publics,
-                                       timeout=600)
-                print(json.dumps({"devices": devices, "reports": reports, "round": rnd,
-                                  "per_s": round(res["per_s"]), "cpu_us_per_report": round(res["cpu_us_per_report"]),
-                                  "rss_loaded_mib": round(res["rss_loaded_kb"] / 1024, 1),
-                                  "rejections": res["rejections"]}), flush=True)
+                res = run.gateway_rate(
+                    Path(tmp) / ("gw-%d-%d-%d" % (devices, reports, rnd)), messages, publics, timeout=600
+                )
+                print(
+                    json.dumps(
+                        {
+                            "devices": devices,
+                            "reports": reports,
+                            "round": rnd,
+                            "per_s": round(res["per_s"]),
+                            "cpu_us_per_report": round(res["cpu_us_per_report"]),
+                            "rss_loaded_mib": round(res["rss_loaded_kb"] / 1024, 1),
+                            "rejections": res["rejections"],
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

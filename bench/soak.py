@@ -36,8 +36,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from broker import Mosquitto  # noqa: E402
 from chain_fixtures import ensure_node_modules  # noqa: E402
-from faults_lib import (Figures, agent_power_cuts, broker_kills_with_agents, can_mount_tmpfs,  # noqa: E402
-                        gateway_disk_full, gateway_random_kills)
+from faults_lib import (  # noqa: E402
+    Figures,
+    agent_power_cuts,
+    broker_kills_with_agents,
+    can_mount_tmpfs,
+    gateway_disk_full,
+    gateway_random_kills,
+)
 from gw_process import HardhatNode, Miner  # noqa: E402
 
 
@@ -49,8 +55,12 @@ def _run(name: str, results: list[dict[str, Any]], fn: Callable[[Path], Figures]
             row = fig.as_dict()
             row["ok"] = True
         except Exception as exc:
-            row = {"scenario": name, "ok": False, "error": "%s: %s" % (type(exc).__name__, exc),
-                   "trace": traceback.format_exc()[-4000:]}
+            row = {
+                "scenario": name,
+                "ok": False,
+                "error": "%s: %s" % (type(exc).__name__, exc),
+                "trace": traceback.format_exc()[-4000:],
+            }
     print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
     results.append(row)
 
@@ -70,22 +80,35 @@ def fuzz(inputs: int, seed: int, atheris_runs: int) -> dict[str, Any]:
     t0 = time.monotonic()
     h = Harness()
     crashes = h.run(inputs, seed, on_crash=save_crash)
-    row: dict[str, Any] = {"scenario": "fuzz_mutation", "inputs": h.counts["inputs"], "crashes": len(crashes),
-                           "accepted": h.counts["accepted"], "signed_mutants": h.counts["signed_mutants"],
-                           "slowest_input_s": round(h.slowest, 4), "outcomes": h.outcomes,
-                           "seconds": round(time.monotonic() - t0, 1), "ok": not crashes,
-                           "first_crashes": [str(c)[:300] for c in crashes[:3]]}
+    row: dict[str, Any] = {
+        "scenario": "fuzz_mutation",
+        "inputs": h.counts["inputs"],
+        "crashes": len(crashes),
+        "accepted": h.counts["accepted"],
+        "signed_mutants": h.counts["signed_mutants"],
+        "slowest_input_s": round(h.slowest, 4),
+        "outcomes": h.outcomes,
+        "seconds": round(time.monotonic() - t0, 1),
+        "ok": not crashes,
+        "first_crashes": [str(c)[:300] for c in crashes[:3]],
+    }
     try:
         import atheris  # noqa: F401
     except ImportError as exc:
         row["atheris"] = "not run: %s" % exc
         return row
     t1 = time.monotonic()
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fuzz_atheris.py"), "-runs=%d" % atheris_runs,
-                           "-max_total_time=600"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fuzz_atheris.py"), "-runs=%d" % atheris_runs, "-max_total_time=600"],
+        capture_output=True,
+        text=True,
+    )
     done = [ln for ln in proc.stderr.splitlines() if ln.startswith("Done ")]
-    row["atheris"] = {"returncode": proc.returncode, "summary": done[-1] if done else proc.stderr[-500:],
-                      "seconds": round(time.monotonic() - t1, 1)}
+    row["atheris"] = {
+        "returncode": proc.returncode,
+        "summary": done[-1] if done else proc.stderr[-500:],
+        "seconds": round(time.monotonic() - t1, 1),
+    }
     row["ok"] = row["ok"] and proc.returncode == 0
     return row
 
@@ -109,20 +132,44 @@ def main() -> int:
     node.wait_ready()
     miner = Miner(node)
     try:
-        _run("gateway_kill9_random", results, lambda d: _with_broker(
-            d, lambda b: gateway_random_kills(d, b, node, kills=args.kills, seed=args.seed, devices=16, max_s=2.0,
-                                           batch_size=200, pause=0.02)))
+        _run(
+            "gateway_kill9_random",
+            results,
+            lambda d: _with_broker(
+                d,
+                lambda b: gateway_random_kills(
+                    d, b, node, kills=args.kills, seed=args.seed, devices=16, max_s=2.0, batch_size=200, pause=0.02
+                ),
+            ),
+        )
     finally:
         miner.stop()
         node.stop()
-    _run("broker_kill9_with_agents", results, lambda d: _with_broker(
-        d, lambda b: broker_kills_with_agents(d, b, kills=args.broker_kills, agents=4,
-                                              reports=40 + 12 * args.broker_kills, seed=args.seed + 1)))
-    _run("broker_kill9_storm", results, lambda d: _with_broker(
-        d, lambda b: broker_kills_with_agents(d, b, kills=args.storm_kills, agents=4, reports=150,
-                                              seed=args.seed + 2, storm=True)))
-    _run("agent_power_cut_outbox", results, lambda d: _with_broker(
-        d, lambda b: agent_power_cuts(d, b, cuts=args.agent_cuts, seed=args.seed + 3)))
+    _run(
+        "broker_kill9_with_agents",
+        results,
+        lambda d: _with_broker(
+            d,
+            lambda b: broker_kills_with_agents(
+                d, b, kills=args.broker_kills, agents=4, reports=40 + 12 * args.broker_kills, seed=args.seed + 1
+            ),
+        ),
+    )
+    _run(
+        "broker_kill9_storm",
+        results,
+        lambda d: _with_broker(
+            d,
+            lambda b: broker_kills_with_agents(
+                d, b, kills=args.storm_kills, agents=4, reports=150, seed=args.seed + 2, storm=True
+            ),
+        ),
+    )
+    _run(
+        "agent_power_cut_outbox",
+        results,
+        lambda d: _with_broker(d, lambda b: agent_power_cuts(d, b, cuts=args.agent_cuts, seed=args.seed + 3)),
+    )
     if can_mount_tmpfs():
         _run("gateway_disk_full", results, lambda d: _with_broker(d, lambda b: gateway_disk_full(d, b, 200)))
     else:
@@ -131,32 +178,62 @@ def main() -> int:
     results.append(fuzz(args.fuzz, args.seed, args.atheris_runs))
 
     faults = [r for r in results if "faults_injected" in r]
-    total = {k: sum(int(r.get(k, 0)) for r in faults)
-             for k in ("faults_injected", "reports_sent", "reports_anchored", "lost", "duplicated")}
+    total = {
+        k: sum(int(r.get(k, 0)) for r in faults)
+        for k in ("faults_injected", "reports_sent", "reports_anchored", "lost", "duplicated")
+    }
     storm_lost = sum(int(r.get("lost", 0)) for r in faults if r.get("notes", {}).get("storm"))
     must_hold = all(r.get("ok") for r in results) and total["duplicated"] == 0 and total["lost"] == storm_lost
-    summary = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-               "seconds": round(time.time() - started, 1), "seed": args.seed, "ok": must_hold,
-               "host": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()},
-               "totals": total, "lost_in_broker_crash_storm": storm_lost, "scenarios": results}
+    summary = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "seed": args.seed,
+        "ok": must_hold,
+        "host": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()},
+        "totals": total,
+        "lost_in_broker_crash_storm": storm_lost,
+        "scenarios": results,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "soak-latest.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = ["Surge soak %s (%.0f s, seed %d): %s" % (summary["started"], summary["seconds"], args.seed,
-                                                      "OK" if must_hold else "FAILED"),
-             "totals: faults injected %(faults_injected)d, reports sent %(reports_sent)d, anchored "
-             "%(reports_anchored)d, lost %(lost)d, duplicated %(duplicated)d" % total,
-             "  (of the lost: %d in the broker crash storm, see docs/reliability.md)" % storm_lost, ""]
+    lines = [
+        "Surge soak %s (%.0f s, seed %d): %s"
+        % (summary["started"], summary["seconds"], args.seed, "OK" if must_hold else "FAILED"),
+        "totals: faults injected %(faults_injected)d, reports sent %(reports_sent)d, anchored "
+        "%(reports_anchored)d, lost %(lost)d, duplicated %(duplicated)d" % total,
+        "  (of the lost: %d in the broker crash storm, see docs/reliability.md)" % storm_lost,
+        "",
+    ]
     for r in results:
         if "faults_injected" in r:
-            lines.append("%-26s faults %4d  sent %6d  stored %6d  anchored %6d  lost %4d  dup %d  %6.0f s  %s"
-                         % (r["scenario"], r["faults_injected"], r["reports_sent"], r["reports_stored"],
-                            r["reports_anchored"], r["lost"], r["duplicated"], r["seconds"],
-                            json.dumps(r.get("notes", {}))))
+            lines.append(
+                "%-26s faults %4d  sent %6d  stored %6d  anchored %6d  lost %4d  dup %d  %6.0f s  %s"
+                % (
+                    r["scenario"],
+                    r["faults_injected"],
+                    r["reports_sent"],
+                    r["reports_stored"],
+                    r["reports_anchored"],
+                    r["lost"],
+                    r["duplicated"],
+                    r["seconds"],
+                    json.dumps(r.get("notes", {})),
+                )
+            )
         elif r["scenario"] == "fuzz_mutation":
-            lines.append("%-26s inputs %d, crashes %d, accepted %d (signed mutants %d), slowest %.4f s; atheris: %s"
-                         % (r["scenario"], r["inputs"], r["crashes"], r["accepted"], r["signed_mutants"],
-                            r["slowest_input_s"], json.dumps(r["atheris"])))
+            lines.append(
+                "%-26s inputs %d, crashes %d, accepted %d (signed mutants %d), slowest %.4f s; atheris: %s"
+                % (
+                    r["scenario"],
+                    r["inputs"],
+                    r["crashes"],
+                    r["accepted"],
+                    r["signed_mutants"],
+                    r["slowest_input_s"],
+                    json.dumps(r["atheris"]),
+                )
+            )
         else:
             lines.append("%-26s %s" % (r["scenario"], r.get("error") or r.get("skipped")))
     (out / "soak-latest.txt").write_text("\n".join(lines) + "\n")

@@ -35,8 +35,9 @@ def steady_rates(samples: Sequence[Sample], start: float, end: float) -> SteadyR
     """Rates over [start, end]; ``samples`` in time order, sampled at a fixed interval."""
     inside = [i for i, s in enumerate(samples) if start <= s[0] <= end]
     if len(inside) < 2:
-        raise ValueError("%d samples between %.1f and %.1f: the run is too short to measure" %
-                         (len(inside), start, end))
+        raise ValueError(
+            "%d samples between %.1f and %.1f: the run is too short to measure" % (len(inside), start, end)
+        )
     rises = [i for i in inside if i > 0 and samples[i][2] > samples[i - 1][2]]
     steps = len(rises) - 1 if len(rises) >= 2 else 0
     a, b = (samples[rises[0]], samples[rises[-1]]) if steps else (samples[inside[0]], samples[inside[-1]])

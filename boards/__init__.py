@@ -154,20 +154,13 @@ def _load(path: Path, display: str, search: tuple[Path, ...]) -> BoardProfile:
     while "inherits" in current:
         parent = current["inherits"]
         if not isinstance(parent, str) or not _PARENT_NAME.match(parent):
-            raise BoardError(
-                f"{current_display}: field 'inherits' must be a profile name, "
-                f"got {chk.show(parent)}"
-            )
+            raise BoardError(f"{current_display}: field 'inherits' must be a profile name, got {chk.show(parent)}")
         if parent in seen:
             cycle = " -> ".join([*seen, parent])
             raise BoardError(f"{current_display}: field 'inherits' makes a cycle: {cycle}")
-        parent_path = next(
-            (d / f"{parent}.json" for d in search if (d / f"{parent}.json").is_file()), None
-        )
+        parent_path = next((d / f"{parent}.json" for d in search if (d / f"{parent}.json").is_file()), None)
         if parent_path is None:
-            raise BoardError(
-                f"{current_display}: field 'inherits' names unknown profile {chk.show(parent)}"
-            )
+            raise BoardError(f"{current_display}: field 'inherits' names unknown profile {chk.show(parent)}")
         seen.append(parent)
         current_display = _display(parent_path)
         current = _read_json(parent_path, current_display)
@@ -255,9 +248,7 @@ def _read_json(path: Path, display: str) -> dict[str, Any]:
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
-        raise BoardError(
-            f"{display}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
+        raise BoardError(f"{display}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except _DuplicateKey as exc:
         raise BoardError(f"{display}: field {exc.key!r} appears more than once") from None
     if not isinstance(data, dict):

@@ -37,9 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     list_p.set_defaults(func=_cmd_list)
 
     show_p = sub.add_parser("show", help="one board's resolved profile")
-    show_p.add_argument(
-        "name", metavar="NAME", help="a built-in board name, or a path to a profile .json file"
-    )
+    show_p.add_argument("name", metavar="NAME", help="a built-in board name, or a path to a profile .json file")
     show_p.add_argument("--json", action="store_true", help="print the resolved profile as JSON")
     show_p.set_defaults(func=_cmd_show)
 
@@ -83,9 +81,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         for p in profiles
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    _emit(
-        ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    )
+    _emit(["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows])
     return 0
 
 

@@ -37,10 +37,16 @@ REORG_CHECK_S = 1.0
 
 
 class Anchorer:
-    def __init__(self, store: Store, chain: ChainBackend, confirmations: int, metrics: Metrics,
-                 on_confirmed: Callable[[Batch, Anchor], None],
-                 on_reorged: Callable[[Batch, Anchor], None] | None = None,
-                 drop_after_s: float = DROP_AFTER_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        chain: ChainBackend,
+        confirmations: int,
+        metrics: Metrics,
+        on_confirmed: Callable[[Batch, Anchor], None],
+        on_reorged: Callable[[Batch, Anchor], None] | None = None,
+        drop_after_s: float = DROP_AFTER_S,
+    ) -> None:
         self.store = store
         self.chain = chain
         self.confirmations = confirmations
@@ -153,35 +159,46 @@ class Anchorer:
         depth = self.chain.head() - rc.block_number + 1
         if depth < self.confirmations:
             if a.state != L.MINED or a.block_hash != rc.block_hash:
-                self.store.update_anchor(a.id, L.MINED, block_number=rc.block_number,
-                                         block_hash=rc.block_hash, gas_used=rc.gas_used)
+                self.store.update_anchor(
+                    a.id, L.MINED, block_number=rc.block_number, block_hash=rc.block_hash, gas_used=rc.gas_used
+                )
             return False
         done = replace(a, block_number=rc.block_number, block_hash=rc.block_hash, gas_used=rc.gas_used)
         attestation = self.chain.attest(attestation_message(b, anchor_fields(done)))
-        self.store.update_anchor(a.id, L.CONFIRMED, block_number=rc.block_number,
-                                 block_hash=rc.block_hash, gas_used=rc.gas_used, attestation=attestation)
+        self.store.update_anchor(
+            a.id,
+            L.CONFIRMED,
+            block_number=rc.block_number,
+            block_hash=rc.block_hash,
+            gas_used=rc.gas_used,
+            attestation=attestation,
+        )
         self.metrics.anchors_confirmed.inc()
         self.confirmed_count += 1
         self.metrics.gas_used.inc(rc.gas_used)
         self.metrics.time_to_anchor.observe(max(0.0, time.time() - b.closed_at))
-        log.info("batch %d confirmed in block %d (%d confirmations, %d gas)",
-                 b.seq, rc.block_number, depth, rc.gas_used)
+        log.info(
+            "batch %d confirmed in block %d (%d confirmations, %d gas)", b.seq, rc.block_number, depth, rc.gas_used
+        )
         confirmed = self.store.confirmed_anchor(b.seq)
         assert confirmed is not None
         self.on_confirmed(b, confirmed)
         return True
 
     def _begin(self, b: Batch) -> int:
-        return self.store.begin_anchor(b.seq, self.chain.chain_id, self.chain.contract_address,
-                                       self.chain.gateway_address)
+        return self.store.begin_anchor(
+            b.seq, self.chain.chain_id, self.chain.contract_address, self.chain.gateway_address
+        )
 
     def _submit(self, b: Batch, a: Anchor | None) -> bool:
         onchain = self.chain.last_seq()
         if onchain >= b.seq:
             # Sent before a crash (or by the attempt now being retried) and mined.
             if self.chain.root_of(b.seq) != b.root:
-                raise ChainError("batch %d is on chain with a different root: another process is "
-                                 "anchoring with this gateway's key; stopping" % b.seq)
+                raise ChainError(
+                    "batch %d is on chain with a different root: another process is "
+                    "anchoring with this gateway's key; stopping" % b.seq
+                )
             tx = self.chain.anchor_tx(b.seq)
             if tx is None:
                 return False

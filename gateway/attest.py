@@ -52,8 +52,21 @@ GROUP = 32
 BW_TOLERANCE = 3.0
 BW_FLOOR = 65536
 FLAGS = ("bw_overclaim", "bw_unverified", "challenge_failed", "storage_overclaim", "storage_unverified")
-MEMBERS = ("v", "gateway_id", "device", "boot", "seq", "report_sha256", "at", "bw_up", "storage_bytes",
-           "challenges", "flags", "gateway_address", "signature")  # v1
+MEMBERS = (
+    "v",
+    "gateway_id",
+    "device",
+    "boot",
+    "seq",
+    "report_sha256",
+    "at",
+    "bw_up",
+    "storage_bytes",
+    "challenges",
+    "flags",
+    "gateway_address",
+    "signature",
+)  # v1
 MEMBERS_V2 = MEMBERS + ("group",)
 GROUP_MEMBERS = ("index", "proof", "root", "size")
 
@@ -113,14 +126,35 @@ def flags_for(claims: Mapping[Any, Any], bw_up: int | None, standing: Standing) 
     return sorted(flags)
 
 
-def build(gateway_id: str, gateway_address: str, device_id: str, boot: int, seq: int, cose: bytes, at: float,
-          bw_up: int | None, standing: Standing, flags: list[str], version: int = VERSION) -> dict[str, Any]:
+def build(
+    gateway_id: str,
+    gateway_address: str,
+    device_id: str,
+    boot: int,
+    seq: int,
+    cose: bytes,
+    at: float,
+    bw_up: int | None,
+    standing: Standing,
+    flags: list[str],
+    version: int = VERSION,
+) -> dict[str, Any]:
     """The attested object without ``signature`` and ``group``: what v1 signs, a v2 group's leaf."""
     proven, passed, failed, timed_out = standing
-    return {"v": version, "gateway_id": gateway_id, "device": device_id, "boot": boot, "seq": seq,
-            "report_sha256": hashlib.sha256(cose).hexdigest(), "at": round(at * 1000), "bw_up": bw_up,
-            "storage_bytes": proven, "challenges": {"passed": passed, "failed": failed, "timed_out": timed_out},
-            "flags": sorted(flags), "gateway_address": gateway_address}
+    return {
+        "v": version,
+        "gateway_id": gateway_id,
+        "device": device_id,
+        "boot": boot,
+        "seq": seq,
+        "report_sha256": hashlib.sha256(cose).hexdigest(),
+        "at": round(at * 1000),
+        "bw_up": bw_up,
+        "storage_bytes": proven,
+        "challenges": {"passed": passed, "failed": failed, "timed_out": timed_out},
+        "flags": sorted(flags),
+        "gateway_address": gateway_address,
+    }
 
 
 def signed(body: Mapping[str, Any], sign: Callable[[bytes], bytes]) -> tuple[bytes, bytes]:
@@ -143,7 +177,7 @@ def signed_group(bodies: Sequence[bytes], sign: Callable[[bytes], bytes]) -> tup
     tree = merkle.MerkleTree([merkle.leaf_hash(b) for b in bodies])
     root, size = tree.root, len(bodies)
     sig = sign(group_message(root, size))
-    head = '"group":{"index":%d,"proof":[%s],"root":"' + root.hex() + '","size":' + str(size) + '},'
+    head = '"group":{"index":%d,"proof":[%s],"root":"' + root.hex() + '","size":' + str(size) + "},"
     out = []
     for i, (body, proof) in enumerate(zip(bodies, tree.proofs())):
         text = body.decode("ascii")
@@ -154,7 +188,7 @@ def signed_group(bodies: Sequence[bytes], sign: Callable[[bytes], bytes]) -> tup
             out.append(canonical(doc).decode("ascii"))
             continue
         # "group" sorts right after "gateway_id", before "report_sha256".
-        out.append(text[:at + 1] + head % (i, ",".join('"%s"' % p.hex() for p in proof)) + text[at + 1:])
+        out.append(text[: at + 1] + head % (i, ",".join('"%s"' % p.hex() for p in proof)) + text[at + 1 :])
     return out, sig
 
 
@@ -201,15 +235,29 @@ def verify(attested: Any, cose: bytes, boot: Any, seq: Any, gateway_address: str
     extra = set(attested) - set(members)
     missing = set(members) - set(attested)
     if extra or missing:
-        raise AttestError("attested has %s" % "; ".join(
-            p for p in ("unknown members " + ", ".join(sorted(extra)) if extra else "",
-                        "no " + ", ".join(sorted(missing)) if missing else "") if p))
+        raise AttestError(
+            "attested has %s"
+            % "; ".join(
+                p
+                for p in (
+                    "unknown members " + ", ".join(sorted(extra)) if extra else "",
+                    "no " + ", ".join(sorted(missing)) if missing else "",
+                )
+                if p
+            )
+        )
     ch = attested["challenges"]
-    if (not isinstance(ch, dict) or set(ch) != {"passed", "failed", "timed_out"}
-            or not all(type(v) is int for v in ch.values())):
+    if (
+        not isinstance(ch, dict)
+        or set(ch) != {"passed", "failed", "timed_out"}
+        or not all(type(v) is int for v in ch.values())
+    ):
         raise AttestError("attested challenges must be {passed, failed, timed_out} integers")
-    if not isinstance(attested["flags"], list) or not all(f in FLAGS for f in attested["flags"]) \
-            or attested["flags"] != sorted(attested["flags"]):
+    if (
+        not isinstance(attested["flags"], list)
+        or not all(f in FLAGS for f in attested["flags"])
+        or attested["flags"] != sorted(attested["flags"])
+    ):
         raise AttestError("attested flags must be a sorted list of %s" % ", ".join(FLAGS))
     if attested["bw_up"] is not None and type(attested["bw_up"]) is not int:
         raise AttestError("attested bw_up must be an integer or null")
@@ -234,8 +282,10 @@ def verify(attested: Any, cose: bytes, boot: Any, seq: Any, gateway_address: str
     if attested["report_sha256"] != hashlib.sha256(cose).hexdigest():
         raise AttestError("attested is about another report (report_sha256 differs)")
     if attested["boot"] != boot or attested["seq"] != seq:
-        raise AttestError("attested boot/seq (%r, %r) differ from the report's (%r, %r)"
-                          % (attested["boot"], attested["seq"], boot, seq))
+        raise AttestError(
+            "attested boot/seq (%r, %r) differ from the report's (%r, %r)"
+            % (attested["boot"], attested["seq"], boot, seq)
+        )
     return attested
 
 
@@ -260,14 +310,18 @@ def _check_group(group: Any, body: bytes) -> tuple[bytes, int]:
 
 # -- the pipeline stage -------------------------------------------------------
 
-_TO_ATTEST = ("SELECT r.id, r.device_id, r.boot, r.seq, r.cose, r.received_at, p.outcome, p.bw_up, d.fleet "
-            "FROM reports r "
-            "LEFT JOIN probe_runs p ON p.device_id = r.device_id AND p.boot = r.boot AND p.seq = r.seq "
-            "LEFT JOIN devices d ON d.device_id = r.device_id "
-            "WHERE r.id > ? AND r.id <= ? ORDER BY r.id LIMIT ?")
-_INSERT = ("INSERT INTO attestations(report_id, device_id, boot, seq, bw_up, storage_bytes, "
-           "challenges_passed, challenges_failed, challenges_timed_out, flags, body, signature, at) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+_TO_ATTEST = (
+    "SELECT r.id, r.device_id, r.boot, r.seq, r.cose, r.received_at, p.outcome, p.bw_up, d.fleet "
+    "FROM reports r "
+    "LEFT JOIN probe_runs p ON p.device_id = r.device_id AND p.boot = r.boot AND p.seq = r.seq "
+    "LEFT JOIN devices d ON d.device_id = r.device_id "
+    "WHERE r.id > ? AND r.id <= ? ORDER BY r.id LIMIT ?"
+)
+_INSERT = (
+    "INSERT INTO attestations(report_id, device_id, boot, seq, bw_up, storage_bytes, "
+    "challenges_passed, challenges_failed, challenges_timed_out, flags, body, signature, at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
 CURSOR = "cursor:attested"
 # A report accepted while its probe run was still arriving waits this long for
 # the run's outcome (gateway/probe_listener.py); after that the run counts as
@@ -294,9 +348,16 @@ class AttestStage:
 
     CHUNK = 16 * GROUP  # rows read per query: whole groups
 
-    def __init__(self, store: Store, gateway_id: str, gateway_address: str, sign: Callable[[bytes], bytes],
-                 standing: StandingFn | None = None, clock: Callable[[], float] | None = None,
-                 on_claims: Callable[[int, dict[Any, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        gateway_id: str,
+        gateway_address: str,
+        sign: Callable[[bytes], bytes],
+        standing: StandingFn | None = None,
+        clock: Callable[[], float] | None = None,
+        on_claims: Callable[[int, dict[Any, Any]], None] | None = None,
+    ) -> None:
         import time
 
         self.store = store
@@ -332,8 +393,7 @@ class AttestStage:
         while self.cursor < newest:
             now = self.clock()
             rows = self.store.db.execute(_TO_ATTEST, (self.cursor, newest, self.CHUNK)).fetchall()
-            waiting = next((i for i, r in enumerate(rows) if r[6] == "pending" and r[5] > now - PENDING_WAIT_S),
-                           None)
+            waiting = next((i for i, r in enumerate(rows) if r[6] == "pending" and r[5] > now - PENDING_WAIT_S), None)
             if waiting is not None:
                 rows = rows[:waiting]
             if not rows:
@@ -352,26 +412,60 @@ class AttestStage:
                 if self.on_claims is not None:
                     self.on_claims(rid, claims)
                 flags = flags_for(claims, measured, standing)
-                bodies.append(canonical(build(self.gateway_id, self.gateway_address, device_id, boot, seq, cose,
-                                              now, measured, standing, flags)))
-                out.append([rid, device_id, boot, seq, measured, standing[0], standing[1], standing[2],
-                            standing[3], ",".join(flags), "", b"", now])
+                bodies.append(
+                    canonical(
+                        build(
+                            self.gateway_id,
+                            self.gateway_address,
+                            device_id,
+                            boot,
+                            seq,
+                            cose,
+                            now,
+                            measured,
+                            standing,
+                            flags,
+                        )
+                    )
+                )
+                out.append(
+                    [
+                        rid,
+                        device_id,
+                        boot,
+                        seq,
+                        measured,
+                        standing[0],
+                        standing[1],
+                        standing[2],
+                        standing[3],
+                        ",".join(flags),
+                        "",
+                        b"",
+                        now,
+                    ]
+                )
                 for key in flags + ["attested"] + (["measured"] if measured is not None else []):
                     k = (fleet or "-", key)
                     self.counts[k] = self.counts.get(k, 0) + 1
             # One signature per GROUP reports (v2); each row keeps its body with
             # its `group` member, and the group's signature.
             for start in range(0, len(bodies), GROUP):
-                texts, sig = signed_group(bodies[start:start + GROUP], self.sign)
-                for row, text in zip(out[start:start + GROUP], texts):
+                texts, sig = signed_group(bodies[start : start + GROUP], self.sign)
+                for row, text in zip(out[start : start + GROUP], texts):
                     row[10], row[11] = text, sig
             with self.store._tx():
                 self.store.db.executemany(_INSERT, out)
-                self.store.db.executemany("UPDATE probe_runs SET outcome=CASE WHEN chunks=0 THEN 'absent' ELSE "
-                                          "'out_of_order' END WHERE device_id=? AND boot=? AND seq=? AND "
-                                          "outcome='pending'", gave_up)
-                self.store.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) "
-                                      "DO UPDATE SET value=excluded.value", (CURSOR, str(rows[-1][0])))
+                self.store.db.executemany(
+                    "UPDATE probe_runs SET outcome=CASE WHEN chunks=0 THEN 'absent' ELSE "
+                    "'out_of_order' END WHERE device_id=? AND boot=? AND seq=? AND "
+                    "outcome='pending'",
+                    gave_up,
+                )
+                self.store.db.execute(
+                    "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (CURSOR, str(rows[-1][0])),
+                )
             self.cursor = rows[-1][0]
             done += len(out)
             if waiting is not None:
@@ -388,10 +482,11 @@ def attested_json(store: Store, report_ids: list[int]) -> dict[int, str]:
     """report id -> the attested object as JSON text, for the reports that have one."""
     out: dict[int, str] = {}
     for i in range(0, len(report_ids), 500):
-        chunk = report_ids[i:i + 500]
+        chunk = report_ids[i : i + 500]
         for rid, body, sig in store.db.execute(
-                "SELECT report_id, body, signature FROM attestations WHERE report_id IN (%s)"
-                % ",".join("?" * len(chunk)), chunk):
+            "SELECT report_id, body, signature FROM attestations WHERE report_id IN (%s)" % ",".join("?" * len(chunk)),
+            chunk,
+        ):
             out[rid] = to_json(body, bytes(sig))
     return out
 
@@ -401,8 +496,9 @@ def attestation_counts(store: Store) -> dict[str, Any]:
     per fleet under "fleets" (a device no longer enrolled counts under "-")."""
     fleets: dict[str, dict[str, Any]] = {}
     for fleet, text, n, measured in store.db.execute(
-            "SELECT d.fleet, a.flags, COUNT(*), COUNT(a.bw_up) FROM attestations a "
-            "LEFT JOIN devices d ON d.device_id = a.device_id GROUP BY d.fleet, a.flags"):
+        "SELECT d.fleet, a.flags, COUNT(*), COUNT(a.bw_up) FROM attestations a "
+        "LEFT JOIN devices d ON d.device_id = a.device_id GROUP BY d.fleet, a.flags"
+    ):
         f = fleets.setdefault(fleet or "-", {"reports": 0, "bw_measured": 0, "flags": {}})
         f["reports"] += int(n)
         f["bw_measured"] += int(measured)
@@ -413,15 +509,19 @@ def attestation_counts(store: Store) -> dict[str, Any]:
         f["flags"] = dict(sorted(f["flags"].items()))
         for flag, n in f["flags"].items():
             flags[flag] = flags.get(flag, 0) + n
-    return {"reports": sum(f["reports"] for f in fleets.values()),
-            "bw_measured": sum(f["bw_measured"] for f in fleets.values()),
-            "flags": dict(sorted(flags.items())), "fleets": dict(sorted(fleets.items()))}
+    return {
+        "reports": sum(f["reports"] for f in fleets.values()),
+        "bw_measured": sum(f["bw_measured"] for f in fleets.values()),
+        "flags": dict(sorted(flags.items())),
+        "fleets": dict(sorted(fleets.items())),
+    }
 
 
 def probe_counts(store: Store) -> dict[str, dict[str, dict[str, int]]]:
     """fleet -> {"runs": outcome -> count, "chunks": reason -> count} (the probe_counts table)."""
     out: dict[str, dict[str, dict[str, int]]] = {}
     for fleet, kind, outcome, n in store.db.execute(
-            "SELECT fleet, kind, outcome, count FROM probe_counts ORDER BY fleet, kind, outcome"):
+        "SELECT fleet, kind, outcome, count FROM probe_counts ORDER BY fleet, kind, outcome"
+    ):
         out.setdefault(fleet or "-", {"runs": {}, "chunks": {}})["runs" if kind == "run" else "chunks"][outcome] = n
     return out

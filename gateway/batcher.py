@@ -54,8 +54,9 @@ BATCH_MAX = GatewayConfig.batch_max
 
 
 class Batcher:
-    def __init__(self, store: Store, gateway_id: str, batch_size: int, batch_seconds: float,
-                 batch_max: int = BATCH_MAX) -> None:
+    def __init__(
+        self, store: Store, gateway_id: str, batch_size: int, batch_seconds: float, batch_max: int = BATCH_MAX
+    ) -> None:
         self.store = store
         self.gateway_id = gateway_id
         self.batch_size = batch_size
@@ -114,9 +115,16 @@ class Batcher:
         tree = merkle.MerkleTree([merkle.leaf_hash(cose) for _, cose, _ in rows])
         last = self.store.last_batch()
         batch = Batch(
-            seq=1 if last is None else last.seq + 1, gateway_id=self.gateway_id, root=tree.root,
-            size=len(rows), first_at=rows[0][2], last_at=rows[-1][2],
-            prev_root=ZERO_ROOT if last is None else last.root, closed_at=now, state=lifecycle.CLOSED)
+            seq=1 if last is None else last.seq + 1,
+            gateway_id=self.gateway_id,
+            root=tree.root,
+            size=len(rows),
+            first_at=rows[0][2],
+            last_at=rows[-1][2],
+            prev_root=ZERO_ROOT if last is None else last.root,
+            closed_at=now,
+            state=lifecycle.CLOSED,
+        )
         self.store.add_batch(batch, [rid for rid, _, _ in rows])
         crash_point("batch-closed")
         log.info("closed batch %d: %d reports, root %s", batch.seq, batch.size, batch.root.hex())

@@ -26,8 +26,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: what log shippers expect."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-               "msg": record.getMessage()}
+        out = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)
@@ -35,8 +39,9 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str, as_json: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if as_json else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -50,13 +55,38 @@ def _open_store(path: str) -> Store:
 
 
 def _run(args: argparse.Namespace) -> int:
-    overrides = {k: getattr(args, k) for k in ("broker", "username", "password_file", "broker_ca", "db", "chain",
-                                               "contract", "keystore", "gateway_id", "batch_size", "batch_seconds",
-                                               "batch_max", "confirmations", "anchor_timeout_s", "metrics_port", "share_group",
-                                               "max_report_bytes", "node",
-                                               "rate_limit_per_s", "rate_burst", "commit_group", "pipeline_nice",
-                                               "log_level",
-                                               "mqtt_version", "probe_rate_per_s", "probe_burst", "source")}
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "broker",
+            "username",
+            "password_file",
+            "broker_ca",
+            "db",
+            "chain",
+            "contract",
+            "keystore",
+            "gateway_id",
+            "batch_size",
+            "batch_seconds",
+            "batch_max",
+            "confirmations",
+            "anchor_timeout_s",
+            "metrics_port",
+            "share_group",
+            "max_report_bytes",
+            "node",
+            "rate_limit_per_s",
+            "rate_burst",
+            "commit_group",
+            "pipeline_nice",
+            "log_level",
+            "mqtt_version",
+            "probe_rate_per_s",
+            "probe_burst",
+            "source",
+        )
+    }
     if args.no_republish:
         overrides["republish"] = False
     try:
@@ -115,9 +145,11 @@ def enroll_one(store: Store, pub: bytes, board: str, fleet: str, owner: str) -> 
     if not FLEET_RE.match(fleet):
         raise CLIError("--fleet must be 1-32 characters of a-z, 0-9 and '-', got %r" % fleet)
     from gateway import rotation
+
     if rotation.is_retired(store, pub):
-        raise CLIError("key %s was retired by a key rotation; a retired key cannot be enrolled again"
-                       % C.device_id(pub))
+        raise CLIError(
+            "key %s was retired by a key rotation; a retired key cannot be enrolled again" % C.device_id(pub)
+        )
     owner = enroll_owner(owner)[0]
     try:
         dev = store.enroll(C.device_id(pub), pub, board, fleet, owner)
@@ -133,8 +165,15 @@ def _enroll(args: argparse.Namespace) -> int:
             with open(args.from_file) as f:
                 doc = json.load(f)
             entries = doc if isinstance(doc, list) else [doc]
-            todo = [(bytes.fromhex(e["public_key"]), e.get("board") or args.board, e.get("fleet") or args.fleet,
-                     e.get("owner", args.owner or "")) for e in entries]
+            todo = [
+                (
+                    bytes.fromhex(e["public_key"]),
+                    e.get("board") or args.board,
+                    e.get("fleet") or args.fleet,
+                    e.get("owner", args.owner or ""),
+                )
+                for e in entries
+            ]
         except OSError as exc:
             raise CLIError("cannot read %s: %s" % (args.from_file, exc.strerror)) from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -160,17 +199,32 @@ def _devices(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for d in store.devices():
         reports, gaps, seen = stats.get(d.device_id, (0, 0, None))
-        rows.append({"device_id": d.device_id, "board": d.board, "fleet": d.fleet, "owner": d.owner,
-                     "public_key": d.pubkey.hex(), "status": "active" if d.active else "revoked",
-                     "reports": reports, "gaps": gaps, "last_seen": seen})
+        rows.append(
+            {
+                "device_id": d.device_id,
+                "board": d.board,
+                "fleet": d.fleet,
+                "owner": d.owner,
+                "public_key": d.pubkey.hex(),
+                "status": "active" if d.active else "revoked",
+                "reports": reports,
+                "gaps": gaps,
+                "last_seen": seen,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print("%-16s  %-13s  %-12s  %-7s  %8s  %5s  %s" % ("DEVICE", "BOARD", "FLEET", "STATUS", "REPORTS", "GAPS", "LAST SEEN"))
+    print(
+        "%-16s  %-13s  %-12s  %-7s  %8s  %5s  %s"
+        % ("DEVICE", "BOARD", "FLEET", "STATUS", "REPORTS", "GAPS", "LAST SEEN")
+    )
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["last_seen"])) if r["last_seen"] else "-"
-        print("%-16s  %-13s  %-12s  %-7s  %8d  %5d  %s" % (r["device_id"], r["board"], r["fleet"], r["status"],
-                                                            r["reports"], r["gaps"], when))
+        print(
+            "%-16s  %-13s  %-12s  %-7s  %8d  %5d  %s"
+            % (r["device_id"], r["board"], r["fleet"], r["status"], r["reports"], r["gaps"], when)
+        )
     return 0
 
 
@@ -197,28 +251,56 @@ def _status(args: argparse.Namespace) -> int:
     rej = st["rejections"]
     print("rejected:   %s" % (", ".join("%s %d" % kv for kv in sorted(rej.items())) or "none"))
     b = st["batches"]
-    print("batches:    %d (%s)" % (b["total"], ", ".join("%s %d" % kv for kv in sorted(b["by_state"].items())) or "none"))
+    print(
+        "batches:    %d (%s)" % (b["total"], ", ".join("%s %d" % kv for kv in sorted(b["by_state"].items())) or "none")
+    )
     a = st["last_confirmed_anchor"]
-    print("anchored:   %s" % ("batch %d in block %s, tx %s" % (a["batch_seq"], a["block_number"], a["tx_hash"])
-                              if a else "nothing yet"))
+    print(
+        "anchored:   %s"
+        % ("batch %d in block %s, tx %s" % (a["batch_seq"], a["block_number"], a["tx_hash"]) if a else "nothing yet")
+    )
     att = st.get("attestations")
     if att is not None:
-        print("attested:   %d reports, %d with a measured bw_up; flags: %s" % (
-            att["reports"], att["bw_measured"], ", ".join("%s %d" % kv for kv in att["flags"].items()) or "none"))
+        print(
+            "attested:   %d reports, %d with a measured bw_up; flags: %s"
+            % (att["reports"], att["bw_measured"], ", ".join("%s %d" % kv for kv in att["flags"].items()) or "none")
+        )
         for fleet, fa in (att.get("fleets") or {}).items():
-            print("attested %s: %d reports, %d with a measured bw_up; flags: %s" % (
-                fleet, fa["reports"], fa["bw_measured"], ", ".join("%s %d" % kv for kv in fa["flags"].items()) or "none"))
+            print(
+                "attested %s: %d reports, %d with a measured bw_up; flags: %s"
+                % (
+                    fleet,
+                    fa["reports"],
+                    fa["bw_measured"],
+                    ", ".join("%s %d" % kv for kv in fa["flags"].items()) or "none",
+                )
+            )
     for fleet, pc in sorted((st.get("probes") or {}).items()):
-        print("probes %s: runs %s; chunks %s" % (
-            fleet, ", ".join("%s %d" % kv for kv in pc["runs"].items()) or "none",
-            ", ".join("%s %d" % kv for kv in pc["chunks"].items()) or "none"))
+        print(
+            "probes %s: runs %s; chunks %s"
+            % (
+                fleet,
+                ", ".join("%s %d" % kv for kv in pc["runs"].items()) or "none",
+                ", ".join("%s %d" % kv for kv in pc["chunks"].items()) or "none",
+            )
+        )
     for fleet, counts in sorted((st.get("storage_audit") or {}).items()):
         # docs/operators.md, storage audit: challenge outcomes, plot blocks, dropped messages.
         ch = ("sent", "retried", "passed", "failed", "timed_out")
-        print("storage %s: challenges %s; blocks stored %d; dropped %s" % (
-            fleet, ", ".join("%s %d" % (k, counts.get(k, 0)) for k in ch), counts.get("blocks_stored", 0),
-            ", ".join("%s %d" % kv for kv in sorted(counts.items())
-                      if kv[0] not in ch and kv[0] not in ("blocks_sent", "blocks_stored")) or "none"))
+        print(
+            "storage %s: challenges %s; blocks stored %d; dropped %s"
+            % (
+                fleet,
+                ", ".join("%s %d" % (k, counts.get(k, 0)) for k in ch),
+                counts.get("blocks_stored", 0),
+                ", ".join(
+                    "%s %d" % kv
+                    for kv in sorted(counts.items())
+                    if kv[0] not in ch and kv[0] not in ("blocks_sent", "blocks_stored")
+                )
+                or "none",
+            )
+        )
     return 0
 
 
@@ -234,9 +316,11 @@ def _acl(args: argparse.Namespace) -> int:
         counts = acl.generate(_open_store(args.db).devices(), args.out, args.port, tls, args.bind)
     except OSError as exc:
         raise CLIError("cannot write %s: %s" % (args.out, exc.strerror)) from None
-    print("wrote %s/{passwords,acl,surge-broker.conf} for %d devices (%d revoked left out); "
-          "passwords to hand out are in %s/credentials/" % (args.out, counts["devices"], counts["revoked_skipped"],
-                                                             args.out))
+    print(
+        "wrote %s/{passwords,acl,surge-broker.conf} for %d devices (%d revoked left out); "
+        "passwords to hand out are in %s/credentials/"
+        % (args.out, counts["devices"], counts["revoked_skipped"], args.out)
+    )
     return 0
 
 
@@ -255,8 +339,10 @@ def _proof(args: argparse.Namespace) -> int:
                 f.write(text)
         except OSError as exc:
             raise CLIError("cannot write %s: %s" % (args.out, exc.strerror)) from None
-        print("wrote %s (batch %d, leaf %d of %d)" % (args.out, doc["batch"]["batch_seq"], doc["leaf_index"],
-                                                     doc["tree_size"]))
+        print(
+            "wrote %s (batch %d, leaf %d of %d)"
+            % (args.out, doc["batch"]["batch_seq"], doc["leaf_index"], doc["tree_size"])
+        )
     return 0
 
 
@@ -270,9 +356,20 @@ def _verify(args: argparse.Namespace) -> int:
     except receipts.BundleError as exc:
         print("INVALID: %s" % exc)
         return 1
-    print("VALID: report %s boot %s seq %s is leaf %d of %d in batch %s (root %s), anchored in tx %s on chain %s"
-          % (summary["device"], summary["boot"], summary["seq"], summary["leaf_index"], summary["tree_size"],
-             summary["batch_seq"], summary["root"], summary["tx_hash"], summary["chain_id"]))
+    print(
+        "VALID: report %s boot %s seq %s is leaf %d of %d in batch %s (root %s), anchored in tx %s on chain %s"
+        % (
+            summary["device"],
+            summary["boot"],
+            summary["seq"],
+            summary["leaf_index"],
+            summary["tree_size"],
+            summary["batch_seq"],
+            summary["root"],
+            summary["tx_hash"],
+            summary["chain_id"],
+        )
+    )
     if "on_chain" in summary:
         print(summary["on_chain"])
     _print_claimed_and_attested(summary)
@@ -303,54 +400,111 @@ def _print_claimed_and_attested(summary: dict[str, Any]) -> None:
 
 
 def add_parser(sub: Any) -> None:
-    gw = sub.add_parser("gateway", help="run and administer a gateway").add_subparsers(dest="gateway_command",
-                                                                                     metavar="ACTION")
+    gw = sub.add_parser("gateway", help="run and administer a gateway").add_subparsers(
+        dest="gateway_command", metavar="ACTION"
+    )
     run = gw.add_parser("run", help="verify, store, batch and anchor reports")
     run.add_argument("--config", metavar="FILE", help="TOML config; flags override it")
     run.add_argument("--broker", metavar="URL", help="mqtt://host:port (default mqtt://127.0.0.1:1883)")
     run.add_argument("--username", metavar="USER", help="broker username")
-    run.add_argument("--password-file", dest="password_file", metavar="FILE",
-                     help="file whose first line is the broker password")
+    run.add_argument(
+        "--password-file", dest="password_file", metavar="FILE", help="file whose first line is the broker password"
+    )
     run.add_argument("--broker-ca", dest="broker_ca", metavar="FILE", help="CA certificate for mqtts:// brokers")
-    run.add_argument("--db", metavar="FILE|URL",
-                     help="SQLite file (default surge-gateway.db) or postgresql://user@host/db (a cluster)")
+    run.add_argument(
+        "--db",
+        metavar="FILE|URL",
+        help="SQLite file (default surge-gateway.db) or postgresql://user@host/db (a cluster)",
+    )
     run.add_argument("--chain", metavar="memory|URL", help="'memory' (in-process EVM) or a JSON-RPC URL")
     run.add_argument("--contract", metavar="ADDR", help="SurgeAnchor address on a JSON-RPC chain")
     run.add_argument("--keystore", metavar="FILE", help="encrypted chain key (password in $SURGE_KEYSTORE_PASSWORD)")
     run.add_argument("--gateway-id", dest="gateway_id", metavar="ID", help="default: generated once, kept in the db")
     run.add_argument("--batch-size", dest="batch_size", type=int, metavar="N", help="close a batch at N reports (1000)")
-    run.add_argument("--batch-seconds", dest="batch_seconds", type=float, metavar="S",
-                     help="or when its oldest report is S seconds old (10)")
-    run.add_argument("--batch-max", dest="batch_max", type=int, metavar="N",
-                     help="largest batch; under load a batch grows up to N reports (100000)")
+    run.add_argument(
+        "--batch-seconds",
+        dest="batch_seconds",
+        type=float,
+        metavar="S",
+        help="or when its oldest report is S seconds old (10)",
+    )
+    run.add_argument(
+        "--batch-max",
+        dest="batch_max",
+        type=int,
+        metavar="N",
+        help="largest batch; under load a batch grows up to N reports (100000)",
+    )
     run.add_argument("--confirmations", type=int, metavar="K", help="blocks before an anchor counts (2)")
-    run.add_argument("--anchor-timeout", dest="anchor_timeout_s", type=float, metavar="S",
-                     help="send an anchor again when its transaction has no receipt after S seconds (120)")
-    run.add_argument("--metrics-port", dest="metrics_port", type=int, metavar="P",
-                     help="Prometheus /metrics on 127.0.0.1:P (0 = off)")
+    run.add_argument(
+        "--anchor-timeout",
+        dest="anchor_timeout_s",
+        type=float,
+        metavar="S",
+        help="send an anchor again when its transaction has no receipt after S seconds (120)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        metavar="P",
+        help="Prometheus /metrics on 127.0.0.1:P (0 = off)",
+    )
     run.add_argument("--max-report-bytes", dest="max_report_bytes", type=int, metavar="N", help="(1024)")
-    run.add_argument("--rate-limit", dest="rate_limit_per_s", type=float, metavar="R",
-                     help="messages per second per device (5)")
+    run.add_argument(
+        "--rate-limit", dest="rate_limit_per_s", type=float, metavar="R", help="messages per second per device (5)"
+    )
     run.add_argument("--rate-burst", dest="rate_burst", type=int, metavar="N", help="burst per device (50)")
-    run.add_argument("--probe-rate", dest="probe_rate_per_s", type=float, metavar="R",
-                     help="bandwidth probe chunks/s per device (100)")
-    run.add_argument("--probe-burst", dest="probe_burst", type=int, metavar="N",
-                     help="probe chunk burst per device (4096)")
-    run.add_argument("--commit-group", dest="commit_group", type=int, metavar="N",
-                     help="messages verified per store commit at most (500)")
-    run.add_argument("--pipeline-nice", dest="pipeline_nice", type=int, metavar="N",
-                     help="CPU nice value of batching, anchoring and publishing, 0..19 (19: ingest first)")
-    run.add_argument("--no-republish", dest="no_republish", action="store_true",
-                     help="do not republish verified reports as JSON")
-    run.add_argument("--share-group", dest="share_group", metavar="NAME",
-                     help="subscribe through $share/NAME/ so several gateways split a fleet")
-    run.add_argument("--source", metavar="URL[,URL...]",
-                     help="consume reports from a RabbitMQ cluster's quorum queue, amqp://host:port/ of one or "
-                          "more nodes (docs/cluster.md); default: the MQTT subscription")
-    run.add_argument("--node", metavar="NAME",
-                     help="cluster member name (several gateways on one PostgreSQL db): its own MQTT client ids")
-    run.add_argument("--mqtt-version", dest="mqtt_version", choices=("5", "3.1.1"),
-                     help="protocol to the broker: 5 (default) or 3.1.1 for brokers without MQTT 5")
+    run.add_argument(
+        "--probe-rate",
+        dest="probe_rate_per_s",
+        type=float,
+        metavar="R",
+        help="bandwidth probe chunks/s per device (100)",
+    )
+    run.add_argument(
+        "--probe-burst", dest="probe_burst", type=int, metavar="N", help="probe chunk burst per device (4096)"
+    )
+    run.add_argument(
+        "--commit-group",
+        dest="commit_group",
+        type=int,
+        metavar="N",
+        help="messages verified per store commit at most (500)",
+    )
+    run.add_argument(
+        "--pipeline-nice",
+        dest="pipeline_nice",
+        type=int,
+        metavar="N",
+        help="CPU nice value of batching, anchoring and publishing, 0..19 (19: ingest first)",
+    )
+    run.add_argument(
+        "--no-republish", dest="no_republish", action="store_true", help="do not republish verified reports as JSON"
+    )
+    run.add_argument(
+        "--share-group",
+        dest="share_group",
+        metavar="NAME",
+        help="subscribe through $share/NAME/ so several gateways split a fleet",
+    )
+    run.add_argument(
+        "--source",
+        metavar="URL[,URL...]",
+        help="consume reports from a RabbitMQ cluster's quorum queue, amqp://host:port/ of one or "
+        "more nodes (docs/cluster.md); default: the MQTT subscription",
+    )
+    run.add_argument(
+        "--node",
+        metavar="NAME",
+        help="cluster member name (several gateways on one PostgreSQL db): its own MQTT client ids",
+    )
+    run.add_argument(
+        "--mqtt-version",
+        dest="mqtt_version",
+        choices=("5", "3.1.1"),
+        help="protocol to the broker: 5 (default) or 3.1.1 for brokers without MQTT 5",
+    )
     run.add_argument("--log-level", dest="log_level", metavar="LEVEL")
     run.add_argument("--log-json", action="store_true", help="JSON log lines")
     run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until signalled)")
@@ -363,8 +517,11 @@ def add_parser(sub: Any) -> None:
     en.add_argument("--from", dest="from_file", metavar="FILE", help="enrollment file written by `surge flash`")
     en.add_argument("--board", metavar="BOARD")
     en.add_argument("--fleet", metavar="NAME")
-    en.add_argument("--owner", metavar="ADDR", help="owner's EVM address (rewards are paid to it; a label "
-                    "that is not an address is kept, but earns nothing)")
+    en.add_argument(
+        "--owner",
+        metavar="ADDR",
+        help="owner's EVM address (rewards are paid to it; a label that is not an address is kept, but earns nothing)",
+    )
     en.set_defaults(func=_enroll)
 
     dv = gw.add_parser("devices", help="list enrolled devices")

@@ -101,8 +101,15 @@ def parse_broker(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port, tls
 
 
-_POSITIVE = ("batch_size", "batch_max", "commit_group", "max_report_bytes", "rate_burst", "probe_burst",
-             "max_probe_bytes")
+_POSITIVE = (
+    "batch_size",
+    "batch_max",
+    "commit_group",
+    "max_report_bytes",
+    "rate_burst",
+    "probe_burst",
+    "max_probe_bytes",
+)
 
 
 def _read_password(cfg: GatewayConfig) -> GatewayConfig:
@@ -136,11 +143,12 @@ def validate(cfg: GatewayConfig) -> GatewayConfig:
     if not 0 <= cfg.pipeline_nice <= 19:
         raise ConfigError("pipeline_nice must be 0..19, got %r" % cfg.pipeline_nice)
     if cfg.mqtt_version not in ("5", "3.1.1"):
-        raise ConfigError("mqtt_version must be \"5\" or \"3.1.1\", got %r" % cfg.mqtt_version)
+        raise ConfigError('mqtt_version must be "5" or "3.1.1", got %r' % cfg.mqtt_version)
     _validate_audit(cfg)
     parse_broker(cfg.broker)
     if cfg.source is not None:
         from gateway.source_amqp import parse_source
+
         try:
             parse_source(cfg.source)
         except ValueError as exc:
@@ -160,8 +168,10 @@ def _validate_audit(cfg: GatewayConfig) -> None:
         if getattr(cfg, name) <= 0:
             raise ConfigError("%s must be positive, got %r" % (name, getattr(cfg, name)))
     if cfg.audit_window_s < cfg.audit_interval_s:
-        raise ConfigError("audit_window_s (%r) must be at least audit_interval_s (%r): a window needs a challenge"
-                          % (cfg.audit_window_s, cfg.audit_interval_s))
+        raise ConfigError(
+            "audit_window_s (%r) must be at least audit_interval_s (%r): a window needs a challenge"
+            % (cfg.audit_window_s, cfg.audit_interval_s)
+        )
 
 
 def load(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
@@ -197,10 +207,15 @@ def load(path: str | None, overrides: dict[str, Any]) -> GatewayConfig:
     if path is not None:
         db = values.get("db")
         # A relative SQLite path is relative to the config file; a postgresql:// URL is left as written.
-        if (db is not None and overrides.get("db") is None and not Path(db).is_absolute()
-                and not str(db).startswith(("postgresql://", "postgres://"))):
+        if (
+            db is not None
+            and overrides.get("db") is None
+            and not Path(db).is_absolute()
+            and not str(db).startswith(("postgresql://", "postgres://"))
+        ):
             values["db"] = str(Path(path).parent / db)
     from gateway.rewards import settings as rewards_settings
+
     try:
         values["rewards"] = rewards_settings.parse(rewards_doc, path)
     except rewards_settings.RewardsConfigError as exc:

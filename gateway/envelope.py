@@ -39,12 +39,16 @@ class Envelope:
     def to_be_signed(self) -> bytes:
         # Sig_structure = ["Signature1", protected, h'', payload] (RFC 9052 §4.4),
         # assembled around the received bytes rather than re-encoding them.
-        return b"".join((
-            b"\x84\x6aSignature1",
-            _bstr_head(len(self.protected)), self.protected,
-            b"\x40",
-            _bstr_head(len(self.payload)), self.payload,
-        ))
+        return b"".join(
+            (
+                b"\x84\x6aSignature1",
+                _bstr_head(len(self.protected)),
+                self.protected,
+                b"\x40",
+                _bstr_head(len(self.payload)),
+                self.payload,
+            )
+        )
 
 
 def _bstr_head(n: int) -> bytes:
@@ -79,7 +83,7 @@ def payload_at(data: bytes) -> bytes | None:
     the store (gateway/republish.py).
     """
     n = len(data)
-    if n < 84 or data[:8] != _FIXED_HEAD or data[16] != 0xA0 or data[n - 66:n - 64] != _SIG_HEAD:
+    if n < 84 or data[:8] != _FIXED_HEAD or data[16] != 0xA0 or data[n - 66 : n - 64] != _SIG_HEAD:
         return None
     head = data[17]
     start = length = -1  # no match unless the payload head is in its shortest form
@@ -89,7 +93,7 @@ def payload_at(data: bytes) -> bytes | None:
         start, length = 19, data[18]
     elif head == 0x59 and data[18]:
         start, length = 20, int.from_bytes(data[18:20], "big")
-    return data[start:n - 66] if start >= 0 and start + length == n - 66 else None
+    return data[start : n - 66] if start >= 0 and start + length == n - 66 else None
 
 
 def parse(data: bytes) -> Envelope:
@@ -141,8 +145,18 @@ def _parse_decoded(data: bytes) -> Envelope:
         raise COSEError("bad_header", "unprotected header must be empty")
     if not isinstance(obj_tagged, cbor2.CBORTag):
         raise COSEError("not_cose_sign1", "COSE_Sign1 tag 18 is missing")
-    if data != b"".join((b"\xd2\x84", _bstr_head(len(protected)), protected, b"\xa0",
-                         _bstr_head(len(payload)), payload, b"\x58\x40", signature)):
+    if data != b"".join(
+        (
+            b"\xd2\x84",
+            _bstr_head(len(protected)),
+            protected,
+            b"\xa0",
+            _bstr_head(len(payload)),
+            payload,
+            b"\x58\x40",
+            signature,
+        )
+    ):
         raise COSEError("not_deterministic", "envelope is not in deterministic encoding")
     claims = decode_claims(payload)
     return Envelope(protected, kid, payload, signature, claims)
@@ -162,8 +176,7 @@ def decode_claims(payload: bytes) -> Mapping[Any, Any]:
     except (portable_cbor.CBORError, TypeError) as exc:
         raise COSEError("bad_payload", "claims outside the protocol subset: %s" % exc) from None
     if canonical != payload:
-        raise COSEError("not_deterministic",
-                        "claims are not in deterministic encoding (RFC 8949 §4.2.1)")
+        raise COSEError("not_deterministic", "claims are not in deterministic encoding (RFC 8949 §4.2.1)")
     return claims
 
 
@@ -179,7 +192,7 @@ def decode_claims(payload: bytes) -> Mapping[Any, Any]:
 # Keep _plain no wider than _from_cbor2: tests/test_gateway_envelope_fast.py
 # compares both paths on generated payloads.
 _FAST_MAX_DEPTH = portable_cbor.MAX_DEPTH - 2  # deeper: let the slow path decide
-_INT_MIN, _INT_MAX = -(2 ** 64), 2 ** 64 - 1
+_INT_MIN, _INT_MAX = -(2**64), 2**64 - 1
 _KEY_ENCODINGS: dict[tuple[type, Any], bytes] = {}  # (type, key) -> encoding; claim keys are few
 
 

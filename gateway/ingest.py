@@ -50,10 +50,12 @@ log = logging.getLogger("surge.gateway.ingest")
 
 SESSION_EXPIRY_S = 7 * 86400
 _STATUS_RETRY_S = 5.0  # source mode: how often a lost MQTT status connection is retried
-_INSERT_PROBE_RUN = ("INSERT INTO probe_runs(device_id, boot, seq, outcome, bw_up, bytes, chunks, "
-                     "elapsed_us, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id, boot, seq) DO UPDATE "
-                     "SET outcome=excluded.outcome, bw_up=excluded.bw_up, bytes=excluded.bytes, "
-                     "chunks=excluded.chunks, elapsed_us=excluded.elapsed_us, at=excluded.at")
+_INSERT_PROBE_RUN = (
+    "INSERT INTO probe_runs(device_id, boot, seq, outcome, bw_up, bytes, chunks, "
+    "elapsed_us, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id, boot, seq) DO UPDATE "
+    "SET outcome=excluded.outcome, bw_up=excluded.bw_up, bytes=excluded.bytes, "
+    "chunks=excluded.chunks, elapsed_us=excluded.elapsed_us, at=excluded.at"
+)
 
 
 @dataclass
@@ -102,8 +104,14 @@ class Ingest:
         # (a fleet of 100,000 new devices: one per report, bench group 7).
         self.stateless: set[str] = set()
         self.pending_seen: dict[tuple[str, int, int], bytes] = {}
-        self.verifier = Verifier(self._device, self._state, self._seen, self._board,
-                                 Limits(max_bytes=cfg.max_report_bytes), around=self._around)
+        self.verifier = Verifier(
+            self._device,
+            self._state,
+            self._seen,
+            self._board,
+            Limits(max_bytes=cfg.max_report_bytes),
+            around=self._around,
+        )
         self.connected = threading.Event()
         self.commit_failing = False
         host, port, tls = cfg.broker_host_port()
@@ -113,21 +121,33 @@ class Ingest:
         self.status_topic = topics.gateway_topic(gateway_id, "status")
         v5 = cfg.mqtt_version == "5"
         self.conn = Connection(
-            host, port, cfg.client_id(gateway_id), version=cfg.mqtt_version, username=cfg.username,
-            password=cfg.password, tls=tls, ca_file=cfg.broker_ca, keepalive=30, clean_start=False,
+            host,
+            port,
+            cfg.client_id(gateway_id),
+            version=cfg.mqtt_version,
+            username=cfg.username,
+            password=cfg.password,
+            tls=tls,
+            ca_file=cfg.broker_ca,
+            keepalive=30,
+            clean_start=False,
             session_expiry=SESSION_EXPIRY_S if v5 else 0,
             # Bounds what the broker sends before we acknowledge: backpressure
             # when commits stall, instead of unbounded memory here.
             receive_maximum=min(65535, max(100, 4 * cfg.commit_group)) if v5 else None,
-            will=Will(self.status_topic, b"offline", qos=1, retain=True))
+            will=Will(self.status_topic, b"offline", qos=1, retain=True),
+        )
         # Bandwidth probes: their own connection and thread (gateway/probe_listener.py);
         # accepted reports claim their run here.  Claimed results wait in
         # probe_results until their group is committed, so a retried group keeps them.
         self.probes = ProbeListener(cfg, cfg.db, metrics.probes, gateway_id)
         self._status_retry_at = 0.0
         # Reports from a replicated queue (--source) rather than the MQTT subscription.
-        self.source = (AmqpSource(parse_source(cfg.source), prefetch=min(65535, max(100, 4 * cfg.commit_group)))
-                       if cfg.source else None)
+        self.source = (
+            AmqpSource(parse_source(cfg.source), prefetch=min(65535, max(100, 4 * cfg.commit_group)))
+            if cfg.source
+            else None
+        )
         self.probe_results: dict[tuple[str, int, int], RunResult] = {}
 
     # -- lookups for the verifier (group-local state first) -----------------
@@ -255,15 +275,19 @@ class Ingest:
                 if held:
                     stop.wait(0.05)
                 continue
-            group = held[:self.cfg.commit_group]
+            group = held[: self.cfg.commit_group]
             try:
-                self.process(group, arrived[:len(group)])
+                self.process(group, arrived[: len(group)])
             except DB_ERRORS as exc:
                 # Nothing was acknowledged: keep the group and try again.
                 self.metrics.commit_errors.inc()
                 if not self.commit_failing:
-                    log.error("cannot store %d messages: %s; not acknowledging them (the broker keeps "
-                              "them) and retrying every second", len(group), exc)
+                    log.error(
+                        "cannot store %d messages: %s; not acknowledging them (the broker keeps "
+                        "them) and retrying every second",
+                        len(group),
+                        exc,
+                    )
                 self.commit_failing = True
                 retry_at = time.monotonic() + 1.0
                 continue
@@ -271,8 +295,8 @@ class Ingest:
                 log.exception("unexpected error while processing %d messages", len(group))
                 retry_at = time.monotonic() + 1.0
                 continue
-            del held[:len(group)]
-            del arrived[:len(group)]
+            del held[: len(group)]
+            del arrived[: len(group)]
             self._ack(group)
         # Stopping: what is held was never acknowledged, so the broker keeps it.
         if self.source is not None and not conn.connected:
@@ -291,8 +315,14 @@ class Ingest:
                 self.conn.poll(0.0)  # keepalive and the PUBACKs of our status; nothing is subscribed here
             except (MQTTError, OSError) as exc:
                 self.conn.close()
-                log.warning("lost the broker at %s:%d (%s); still consuming reports from the queue, "
-                            "reconnecting to the broker every %.0f s", self.host, self.port, exc, _STATUS_RETRY_S)
+                log.warning(
+                    "lost the broker at %s:%d (%s); still consuming reports from the queue, "
+                    "reconnecting to the broker every %.0f s",
+                    self.host,
+                    self.port,
+                    exc,
+                    _STATUS_RETRY_S,
+                )
                 self._status_retry_at = time.monotonic() + _STATUS_RETRY_S
         elif time.monotonic() >= self._status_retry_at:
             self._status_connect()
@@ -308,8 +338,14 @@ class Ingest:
         except (MQTTError, OSError) as exc:
             self.conn.close()
             if self._status_retry_at == 0.0:
-                log.warning("cannot reach the broker at %s:%d (%s); consuming reports from the queue anyway, "
-                            "reconnecting to the broker every %.0f s", self.host, self.port, exc, _STATUS_RETRY_S)
+                log.warning(
+                    "cannot reach the broker at %s:%d (%s); consuming reports from the queue anyway, "
+                    "reconnecting to the broker every %.0f s",
+                    self.host,
+                    self.port,
+                    exc,
+                    _STATUS_RETRY_S,
+                )
             self._status_retry_at = time.monotonic() + _STATUS_RETRY_S
 
     def _ack(self, group: list[Incoming]) -> None:
@@ -349,14 +385,35 @@ class Ingest:
                     accepted.append((outcome, fleet))
                     run = self._probe_run(outcome, fleet, arrived[i] if arrived else read_at)
                     if run is not None:
-                        probe_rows.append((outcome.device.device_id, outcome.boot, outcome.seq, run.outcome,
-                                           run.bw_up, run.bytes, run.chunks, run.elapsed_us, now))
-                    rows.append(AcceptedRow(outcome.device.device_id, outcome.boot, outcome.seq, now,
-                                            outcome.cose, outcome.gap, outcome.report_hash))
+                        probe_rows.append(
+                            (
+                                outcome.device.device_id,
+                                outcome.boot,
+                                outcome.seq,
+                                run.outcome,
+                                run.bw_up,
+                                run.bytes,
+                                run.chunks,
+                                run.elapsed_us,
+                                now,
+                            )
+                        )
+                    rows.append(
+                        AcceptedRow(
+                            outcome.device.device_id,
+                            outcome.boot,
+                            outcome.seq,
+                            now,
+                            outcome.cose,
+                            outcome.gap,
+                            outcome.report_hash,
+                        )
+                    )
                     last = self._state(outcome.device.device_id)
                     if last is None or outcome.seq > last.seq:
                         self.pending_state[outcome.device.device_id] = DeviceState(
-                            outcome.boot, outcome.seq, outcome.report_hash)
+                            outcome.boot, outcome.seq, outcome.report_hash
+                        )
                     else:  # a late report leaves S where it is
                         late.append(outcome)
                     self.pending_seen[(outcome.device.device_id, outcome.boot, outcome.seq)] = outcome.cose
@@ -364,9 +421,17 @@ class Ingest:
                     dupes += 1
                 elif outcome is not None:
                     # The stored copy is capped; the digest is of the whole message.
-                    rejected.append(RejectedRow(now, msg.topic[:200], outcome.device_id, outcome.reason,
-                                                outcome.detail[:500], msg.payload[:2048],
-                                                hashlib.sha256(msg.payload).hexdigest()))
+                    rejected.append(
+                        RejectedRow(
+                            now,
+                            msg.topic[:200],
+                            outcome.device_id,
+                            outcome.reason,
+                            outcome.detail[:500],
+                            msg.payload[:2048],
+                            hashlib.sha256(msg.payload).hexdigest(),
+                        )
+                    )
             with self.store._tx():  # the probe results commit with their reports, or neither does
                 stored_before = self.store.commit_outcomes(rows, rejected)
                 # In a cluster any accepted report may have been overtaken by its successor
@@ -428,8 +493,11 @@ class Ingest:
             return parsed, ""
         fleet, device_id, kind = parsed
         if not self.limiter.allow(device_id, now):
-            return Rejection("rate_limited", "more than %.1f messages/s (burst %d)"
-                             % (self.cfg.rate_limit_per_s, self.cfg.rate_burst), device_id), fleet
+            return Rejection(
+                "rate_limited",
+                "more than %.1f messages/s (burst %d)" % (self.cfg.rate_limit_per_s, self.cfg.rate_burst),
+                device_id,
+            ), fleet
         data = msg.payload
         if kind == "birth":
             self._birth(device_id, data)
@@ -438,8 +506,11 @@ class Ingest:
             return Rejection("bad_topic", "unexpected topic kind %r" % kind, device_id), fleet
         outcome = self.verifier.verify(device_id, data, now)
         if isinstance(outcome, Accepted) and outcome.device.fleet != fleet:
-            return Rejection("unknown_device", "device %s is enrolled in fleet %s, not %s"
-                             % (device_id, outcome.device.fleet, fleet), device_id), fleet
+            return Rejection(
+                "unknown_device",
+                "device %s is enrolled in fleet %s, not %s" % (device_id, outcome.device.fleet, fleet),
+                device_id,
+            ), fleet
         return outcome, fleet
 
     def _birth(self, device_id: str, data: bytes) -> None:

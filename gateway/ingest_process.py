@@ -72,13 +72,18 @@ class IngestProcess:
         read_fd, write_fd = os.pipe()
         env = dict(os.environ, SURGE_GATEWAY_PARENT=str(os.getpid()))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.ingest_process", str(write_fd)], stdin=subprocess.PIPE,
-            pass_fds=(write_fd,), env=env)
+            [sys.executable, "-m", "gateway.ingest_process", str(write_fd)],
+            stdin=subprocess.PIPE,
+            pass_fds=(write_fd,),
+            env=env,
+        )
         os.close(write_fd)
         assert self.proc.stdin is not None
         # The configuration (with the broker password) goes over stdin, not argv.
-        self.proc.stdin.write(json.dumps({"cfg": asdict(self.cfg), "gateway_id": self.gateway_id,
-                                          "log_json": self.log_json}).encode() + b"\n")
+        self.proc.stdin.write(
+            json.dumps({"cfg": asdict(self.cfg), "gateway_id": self.gateway_id, "log_json": self.log_json}).encode()
+            + b"\n"
+        )
         self.proc.stdin.close()
         threading.Thread(target=self._follow, args=(read_fd,), name="surge-ingest-follow", daemon=True).start()
 
@@ -112,8 +117,10 @@ class IngestProcess:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            log.error("ingest process did not stop within %.0f s; killing it (the broker keeps "
-                      "what it did not acknowledge)", timeout)
+            log.error(
+                "ingest process did not stop within %.0f s; killing it (the broker keeps what it did not acknowledge)",
+                timeout,
+            )
             self.proc.kill()
             self.proc.wait()
 
@@ -132,8 +139,10 @@ def _die_with_parent() -> None:
 
 
 def _snapshot(ingest: Any, pipe: Any) -> None:
-    families = [(m.name, m.type, m.documentation, [(s.name, s.labels, s.value) for s in m.samples])
-                for m in ingest.metrics.registry.collect()]
+    families = [
+        (m.name, m.type, m.documentation, [(s.name, s.labels, s.value) for s in m.samples])
+        for m in ingest.metrics.registry.collect()
+    ]
     try:
         pipe.write(json.dumps({"subscribed": ingest.connected.is_set(), "metrics": families}).encode() + b"\n")
         pipe.flush()
@@ -162,8 +171,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us in order
     ingest = Ingest(cfg, Store(cfg.db), IngestMetrics(), msg["gateway_id"])
     pipe = os.fdopen(fd, "wb")
-    reporter = threading.Thread(target=_snapshots, args=(ingest, pipe, stop), name="surge-ingest-metrics",
-                                daemon=True)
+    reporter = threading.Thread(target=_snapshots, args=(ingest, pipe, stop), name="surge-ingest-metrics", daemon=True)
     reporter.start()
     _snapshot(ingest, pipe)
     ingest.run(stop)

@@ -38,19 +38,46 @@ import ssl
 import time
 from typing import Iterable, Iterator
 
-from gateway.mqtt_codec import (CONNACK, DISCONNECT, SUBACK, ConnAck, Decoder, Disconnect, MQTTError, Packet,
-                                PingResp, ProtocolError, PubAck, Publish, SubAck, Will, encode_connect,
-                                encode_disconnect, encode_pingreq, encode_publish, encode_pubacks,
-                                encode_subscribe, reason_text)
+from gateway.mqtt_codec import (
+    CONNACK,
+    DISCONNECT,
+    SUBACK,
+    ConnAck,
+    Decoder,
+    Disconnect,
+    MQTTError,
+    Packet,
+    PingResp,
+    ProtocolError,
+    PubAck,
+    Publish,
+    SubAck,
+    Will,
+    encode_connect,
+    encode_disconnect,
+    encode_pingreq,
+    encode_publish,
+    encode_pubacks,
+    encode_subscribe,
+    reason_text,
+)
 from gateway.mqtt_session import OutboundSession
 
-__all__ = ["Connection", "Incoming", "Will", "MQTTError", "Refused", "ConnectionLost", "ProtocolError",
-           "backoff_delays"]
+__all__ = [
+    "Connection",
+    "Incoming",
+    "Will",
+    "MQTTError",
+    "Refused",
+    "ConnectionLost",
+    "ProtocolError",
+    "backoff_delays",
+]
 
 Incoming = Publish
 """A received PUBLISH: ``topic``, ``payload`` (bytes), ``qos``, ``packet_id`` (0 for QoS 0), ``retain``, ``dup``."""
 
-_READ_BUFFER = 1 << 20    # one poll() reads at most this much; the rest comes next time
+_READ_BUFFER = 1 << 20  # one poll() reads at most this much; the rest comes next time
 _WRITE_CHUNK = 256 << 10  # publish()/resend_unacked() write this much at a time
 _PINGREQ = encode_pingreq()
 
@@ -96,7 +123,7 @@ class ConnectionLost(MQTTError, ConnectionError):
 # What to do about a refusal, by v5 reason code (3.1.1 return codes are mapped
 # onto these in _refusal()).
 _HINTS: dict[int, str] = {
-    0x84: "the broker does not accept this MQTT version: try version=\"3.1.1\"",
+    0x84: 'the broker does not accept this MQTT version: try version="3.1.1"',
     0x85: "the broker rejected the client id: use another (letters and digits, at most 23, always work)",
     0x86: "check username/password",
     0x87: "check username/password and the broker's ACL",
@@ -157,13 +184,28 @@ class Connection:
     one write may block, before the connection counts as lost.
     """
 
-    def __init__(self, host: str, port: int, client_id: str, *, version: str = "5",
-                 username: str | None = None, password: str | None = None, tls: bool = False,
-                 ca_file: str | None = None, keepalive: int = 30, clean_start: bool = False,
-                 session_expiry: int = 0, receive_maximum: int | None = None, max_packet_size: int | None = None,
-                 will: Will | None = None, max_inflight: int = 1000, ack_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        *,
+        version: str = "5",
+        username: str | None = None,
+        password: str | None = None,
+        tls: bool = False,
+        ca_file: str | None = None,
+        keepalive: int = 30,
+        clean_start: bool = False,
+        session_expiry: int = 0,
+        receive_maximum: int | None = None,
+        max_packet_size: int | None = None,
+        will: Will | None = None,
+        max_inflight: int = 1000,
+        ack_timeout: float = 60.0,
+    ) -> None:
         if version not in ("5", "5.0", "3.1.1"):
-            raise ValueError("MQTT version must be \"5\" or \"3.1.1\", not %r" % (version,))
+            raise ValueError('MQTT version must be "5" or "3.1.1", not %r' % (version,))
         if will is not None and will.qos not in (0, 1):
             raise ValueError("will QoS must be 0 or 1 (QoS 2 is not supported), not %r" % (will.qos,))
         self._session = OutboundSession(max_inflight)  # validates max_inflight
@@ -179,11 +221,17 @@ class Connection:
         # Built once: the same CONNECT on every reconnect (also validates arguments now,
         # not at the first connect()).
         self._connect_packet = encode_connect(
-            client_id, v5=self.v5, clean_start=clean_start, keepalive=keepalive, username=username,
-            password=password, will=will,
+            client_id,
+            v5=self.v5,
+            clean_start=clean_start,
+            keepalive=keepalive,
+            username=username,
+            password=password,
+            will=will,
             session_expiry=session_expiry if self.v5 else None,
             receive_maximum=receive_maximum if self.v5 else None,
-            max_packet_size=max_packet_size if self.v5 else None)
+            max_packet_size=max_packet_size if self.v5 else None,
+        )
         self._ssl: ssl.SSLContext | None = None
         if tls or ca_file:
             self._ssl = ssl.create_default_context(cafile=ca_file)
@@ -237,8 +285,10 @@ class Connection:
         try:
             raw = socket.create_connection((self.host, self.port), timeout=timeout)
         except OSError as exc:
-            raise ConnectionLost("cannot connect to the MQTT broker at %s: %s: is it running and listening "
-                                 "there?" % (where, exc.strerror or exc)) from exc
+            raise ConnectionLost(
+                "cannot connect to the MQTT broker at %s: %s: is it running and listening "
+                "there?" % (where, exc.strerror or exc)
+            ) from exc
         try:
             # Writes are already batched: Nagle would only delay PUBACKs.
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -247,12 +297,15 @@ class Connection:
                 try:
                     sock = self._ssl.wrap_socket(raw, server_hostname=self.host)
                 except ssl.SSLCertVerificationError as exc:
-                    raise ConnectionLost("TLS: the certificate of the broker at %s failed verification (%s): "
-                                         "pass ca_file= the CA that signed it, and connect by a name or address "
-                                         "the certificate lists" % (where, exc.verify_message or exc)) from exc
+                    raise ConnectionLost(
+                        "TLS: the certificate of the broker at %s failed verification (%s): "
+                        "pass ca_file= the CA that signed it, and connect by a name or address "
+                        "the certificate lists" % (where, exc.verify_message or exc)
+                    ) from exc
                 except (ssl.SSLError, OSError) as exc:
-                    raise ConnectionLost("TLS handshake with the broker at %s failed (%s): is that port a TLS "
-                                         "listener?" % (where, exc)) from exc
+                    raise ConnectionLost(
+                        "TLS handshake with the broker at %s failed (%s): is that port a TLS listener?" % (where, exc)
+                    ) from exc
         except BaseException:
             raw.close()
             raise
@@ -267,9 +320,10 @@ class Connection:
             while not packets:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise ConnectionLost("no CONNACK from %s within %.1f s: is it an MQTT broker, and does the "
-                                         "listener expect TLS%s?" % (where, timeout,
-                                                                     "" if self._ssl else " (tls=True)"))
+                    raise ConnectionLost(
+                        "no CONNACK from %s within %.1f s: is it an MQTT broker, and does the "
+                        "listener expect TLS%s?" % (where, timeout, "" if self._ssl else " (tls=True)")
+                    )
                 try:
                     data = self._read(remaining)
                     if data is not None:
@@ -277,10 +331,11 @@ class Connection:
                     if not packets and self._sock is None:
                         raise ConnectionLost(self._lost or "closed")
                 except ConnectionLost as exc:
-                    raise ConnectionLost("the broker at %s closed the connection before CONNACK (%s): does the "
-                                         "listener expect TLS%s, or MQTT version %s?" % (
-                                             where, self._lost or exc, "" if self._ssl else " (tls=True)",
-                                             "3.1.1" if self.v5 else "5")) from exc
+                    raise ConnectionLost(
+                        "the broker at %s closed the connection before CONNACK (%s): does the "
+                        "listener expect TLS%s, or MQTT version %s?"
+                        % (where, self._lost or exc, "" if self._ssl else " (tls=True)", "3.1.1" if self.v5 else "5")
+                    ) from exc
             ack = packets[0]
             if not isinstance(ack, ConnAck):
                 raise ProtocolError("expected CONNACK from %s, got %s" % (where, type(ack).__name__))
@@ -321,8 +376,10 @@ class Connection:
             now = time.monotonic()
             if now >= deadline:
                 self._drop("no SUBACK within %.1f s" % timeout)
-                raise ConnectionLost("no SUBACK from the broker at %s:%d within %.1f s: dropped the connection; "
-                                     "reconnect" % (self.host, self.port, timeout))
+                raise ConnectionLost(
+                    "no SUBACK from the broker at %s:%d within %.1f s: dropped the connection; "
+                    "reconnect" % (self.host, self.port, timeout)
+                )
             self._read_some(deadline)
         codes = self._suback.reason_codes
         self._suback = None
@@ -332,10 +389,16 @@ class Connection:
         failed = [(f, c) for (f, _), c in zip(filters, codes) if c >= 0x80]
         if failed:
             code = failed[0][1]
-            hint = ("check the broker's ACL: may this user read these topics?" if code in (0x80, 0x87) else
-                    _HINTS.get(code, "check the broker's ACL for this user and the filter syntax"))
-            raise Refused("the broker refused the subscription to %s: %s" % (
-                ", ".join("%r (%s)" % (f, reason_text(c, SUBACK, self.v5)) for f, c in failed), hint), code)
+            hint = (
+                "check the broker's ACL: may this user read these topics?"
+                if code in (0x80, 0x87)
+                else _HINTS.get(code, "check the broker's ACL for this user and the filter syntax")
+            )
+            raise Refused(
+                "the broker refused the subscription to %s: %s"
+                % (", ".join("%r (%s)" % (f, reason_text(c, SUBACK, self.v5)) for f, c in failed), hint),
+                code,
+            )
         return codes
 
     def poll(self, timeout: float) -> list[Incoming]:
@@ -379,8 +442,10 @@ class Connection:
         if qos not in (0, 1):
             raise ValueError("QoS %r is not supported: publish with QoS 0 or 1" % (qos,))
         if qos > self._server_max_qos:
-            raise MQTTError("the broker at %s:%d accepts QoS %d at most (CONNACK Maximum QoS): publish with "
-                            "qos=0" % (self.host, self.port, self._server_max_qos))
+            raise MQTTError(
+                "the broker at %s:%d accepts QoS %d at most (CONNACK Maximum QoS): publish with "
+                "qos=0" % (self.host, self.port, self._server_max_qos)
+            )
         self._require()
         session = self._session
         if qos and session.need_resend:
@@ -461,9 +526,10 @@ class Connection:
         if self._ping_sent is not None:
             if now - max(self._ping_sent, self._last_recv) >= self.keepalive:
                 self._drop("no PINGRESP")
-                raise ConnectionLost("no PINGRESP (nor anything else) from the broker at %s:%d within the "
-                                     "keepalive of %d s: dropped the connection; reconnect" % (
-                                         self.host, self.port, self.keepalive))
+                raise ConnectionLost(
+                    "no PINGRESP (nor anything else) from the broker at %s:%d within the "
+                    "keepalive of %d s: dropped the connection; reconnect" % (self.host, self.port, self.keepalive)
+                )
         elif now - self._last_send >= self.keepalive / 2:
             self._send(_PINGREQ)
             self._ping_sent = now
@@ -503,10 +569,11 @@ class Connection:
         sock = self._sock
         if sock is None:
             if self._lost:
-                raise ConnectionLost("lost the connection to the broker at %s:%d (%s): connect() again, then "
-                                     "resend_unacked()" % (self.host, self.port, self._lost))
-            raise ConnectionLost("not connected to the broker at %s:%d: call connect() first" % (
-                self.host, self.port))
+                raise ConnectionLost(
+                    "lost the connection to the broker at %s:%d (%s): connect() again, then "
+                    "resend_unacked()" % (self.host, self.port, self._lost)
+                )
+            raise ConnectionLost("not connected to the broker at %s:%d: call connect() first" % (self.host, self.port))
         return sock
 
     def _drop(self, why: str | None = None) -> None:
@@ -550,14 +617,17 @@ class Connection:
                     deadline = now + limit
                 if now >= deadline:
                     self._drop("write timed out")
-                    raise ConnectionLost("could not write to the broker at %s:%d for %.1f s (it stopped "
-                                         "reading): dropped the connection; reconnect" % (
-                                             self.host, self.port, limit)) from None
+                    raise ConnectionLost(
+                        "could not write to the broker at %s:%d for %.1f s (it stopped "
+                        "reading): dropped the connection; reconnect" % (self.host, self.port, limit)
+                    ) from None
                 _wait(sock, not isinstance(exc, ssl.SSLWantReadError), deadline - now)
             except OSError as exc:
                 self._drop("write failed: %s" % exc)
-                raise ConnectionLost("lost the connection to the broker at %s:%d while writing (%s): "
-                                     "reconnect" % (self.host, self.port, exc)) from exc
+                raise ConnectionLost(
+                    "lost the connection to the broker at %s:%d while writing (%s): "
+                    "reconnect" % (self.host, self.port, exc)
+                ) from exc
         self._last_send = time.monotonic()
 
     def _read(self, timeout: float) -> bytes | None:
@@ -583,8 +653,10 @@ class Connection:
             raise self._read_error(exc) from exc
         if not n:
             self._drop("the broker closed the connection")
-            raise ConnectionLost("the broker at %s:%d closed the connection: reconnect (connect(), then "
-                                 "resend_unacked())" % (self.host, self.port))
+            raise ConnectionLost(
+                "the broker at %s:%d closed the connection: reconnect (connect(), then "
+                "resend_unacked())" % (self.host, self.port)
+            )
         total = n
         if self._ssl is not None:
             # TLS hands out one record (<= 16 KiB) per read: keep reading what has arrived.
@@ -606,16 +678,20 @@ class Connection:
 
     def _read_error(self, exc: OSError) -> ConnectionLost:
         self._drop("read failed: %s" % exc)
-        return ConnectionLost("lost the connection to the broker at %s:%d (%s): reconnect (connect(), then "
-                              "resend_unacked())" % (self.host, self.port, exc))
+        return ConnectionLost(
+            "lost the connection to the broker at %s:%d (%s): reconnect (connect(), then "
+            "resend_unacked())" % (self.host, self.port, exc)
+        )
 
     def _decode(self, data: bytes) -> list[Packet]:
         try:
             return self._decoder.feed(data)
         except ProtocolError as exc:
             self._drop("protocol error: %s" % exc)
-            raise ProtocolError("the broker at %s:%d sent invalid MQTT: %s: dropped the connection; "
-                                "reconnect" % (self.host, self.port, exc)) from None
+            raise ProtocolError(
+                "the broker at %s:%d sent invalid MQTT: %s: dropped the connection; "
+                "reconnect" % (self.host, self.port, exc)
+            ) from None
 
     def _handle(self, packets: list[Packet]) -> list[Publish]:
         """Apply acknowledgements and pings; return the PUBLISHes."""
@@ -641,8 +717,10 @@ class Connection:
             else:
                 name = type(p).__name__
                 self._drop("unexpected %s" % name)
-                raise ProtocolError("unexpected %s from the broker at %s:%d after the connection was "
-                                    "established: dropped the connection" % (name, self.host, self.port))
+                raise ProtocolError(
+                    "unexpected %s from the broker at %s:%d after the connection was "
+                    "established: dropped the connection" % (name, self.host, self.port)
+                )
         return out
 
     def _read_some(self, deadline: float) -> None:
@@ -660,9 +738,11 @@ class Connection:
         while self._session.window_full:
             if time.monotonic() >= deadline:
                 self._drop("no PUBACK for %.0f s" % self.ack_timeout)
-                raise ConnectionLost("no PUBACK from the broker at %s:%d for %.0f s while %d publishes were in "
-                                     "flight: dropped the connection; reconnect and resend_unacked()" % (
-                                         self.host, self.port, self.ack_timeout, self._session.outstanding))
+                raise ConnectionLost(
+                    "no PUBACK from the broker at %s:%d for %.0f s while %d publishes were in "
+                    "flight: dropped the connection; reconnect and resend_unacked()"
+                    % (self.host, self.port, self.ack_timeout, self._session.outstanding)
+                )
             self._read_some(deadline)
 
     def _refusal(self, ack: ConnAck) -> Refused:
@@ -671,9 +751,14 @@ class Connection:
         if ack.reason_string:
             text += ": " + ack.reason_string
         hint = _HINTS.get(code if self.v5 else _V311_CONNACK_AS_V5.get(code, 0x80), "")
-        return Refused("the broker at %s:%d refused the connection: %s%s" % (
-            self.host, self.port, text, ": " + hint if hint else ""), code)
+        return Refused(
+            "the broker at %s:%d refused the connection: %s%s"
+            % (self.host, self.port, text, ": " + hint if hint else ""),
+            code,
+        )
 
     def _too_large(self, topic: str, size: int, limit: int) -> MQTTError:
-        return MQTTError("PUBLISH to %r is %d bytes, more than the broker's maximum packet size of %d bytes: "
-                         "send a smaller payload" % (topic, size, limit))
+        return MQTTError(
+            "PUBLISH to %r is %d bytes, more than the broker's maximum packet size of %d bytes: "
+            "send a smaller payload" % (topic, size, limit)
+        )

@@ -33,10 +33,36 @@ import struct
 from typing import Iterable, NamedTuple, Union
 
 __all__ = [
-    "MQTTError", "ProtocolError", "Will", "Publish", "PubAck", "ConnAck", "SubAck", "PingResp", "Disconnect",
-    "Packet", "Decoder", "encode_vbi", "decode_vbi", "encode_connect", "encode_subscribe", "encode_publish",
-    "encode_puback", "encode_pubacks", "encode_pingreq", "encode_disconnect", "reason_text",
-    "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "SUBSCRIBE", "SUBACK", "PINGREQ", "PINGRESP", "DISCONNECT",
+    "MQTTError",
+    "ProtocolError",
+    "Will",
+    "Publish",
+    "PubAck",
+    "ConnAck",
+    "SubAck",
+    "PingResp",
+    "Disconnect",
+    "Packet",
+    "Decoder",
+    "encode_vbi",
+    "decode_vbi",
+    "encode_connect",
+    "encode_subscribe",
+    "encode_publish",
+    "encode_puback",
+    "encode_pubacks",
+    "encode_pingreq",
+    "encode_disconnect",
+    "reason_text",
+    "CONNECT",
+    "CONNACK",
+    "PUBLISH",
+    "PUBACK",
+    "SUBSCRIBE",
+    "SUBACK",
+    "PINGREQ",
+    "PINGRESP",
+    "DISCONNECT",
     "MAX_REMAINING_LENGTH",
 ]
 
@@ -45,10 +71,22 @@ CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = 8, 9, 10, 11, 12, 13, 14, 15
 
 PACKET_NAMES = {
-    0: "reserved type 0", CONNECT: "CONNECT", CONNACK: "CONNACK", PUBLISH: "PUBLISH", PUBACK: "PUBACK",
-    PUBREC: "PUBREC", PUBREL: "PUBREL", PUBCOMP: "PUBCOMP", SUBSCRIBE: "SUBSCRIBE", SUBACK: "SUBACK",
-    UNSUBSCRIBE: "UNSUBSCRIBE", UNSUBACK: "UNSUBACK", PINGREQ: "PINGREQ", PINGRESP: "PINGRESP",
-    DISCONNECT: "DISCONNECT", AUTH: "AUTH",
+    0: "reserved type 0",
+    CONNECT: "CONNECT",
+    CONNACK: "CONNACK",
+    PUBLISH: "PUBLISH",
+    PUBACK: "PUBACK",
+    PUBREC: "PUBREC",
+    PUBREL: "PUBREL",
+    PUBCOMP: "PUBCOMP",
+    SUBSCRIBE: "SUBSCRIBE",
+    SUBACK: "SUBACK",
+    UNSUBSCRIBE: "UNSUBSCRIBE",
+    UNSUBACK: "UNSUBACK",
+    PINGREQ: "PINGREQ",
+    PINGRESP: "PINGRESP",
+    DISCONNECT: "DISCONNECT",
+    AUTH: "AUTH",
 }
 
 MAX_REMAINING_LENGTH = 268_435_455  # 4-byte variable byte integer
@@ -67,26 +105,59 @@ class ProtocolError(MQTTError):
 # MQTT 5.0 section 2.4, table 2-6.  Codes whose meaning depends on the packet
 # (0x00, 0x01, 0x02, 0x04) are resolved in reason_text().
 _REASONS_V5: dict[int, str] = {
-    0x00: "success", 0x01: "granted QoS 1", 0x02: "granted QoS 2", 0x04: "disconnect with will message",
-    0x10: "no matching subscribers", 0x11: "no subscription existed", 0x18: "continue authentication",
-    0x19: "re-authenticate", 0x80: "unspecified error", 0x81: "malformed packet", 0x82: "protocol error",
-    0x83: "implementation specific error", 0x84: "unsupported protocol version",
-    0x85: "client identifier not valid", 0x86: "bad user name or password", 0x87: "not authorized",
-    0x88: "server unavailable", 0x89: "server busy", 0x8A: "banned", 0x8B: "server shutting down",
-    0x8C: "bad authentication method", 0x8D: "keep alive timeout", 0x8E: "session taken over",
-    0x8F: "topic filter invalid", 0x90: "topic name invalid", 0x91: "packet identifier in use",
-    0x92: "packet identifier not found", 0x93: "receive maximum exceeded", 0x94: "topic alias invalid",
-    0x95: "packet too large", 0x96: "message rate too high", 0x97: "quota exceeded",
-    0x98: "administrative action", 0x99: "payload format invalid", 0x9A: "retain not supported",
-    0x9B: "QoS not supported", 0x9C: "use another server", 0x9D: "server moved",
-    0x9E: "shared subscriptions not supported", 0x9F: "connection rate exceeded", 0xA0: "maximum connect time",
-    0xA1: "subscription identifiers not supported", 0xA2: "wildcard subscriptions not supported",
+    0x00: "success",
+    0x01: "granted QoS 1",
+    0x02: "granted QoS 2",
+    0x04: "disconnect with will message",
+    0x10: "no matching subscribers",
+    0x11: "no subscription existed",
+    0x18: "continue authentication",
+    0x19: "re-authenticate",
+    0x80: "unspecified error",
+    0x81: "malformed packet",
+    0x82: "protocol error",
+    0x83: "implementation specific error",
+    0x84: "unsupported protocol version",
+    0x85: "client identifier not valid",
+    0x86: "bad user name or password",
+    0x87: "not authorized",
+    0x88: "server unavailable",
+    0x89: "server busy",
+    0x8A: "banned",
+    0x8B: "server shutting down",
+    0x8C: "bad authentication method",
+    0x8D: "keep alive timeout",
+    0x8E: "session taken over",
+    0x8F: "topic filter invalid",
+    0x90: "topic name invalid",
+    0x91: "packet identifier in use",
+    0x92: "packet identifier not found",
+    0x93: "receive maximum exceeded",
+    0x94: "topic alias invalid",
+    0x95: "packet too large",
+    0x96: "message rate too high",
+    0x97: "quota exceeded",
+    0x98: "administrative action",
+    0x99: "payload format invalid",
+    0x9A: "retain not supported",
+    0x9B: "QoS not supported",
+    0x9C: "use another server",
+    0x9D: "server moved",
+    0x9E: "shared subscriptions not supported",
+    0x9F: "connection rate exceeded",
+    0xA0: "maximum connect time",
+    0xA1: "subscription identifiers not supported",
+    0xA2: "wildcard subscriptions not supported",
 }
 
 # MQTT 3.1.1 section 3.2.2.3, CONNACK return codes.
 _CONNACK_V311: dict[int, str] = {
-    0: "connection accepted", 1: "unacceptable protocol version", 2: "identifier rejected",
-    3: "server unavailable", 4: "bad user name or password", 5: "not authorized",
+    0: "connection accepted",
+    1: "unacceptable protocol version",
+    2: "identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
 }
 
 
@@ -110,6 +181,7 @@ def reason_text(code: int, packet: int = 0, v5: bool = True) -> str:
 
 
 # -- variable byte integers ---------------------------------------------------
+
 
 def encode_vbi(value: int) -> bytes:
     """Variable byte integer (MQTT 5 section 1.5.5): 7 bits a byte, high bit = more."""
@@ -151,8 +223,10 @@ def decode_vbi(buf: bytes | bytearray | memoryview, pos: int, end: int | None = 
 
 # -- encoders -----------------------------------------------------------------
 
+
 class Will(NamedTuple):
     """The last will: published by the broker when the connection ends without DISCONNECT."""
+
     topic: str
     payload: bytes
     qos: int = 0
@@ -178,16 +252,32 @@ def _packet(first: int, body: bytes) -> bytes:
     return bytes((first,)) + encode_vbi(len(body)) + body
 
 
-def encode_connect(client_id: str, *, v5: bool = True, clean_start: bool = True, keepalive: int = 60,
-                   username: str | None = None, password: str | bytes | None = None, will: Will | None = None,
-                   session_expiry: int | None = None, receive_maximum: int | None = None,
-                   max_packet_size: int | None = None) -> bytes:
+def encode_connect(
+    client_id: str,
+    *,
+    v5: bool = True,
+    clean_start: bool = True,
+    keepalive: int = 60,
+    username: str | None = None,
+    password: str | bytes | None = None,
+    will: Will | None = None,
+    session_expiry: int | None = None,
+    receive_maximum: int | None = None,
+    max_packet_size: int | None = None,
+) -> bytes:
     """CONNECT.  ``session_expiry``, ``receive_maximum`` and ``max_packet_size`` are MQTT 5 only."""
     if not 0 <= keepalive <= 0xFFFF:
         raise ValueError("keepalive must be 0..65535 seconds, not %d" % keepalive)
     if not v5:
-        given = [n for n, v in (("session_expiry", session_expiry), ("receive_maximum", receive_maximum),
-                                ("max_packet_size", max_packet_size)) if v is not None]
+        given = [
+            n
+            for n, v in (
+                ("session_expiry", session_expiry),
+                ("receive_maximum", receive_maximum),
+                ("max_packet_size", max_packet_size),
+            )
+            if v is not None
+        ]
         if given:
             raise ValueError("%s: MQTT 5 properties, not available with MQTT 3.1.1" % ", ".join(given))
         if password is not None and username is None:
@@ -252,15 +342,23 @@ def encode_subscribe(packet_id: int, filters: Iterable[tuple[str, int]], *, v5: 
     return _packet((SUBSCRIBE << 4) | 0x02, b"".join(parts))
 
 
-def encode_publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False, dup: bool = False,
-                   packet_id: int = 0, v5: bool = True) -> bytes:
+def encode_publish(
+    topic: str,
+    payload: bytes,
+    qos: int = 0,
+    retain: bool = False,
+    dup: bool = False,
+    packet_id: int = 0,
+    v5: bool = True,
+) -> bytes:
     """PUBLISH with QoS 0 or 1 (no v5 properties)."""
     t = topic.encode("utf-8")
     # One membership test each: cheap next to the rest, and a wildcard in a
     # topic name makes the broker drop the whole connection.
     if "+" in topic or "#" in topic or "\x00" in topic or not t or len(t) > 0xFFFF:
-        raise ValueError("invalid topic name for PUBLISH: %r (non-empty, at most 65535 bytes, "
-                         "no wildcards + or #)" % topic)
+        raise ValueError(
+            "invalid topic name for PUBLISH: %r (non-empty, at most 65535 bytes, no wildcards + or #)" % topic
+        )
     if qos:
         if qos != 1:
             raise ValueError("QoS %r is not supported (0 or 1)" % (qos,))
@@ -321,8 +419,10 @@ def encode_disconnect(reason_code: int = 0, v5: bool = True) -> bytes:
 
 # -- decoded packets ----------------------------------------------------------
 
+
 class Publish(NamedTuple):
     """An incoming PUBLISH.  ``packet_id`` is 0 for QoS 0."""
+
     topic: str
     payload: bytes
     qos: int
@@ -378,10 +478,33 @@ _PINGRESP = PingResp()
 # Property identifier -> wire type (MQTT 5 section 2.2.2.2).
 _BYTE, _U16, _U32, _VBI, _STR, _BIN, _PAIR = range(7)
 _PROPERTY_TYPES: dict[int, int] = {
-    0x01: _BYTE, 0x02: _U32, 0x03: _STR, 0x08: _STR, 0x09: _BIN, 0x0B: _VBI, 0x11: _U32, 0x12: _STR,
-    0x13: _U16, 0x15: _STR, 0x16: _BIN, 0x17: _BYTE, 0x18: _U32, 0x19: _BYTE, 0x1A: _STR, 0x1C: _STR,
-    0x1F: _STR, 0x21: _U16, 0x22: _U16, 0x23: _U16, 0x24: _BYTE, 0x25: _BYTE, 0x26: _PAIR, 0x27: _U32,
-    0x28: _BYTE, 0x29: _BYTE, 0x2A: _BYTE,
+    0x01: _BYTE,
+    0x02: _U32,
+    0x03: _STR,
+    0x08: _STR,
+    0x09: _BIN,
+    0x0B: _VBI,
+    0x11: _U32,
+    0x12: _STR,
+    0x13: _U16,
+    0x15: _STR,
+    0x16: _BIN,
+    0x17: _BYTE,
+    0x18: _U32,
+    0x19: _BYTE,
+    0x1A: _STR,
+    0x1C: _STR,
+    0x1F: _STR,
+    0x21: _U16,
+    0x22: _U16,
+    0x23: _U16,
+    0x24: _BYTE,
+    0x25: _BYTE,
+    0x26: _PAIR,
+    0x27: _U32,
+    0x28: _BYTE,
+    0x29: _BYTE,
+    0x2A: _BYTE,
 }
 
 
@@ -393,7 +516,7 @@ def _str_at(buf: bytes, pos: int, end: int, what: str) -> tuple[str, int]:
     if pos + n > end:
         raise ProtocolError("malformed %s: string of %d bytes runs past the end of the packet" % (what, n))
     try:
-        return buf[pos:pos + n].decode("utf-8"), pos + n
+        return buf[pos : pos + n].decode("utf-8"), pos + n
     except UnicodeDecodeError as exc:
         raise ProtocolError("malformed %s: string is not valid UTF-8 (%s)" % (what, exc)) from None
 
@@ -428,7 +551,7 @@ def _properties(buf: bytes, pos: int, end: int, what: str) -> tuple[dict[int, in
         elif kind == _U32:
             if pos + 4 > stop:
                 raise ProtocolError("malformed %s: property 0x%02X truncated" % (what, pid))
-            value = int.from_bytes(buf[pos:pos + 4], "big")
+            value = int.from_bytes(buf[pos : pos + 4], "big")
             pos += 4
         elif kind == _VBI:
             value, pos = decode_vbi(buf, pos, stop)
@@ -442,7 +565,7 @@ def _properties(buf: bytes, pos: int, end: int, what: str) -> tuple[dict[int, in
             n = (buf[pos] << 8) | buf[pos + 1]
             if pos + 2 + n > stop:
                 raise ProtocolError("malformed %s: property 0x%02X truncated" % (what, pid))
-            value = buf[pos + 2:pos + 2 + n]
+            value = buf[pos + 2 : pos + 2 + n]
             pos += 2 + n
         else:  # _PAIR
             key, pos = _str_at(buf, pos, stop, what)
@@ -524,8 +647,10 @@ class Decoder:
                     break
             end = start + rl
             if end - pos > limit:
-                raise ProtocolError("%s of %d bytes exceeds the maximum packet size of %d bytes" % (
-                    PACKET_NAMES[first >> 4], end - pos, limit))
+                raise ProtocolError(
+                    "%s of %d bytes exceeds the maximum packet size of %d bytes"
+                    % (PACKET_NAMES[first >> 4], end - pos, limit)
+                )
             if end > n:
                 need = end - pos
                 break
@@ -538,14 +663,17 @@ class Decoder:
                 if p > end:
                     raise ProtocolError("malformed PUBLISH: topic length %d runs past the end of the packet" % tl)
                 try:
-                    topic = buf[start + 2:p].decode("utf-8")
+                    topic = buf[start + 2 : p].decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise ProtocolError("malformed PUBLISH: topic is not valid UTF-8 (%s)" % exc) from None
                 qos = (first >> 1) & 3
                 if qos:
                     if qos > 1:
-                        raise ProtocolError("PUBLISH with QoS 2: QoS 2 is not supported (subscribe with QoS 0 "
-                                            "or 1)" if qos == 2 else "malformed PUBLISH: QoS 3")
+                        raise ProtocolError(
+                            "PUBLISH with QoS 2: QoS 2 is not supported (subscribe with QoS 0 or 1)"
+                            if qos == 2
+                            else "malformed PUBLISH: QoS 3"
+                        )
                     pid = (buf[p] << 8) | buf[p + 1] if p + 2 <= end else 0
                     if pid == 0:
                         raise ProtocolError("malformed PUBLISH: QoS 1 without a packet id")
@@ -564,8 +692,10 @@ class Decoder:
                             raise ProtocolError("malformed PUBLISH: truncated property length")
                         p += plen
                     if tl == 0:
-                        raise ProtocolError("PUBLISH with an empty topic (a topic alias): topic aliases are "
-                                            "not supported and were not allowed in CONNECT")
+                        raise ProtocolError(
+                            "PUBLISH with an empty topic (a topic alias): topic aliases are "
+                            "not supported and were not allowed in CONNECT"
+                        )
                 if p > end:
                     raise ProtocolError("malformed PUBLISH: topic/properties run past the end of the packet")
                 append(_new_tuple(Publish, (topic, buf[p:end], qos, bool(first & 1), bool(first & 8), pid)))
@@ -591,13 +721,13 @@ class Decoder:
         rl = end - start
         name = PACKET_NAMES[kind]
         if kind in (PUBREC, PUBREL, PUBCOMP):
-            raise ProtocolError("received %s: QoS 2 is not supported (subscribe and publish with QoS 0 or 1)"
-                                % name)
+            raise ProtocolError("received %s: QoS 2 is not supported (subscribe and publish with QoS 0 or 1)" % name)
         if kind == AUTH:
             raise ProtocolError("received AUTH: enhanced authentication is not supported")
         if kind not in (CONNACK, SUBACK, PINGRESP, DISCONNECT):
-            raise ProtocolError("unexpected %s from the server (a server never sends it to a client, or we "
-                                "never asked for it)" % name)
+            raise ProtocolError(
+                "unexpected %s from the server (a server never sends it to a client, or we never asked for it)" % name
+            )
         if flags:
             raise ProtocolError("malformed %s: reserved flags 0x%X must be 0" % (name, flags))
         if kind == PINGRESP:
@@ -615,9 +745,18 @@ class Decoder:
                 return ConnAck(bool(ack & 1), code)
             props, p = _properties(buf, start + 2, end, "CONNACK")
             ra = props.get(0x25)
-            return ConnAck(bool(ack & 1), code, _opt_int(props, 0x21), _opt_int(props, 0x27),
-                           _opt_str(props, 0x12), _opt_str(props, 0x1F), _opt_int(props, 0x13),
-                           _opt_int(props, 0x11), _opt_int(props, 0x24), None if ra is None else bool(ra))
+            return ConnAck(
+                bool(ack & 1),
+                code,
+                _opt_int(props, 0x21),
+                _opt_int(props, 0x27),
+                _opt_str(props, 0x12),
+                _opt_str(props, 0x1F),
+                _opt_int(props, 0x13),
+                _opt_int(props, 0x11),
+                _opt_int(props, 0x24),
+                None if ra is None else bool(ra),
+            )
         if kind == SUBACK:
             if rl < 3:
                 raise ProtocolError("malformed SUBACK: %d bytes of body" % rl)

@@ -43,19 +43,29 @@ RESOLUTION_S = 0.001
 ORDER_SLACK_S = 0.5
 # A run still incomplete this long after its first chunk ends as missing_chunks.
 RUN_TIMEOUT_S = 60.0
-USED_NONCES = 16        # per device: a replayed run reuses one of these
-DONE_RUNS = 8           # finished runs per device waiting for their report
-NONCE_OWNERS = 65536    # recent nonces -> device, to spot another device's nonce
-MAX_DEVICES = 100_000   # tracked devices (least recently seen dropped first)
+USED_NONCES = 16  # per device: a replayed run reuses one of these
+DONE_RUNS = 8  # finished runs per device waiting for their report
+NONCE_OWNERS = 65536  # recent nonces -> device, to spot another device's nonce
+MAX_DEVICES = 100_000  # tracked devices (least recently seen dropped first)
 
 # Run outcomes (the `probe_runs.outcome` column and the runs metric).
 CHECKED = "checked"
 PENDING = "pending"  # only in probe_runs: the report came before its run was all read
-ABSENT = "absent"    # only in probe_runs: a probing device's report had no run after all
+ABSENT = "absent"  # only in probe_runs: a probing device's report had no run after all
 RUN_OUTCOMES = (CHECKED, "invalid_chunk", "missing_chunks", "out_of_order", "too_short", "unclaimed")
 # Reasons a chunk is dropped (the chunks metric).
-CHUNK_REASONS = ("oversize", "rate_limited", "malformed", "bad_topic", "unknown_device", "foreign_nonce",
-                 "replayed", "invalid_chunk", "missing_chunks", "out_of_order")
+CHUNK_REASONS = (
+    "oversize",
+    "rate_limited",
+    "malformed",
+    "bad_topic",
+    "unknown_device",
+    "foreign_nonce",
+    "replayed",
+    "invalid_chunk",
+    "missing_chunks",
+    "out_of_order",
+)
 
 
 _SHA256 = hashlib.sha256
@@ -105,19 +115,20 @@ class RunResult:
     """One finished run: what a report's attestation is built from."""
 
     seq: int
-    outcome: str             # CHECKED or a failure reason (RUN_OUTCOMES)
-    bw_up: int | None        # bytes/s, only when checked
-    bytes: int               # payload bytes of the run's valid chunks
-    chunks: int              # valid chunks
-    elapsed_us: int          # first to last arrival
-    last_at: float           # arrival of the last valid chunk
+    outcome: str  # CHECKED or a failure reason (RUN_OUTCOMES)
+    bw_up: int | None  # bytes/s, only when checked
+    bytes: int  # payload bytes of the run's valid chunks
+    chunks: int  # valid chunks
+    elapsed_us: int  # first to last arrival
+    last_at: float  # arrival of the last valid chunk
 
 
 def _ordered(result: RunResult, report_at: float) -> RunResult:
     """A checked run that ended more than ORDER_SLACK_S after its report arrived is out of order."""
     if result.outcome == CHECKED and result.last_at > report_at + ORDER_SLACK_S:
-        return RunResult(result.seq, "out_of_order", None, result.bytes, result.chunks, result.elapsed_us,
-                         result.last_at)
+        return RunResult(
+            result.seq, "out_of_order", None, result.bytes, result.chunks, result.elapsed_us, result.last_at
+        )
     return result
 
 
@@ -132,15 +143,16 @@ class _Run:
     bytes: int = 0
     after_first: int = 0
     failed: str | None = None
-    counted: bool = False       # its outcome is counted; its later chunks are refused as its reason
+    counted: bool = False  # its outcome is counted; its later chunks are refused as its reason
     claimed: tuple[int, float] | None = None  # (boot, report arrival) of a report that came mid-run
 
     def result(self, outcome: str | None = None) -> RunResult:
         elapsed = self.last_at - self.first_at
         complete = self.failed is None and self.next_index == self.count
         if outcome is None:
-            outcome = self.failed or (CHECKED if complete and self.count > 1 else
-                                      "too_short" if complete else "missing_chunks")
+            outcome = self.failed or (
+                CHECKED if complete and self.count > 1 else "too_short" if complete else "missing_chunks"
+            )
         rate = int(self.after_first / max(elapsed, RESOLUTION_S)) if outcome == CHECKED else None
         return RunResult(self.seq, outcome, rate, self.bytes, self.next_index, round(elapsed * 1e6), self.last_at)
 
@@ -148,7 +160,7 @@ class _Run:
 @dataclass(slots=True)
 class _Device:
     fleet: str
-    claimed_seq: int            # highest seq of an accepted report (-1: none)
+    claimed_seq: int  # highest seq of an accepted report (-1: none)
     tokens: float
     updated: float
     run: _Run | None = None
@@ -161,8 +173,13 @@ class _Device:
 class ProbeTracker:
     """Per-device probe runs, rate limits and counts.  Not thread-safe: callers lock."""
 
-    def __init__(self, rate_per_s: float = 100.0, burst: int = MAX_CHUNKS, max_chunk_bytes: int = MAX_CHUNK_BYTES,
-                 max_devices: int = MAX_DEVICES) -> None:
+    def __init__(
+        self,
+        rate_per_s: float = 100.0,
+        burst: int = MAX_CHUNKS,
+        max_chunk_bytes: int = MAX_CHUNK_BYTES,
+        max_devices: int = MAX_DEVICES,
+    ) -> None:
         self.rate = rate_per_s
         self.burst = burst
         self.max_chunk_bytes = max_chunk_bytes

@@ -33,9 +33,9 @@ from surge_protocol import topics
 
 log = logging.getLogger("surge.gateway.probes")
 
-FLUSH_S = 1.0           # counts to metrics and the database, runs swept, this often
-MAX_READS = 64         # socket reads timed before their chunks are checked
-RETRY_S = 10.0         # a resolved run waits this long for ingest to commit its pending row
+FLUSH_S = 1.0  # counts to metrics and the database, runs swept, this often
+MAX_READS = 64  # socket reads timed before their chunks are checked
+RETRY_S = 10.0  # a resolved run waits this long for ingest to commit its pending row
 UNKNOWN_CACHE = 10_000  # device ids found not enrolled, remembered until the registry changes
 
 
@@ -53,9 +53,18 @@ class ProbeListener:
         self.store: Store | None = None  # opened on the listener thread (one connection per thread)
         host, port, tls = cfg.broker_host_port()
         self.host, self.port = host, port
-        self.conn = Connection(host, port, cfg.client_id(gateway_id, "probe"), version=cfg.mqtt_version,
-                               username=cfg.username, password=cfg.password, tls=tls, ca_file=cfg.broker_ca,
-                               keepalive=30, clean_start=True)
+        self.conn = Connection(
+            host,
+            port,
+            cfg.client_id(gateway_id, "probe"),
+            version=cfg.mqtt_version,
+            username=cfg.username,
+            password=cfg.password,
+            tls=tls,
+            ca_file=cfg.broker_ca,
+            keepalive=30,
+            clean_start=True,
+        )
         # (first tried, device, boot, result) of resolved runs whose pending row was not there yet
         self.unstored: list[tuple[float, str, int, RunResult]] = []
         self.subscribed = threading.Event()
@@ -91,7 +100,8 @@ class ProbeListener:
                     cur = self.store.db.execute(
                         "UPDATE probe_runs SET outcome=?, bw_up=?, bytes=?, chunks=?, elapsed_us=? "
                         "WHERE device_id=? AND boot=? AND seq=? AND outcome='pending'",
-                        (r.outcome, r.bw_up, r.bytes, r.chunks, r.elapsed_us, dev, boot, r.seq))
+                        (r.outcome, r.bw_up, r.bytes, r.chunks, r.elapsed_us, dev, boot, r.seq),
+                    )
                     if cur.rowcount == 0 and now - first < RETRY_S:
                         self.unstored.append((first, dev, boot, r))
         except Exception as exc:  # the attestation then gives up waiting and counts the run out of order
@@ -108,8 +118,7 @@ class ProbeListener:
                 log.error("probe listener: %s; bandwidth is not measured until this is fixed", exc)
             except (MQTTError, OSError) as exc:
                 if self.subscribed.is_set():
-                    log.warning("probe listener lost the broker at %s:%d (%s); reconnecting",
-                                self.host, self.port, exc)
+                    log.warning("probe listener lost the broker at %s:%d (%s); reconnecting", self.host, self.port, exc)
             except Exception:  # a bug here must not take ingest down; runs in progress are lost
                 log.exception("probe listener failed; restarting it")
             finally:
@@ -212,6 +221,7 @@ class ProbeListener:
                 self.store.db.executemany(
                     "INSERT INTO probe_counts(fleet, kind, outcome, count) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(fleet, kind, outcome) DO UPDATE SET count=probe_counts.count+excluded.count",
-                    [(f, k, o, n) for (f, k, o), n in counts.items()])
+                    [(f, k, o, n) for (f, k, o), n in counts.items()],
+                )
         except Exception as exc:  # a full disk: metrics still have the counts; the status view misses them
             log.warning("cannot store probe counts: %s", exc)

@@ -24,8 +24,20 @@ BUNDLE_FORMAT = "surge-proof-bundle/1"
 # attestation of the report.  Written when the report has one; v1 bundles,
 # and v2 ones, both verify.
 BUNDLE_FORMAT_2 = "surge-proof-bundle/2"
-_V1_FIELDS = frozenset({"format", "report", "device", "public_key", "leaf_index", "tree_size", "proof", "batch",
-                        "chain", "gateway_signature"})
+_V1_FIELDS = frozenset(
+    {
+        "format",
+        "report",
+        "device",
+        "public_key",
+        "leaf_index",
+        "tree_size",
+        "proof",
+        "batch",
+        "chain",
+        "gateway_signature",
+    }
+)
 
 Publish = Callable[[str, bytes], None]
 
@@ -36,8 +48,13 @@ class BundleError(Exception):
 
 def anchor_fields(anchor: Anchor) -> dict[str, Any]:
     """Where a batch was anchored: the ``chain`` object of receipts and bundles."""
-    return {"chain_id": anchor.chain_id, "contract": anchor.contract, "gateway_address": anchor.gateway_address,
-            "tx_hash": anchor.tx_hash.hex() if anchor.tx_hash else None, "block_number": anchor.block_number}
+    return {
+        "chain_id": anchor.chain_id,
+        "contract": anchor.contract,
+        "gateway_address": anchor.gateway_address,
+        "tx_hash": anchor.tx_hash.hex() if anchor.tx_hash else None,
+        "block_number": anchor.block_number,
+    }
 
 
 def attestation_message(batch: Batch, chain: dict[str, Any]) -> bytes:
@@ -54,8 +71,9 @@ def canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def receipts(store: Store, batch: Batch, anchor: Anchor,
-             leaves: list[StoredReport] | None = None) -> Iterator[tuple[str, str, bytes]]:
+def receipts(
+    store: Store, batch: Batch, anchor: Anchor, leaves: list[StoredReport] | None = None
+) -> Iterator[tuple[str, str, bytes]]:
     """(device fleet, device id, receipt JSON) for every report of a confirmed batch, in leaf order.
 
     One receipt per report, so the text is put together from its parts: what
@@ -70,15 +88,33 @@ def receipts(store: Store, batch: Batch, anchor: Anchor,
     if tree.root != batch.root:
         raise RuntimeError("batch %d: stored reports do not hash to the recorded root" % batch.seq)
     devices = store.batch_devices(batch.seq)
-    shared = json.dumps({"root": batch.root.hex(), "gateway_id": batch.gateway_id, "chain": anchor_fields(anchor),
-                         "gateway_signature": anchor.attestation.hex() if anchor.attestation else None},
-                        separators=(",", ":"))
-    head = '{"v":1,"status":"confirmed","device":%s,"boot":%d,"seq":%d,"leaf_hash":"%s","batch_seq":' + \
-        str(batch.seq) + ',"leaf_index":%d,"tree_size":' + str(batch.size) + ',"proof":[%s],' + shared[1:].replace("%", "%%")
+    shared = json.dumps(
+        {
+            "root": batch.root.hex(),
+            "gateway_id": batch.gateway_id,
+            "chain": anchor_fields(anchor),
+            "gateway_signature": anchor.attestation.hex() if anchor.attestation else None,
+        },
+        separators=(",", ":"),
+    )
+    head = (
+        '{"v":1,"status":"confirmed","device":%s,"boot":%d,"seq":%d,"leaf_hash":"%s","batch_seq":'
+        + str(batch.seq)
+        + ',"leaf_index":%d,"tree_size":'
+        + str(batch.size)
+        + ',"proof":[%s],'
+        + shared[1:].replace("%", "%%")
+    )
     for rep, leaf, proof in zip(leaves, hashes, tree.proofs()):
         dev = devices.get(rep.device_id)
-        text = head % (json.dumps(rep.device_id), rep.boot, rep.seq, leaf.hex(), rep.leaf_index,
-                       ",".join(['"%s"' % p.hex() for p in proof]))
+        text = head % (
+            json.dumps(rep.device_id),
+            rep.boot,
+            rep.seq,
+            leaf.hex(),
+            rep.leaf_index,
+            ",".join(['"%s"' % p.hex() for p in proof]),
+        )
         yield dev[0] if dev else "unknown", rep.device_id, text.encode()
 
 
@@ -94,8 +130,9 @@ def batch_event(store: Store, batch: Batch, event: str, publish: Publish, anchor
         publish(topics.batches(fleet), json.dumps(dict(body, fleet_reports=n), separators=(",", ":")).encode())
 
 
-def publish_confirmed(store: Store, batch: Batch, anchor: Anchor, publish: Publish,
-                      leaves: list[StoredReport] | None = None) -> int:
+def publish_confirmed(
+    store: Store, batch: Batch, anchor: Anchor, publish: Publish, leaves: list[StoredReport] | None = None
+) -> int:
     """Send each device its receipt and the fleet a batch event; returns receipts sent."""
     n = 0
     for fleet, device_id, text in receipts(store, batch, anchor, leaves):
@@ -117,6 +154,7 @@ def build_bundle(store: Store, device_id: str, boot: int, seq: int) -> dict[str,
     if batch is None or anchor is None or anchor.tx_hash is None:
         raise BundleError("batch %d is not confirmed on chain yet" % rep.batch_seq)
     from gateway import rotation
+
     # The key that signed this report: the device's current one, or one it rotated
     # away from (protocol §3.1); the bundle names that key's id.
     public = rotation.key_for_kid(store, device_id, bytes(rep.cose[8:16]))
@@ -124,6 +162,7 @@ def build_bundle(store: Store, device_id: str, boot: int, seq: int) -> dict[str,
         raise BundleError("no key of device %s matches the report's kid" % device_id)
     tree = merkle.MerkleTree([merkle.leaf_hash(r.cose) for r in store.batch_leaves(batch.seq)])
     from gateway.attest import attested_json
+
     attested = attested_json(store, [rep.id]).get(rep.id)
     doc = {
         "format": BUNDLE_FORMAT if attested is None else BUNDLE_FORMAT_2,
@@ -144,6 +183,7 @@ def build_bundle(store: Store, device_id: str, boot: int, seq: int) -> dict[str,
 
 # -- strict parsing, shared by proof bundles, reward proofs and epoch files ----------
 
+
 def hex_field(doc: dict[str, Any], key: str, size: int | None, error: type[Exception]) -> bytes:
     """``doc[key]`` decoded from hex (of ``size`` bytes if given), else ``error`` naming the field."""
     try:
@@ -158,6 +198,7 @@ def hex_field(doc: dict[str, Any], key: str, size: int | None, error: type[Excep
 def strict_json(raw: bytes, error: type[Exception], name: str = "") -> Any:
     """JSON of UTF-8 ``raw``, refusing duplicate keys (two readers could see two documents):
     ``error`` says "duplicate field 'k'" or "<name> is not JSON: why"."""
+
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in items:
@@ -227,8 +268,7 @@ def verify_bundle(doc: Any) -> dict[str, Any]:
         raise BundleError("field 'chain' missing")
     signer = _recover(canonical({"batch": batch, "chain": chain}), _hex(doc, "gateway_signature", 65))
     if signer is None or signer.lower() != str(chain.get("gateway_address", "")).lower():
-        raise BundleError("gateway signature over the batch record and chain fields does not match "
-                          "gateway_address")
+        raise BundleError("gateway signature over the batch record and chain fields does not match gateway_address")
     extra = set(doc) - (_V1_FIELDS | {"attested"} if v2 else _V1_FIELDS)
     if extra:
         raise BundleError("unknown fields %s" % ", ".join(sorted(extra)))
@@ -236,15 +276,31 @@ def verify_bundle(doc: Any) -> dict[str, Any]:
     attested = None
     if v2:
         from gateway import attest
+
         try:
-            attested = attest.verify(doc.get("attested"), report, claims.get("bootcount"), claims.get("seq"),
-                                     str(chain.get("gateway_address", "")))
+            attested = attest.verify(
+                doc.get("attested"),
+                report,
+                claims.get("bootcount"),
+                claims.get("seq"),
+                str(chain.get("gateway_address", "")),
+            )
         except attest.AttestError as exc:
             raise BundleError(str(exc)) from None
-    return {"device": doc["device"], "boot": claims.get("bootcount"), "seq": claims.get("seq"),
-            "batch_seq": batch.get("batch_seq"), "root": root.hex(), "leaf_index": index, "tree_size": size,
-            "chain_id": chain["chain_id"], "contract": chain.get("contract"), "tx_hash": chain.get("tx_hash"),
-            "claimed": {k: claims.get(k) for k in ("bw_up", "storage_total")}, "attested": attested}
+    return {
+        "device": doc["device"],
+        "boot": claims.get("bootcount"),
+        "seq": claims.get("seq"),
+        "batch_seq": batch.get("batch_seq"),
+        "root": root.hex(),
+        "leaf_index": index,
+        "tree_size": size,
+        "chain_id": chain["chain_id"],
+        "contract": chain.get("contract"),
+        "tx_hash": chain.get("tx_hash"),
+        "claimed": {k: claims.get(k) for k in ("bw_up", "storage_total")},
+        "attested": attested,
+    }
 
 
 _recover = recover_signer  # gateway/attest.py's name for it
@@ -262,10 +318,12 @@ def check_on_chain(doc: dict[str, Any], rpc: str) -> None:
         w3 = Web3(HTTPProvider(rpc, request_kwargs={"timeout": 10}))
         if int(w3.eth.chain_id) != chain["chain_id"]:
             raise BundleError("RPC endpoint is chain %d, the bundle says %d" % (w3.eth.chain_id, chain["chain_id"]))
-        contract = w3.eth.contract(address=Web3.to_checksum_address(chain["contract"]),
-                                   abi=load_artifact("SurgeAnchor").abi)
-        onchain = bytes(contract.functions.rootOf(Web3.to_checksum_address(chain["gateway_address"]),
-                                                  batch["batch_seq"]).call())
+        contract = w3.eth.contract(
+            address=Web3.to_checksum_address(chain["contract"]), abi=load_artifact("SurgeAnchor").abi
+        )
+        onchain = bytes(
+            contract.functions.rootOf(Web3.to_checksum_address(chain["gateway_address"]), batch["batch_seq"]).call()
+        )
     except BundleError:
         raise
     except Exception as exc:

@@ -55,9 +55,19 @@ class _AfterSent:
 _HEAD = '{"v":1,"device":%s,"fleet":%s,"board":%s,"boot":%d,"seq":%d,"received_at":%d,"gap":%s,"claims":'
 
 
-def verified_body(device_id: str, fleet: str, board: str, boot: int, seq: int, received_at: float, gap: bool,
-                  claims: Mapping[Any, Any] | str, cose: bytes, batch: str | None,
-                  attested: str | None = None) -> bytes:
+def verified_body(
+    device_id: str,
+    fleet: str,
+    board: str,
+    boot: int,
+    seq: int,
+    received_at: float,
+    gap: bool,
+    claims: Mapping[Any, Any] | str,
+    cose: bytes,
+    batch: str | None,
+    attested: str | None = None,
+) -> bytes:
     """The integrator-facing JSON of one accepted report (docs/protocol.md §2.5).
 
     ``claims``: the report's claims, or their JSON text (``claims_json``) when already made.
@@ -66,11 +76,28 @@ def verified_body(device_id: str, fleet: str, board: str, boot: int, seq: int, r
     the gateway's attested object as JSON text (gateway/attest.py), or None
     when this report has none (the member is then left out, as before).
     """
-    return "".join((
-        _HEAD % (_jstr(device_id), _jstr(fleet), _jstr(board), boot, seq, round(received_at * 1000),
-                 "true" if gap else "false"),
-        claims if isinstance(claims, str) else claims_json(claims), ',"report":"', cose.hex(), '"', ',"attested":' + attested if attested else "",
-        ',"batch":', batch or "null", "}")).encode()
+    return "".join(
+        (
+            _HEAD
+            % (
+                _jstr(device_id),
+                _jstr(fleet),
+                _jstr(board),
+                boot,
+                seq,
+                round(received_at * 1000),
+                "true" if gap else "false",
+            ),
+            claims if isinstance(claims, str) else claims_json(claims),
+            ',"report":"',
+            cose.hex(),
+            '"',
+            ',"attested":' + attested if attested else "",
+            ',"batch":',
+            batch or "null",
+            "}",
+        )
+    ).encode()
 
 
 def claims_json(claims: Mapping[Any, Any]) -> str:
@@ -153,11 +180,23 @@ class ClaimsText:
         return text if text is not None else claims_json(claims_of(cose))
 
 
-def republish_anchored(store: Store, batch: Batch, anchor: Anchor, publish: Callable[[str, bytes], None],
-                       leaves: list[StoredReport] | None = None, texts: ClaimsText | None = None) -> None:
+def republish_anchored(
+    store: Store,
+    batch: Batch,
+    anchor: Anchor,
+    publish: Callable[[str, bytes], None],
+    leaves: list[StoredReport] | None = None,
+    texts: ClaimsText | None = None,
+) -> None:
     """Each report of a confirmed batch again on its verified topic, now with ``batch`` filled in."""
-    info = {"status": "confirmed", "batch_seq": batch.seq, "tree_size": batch.size, "root": batch.root.hex(),
-            "gateway_id": batch.gateway_id, **anchor_fields(anchor)}
+    info = {
+        "status": "confirmed",
+        "batch_seq": batch.seq,
+        "tree_size": batch.size,
+        "root": batch.root.hex(),
+        "gateway_id": batch.gateway_id,
+        **anchor_fields(anchor),
+    }
     # The batch object of every message: this, then the leaf index last.
     info_head = json.dumps(info, separators=(",", ":"))[:-1] + ',"leaf_index":'
     devices = store.batch_devices(batch.seq)  # one query, not one per leaf
@@ -171,10 +210,22 @@ def republish_anchored(store: Store, batch: Batch, anchor: Anchor, publish: Call
             continue
         fleet, board = dev
         # gap is reported on the first `verified` message only, as before.
-        publish(topics.topic(fleet, rep.device_id, "verified"),
-                verified_body(rep.device_id, fleet, board, rep.boot, rep.seq, rep.received_at, False,
-                              texts.take(rep.id, rep.cose), rep.cose, "%s%d}" % (info_head, rep.leaf_index),
-                              attested.get(rep.id)))
+        publish(
+            topics.topic(fleet, rep.device_id, "verified"),
+            verified_body(
+                rep.device_id,
+                fleet,
+                board,
+                rep.boot,
+                rep.seq,
+                rep.received_at,
+                False,
+                texts.take(rep.id, rep.cose),
+                rep.cose,
+                "%s%d}" % (info_head, rep.leaf_index),
+                attested.get(rep.id),
+            ),
+        )
 
 
 class Publisher:
@@ -191,9 +242,19 @@ class Publisher:
         # A client id of its own (the broker would otherwise drop the ingest
         # connection as a duplicate); same credentials, so the same ACL applies.
         # Persistent session, so what the broker acknowledged is not asked again.
-        self.conn = Connection(host, port, cfg.client_id(gateway_id, "pub"), version=cfg.mqtt_version,
-                               username=cfg.username, password=cfg.password, tls=tls, ca_file=cfg.broker_ca,
-                               keepalive=30, clean_start=False, session_expiry=SESSION_EXPIRY_S if v5 else 0)
+        self.conn = Connection(
+            host,
+            port,
+            cfg.client_id(gateway_id, "pub"),
+            version=cfg.mqtt_version,
+            username=cfg.username,
+            password=cfg.password,
+            tls=tls,
+            ca_file=cfg.broker_ca,
+            keepalive=30,
+            clean_start=False,
+            session_expiry=SESSION_EXPIRY_S if v5 else 0,
+        )
         # Built messages and after-sent markers, oldest first; survives reconnects.
         self.pending: collections.deque[Any] = collections.deque()
 
@@ -278,8 +339,13 @@ class Publisher:
                 if self.stopping.is_set():
                     return
                 if delays is None:
-                    log.warning("publisher lost the broker at %s:%d (%s); %d messages wait, reconnecting",
-                                self.host, self.port, exc, self.conn.unacked() + len(self.pending))
+                    log.warning(
+                        "publisher lost the broker at %s:%d (%s); %d messages wait, reconnecting",
+                        self.host,
+                        self.port,
+                        exc,
+                        self.conn.unacked() + len(self.pending),
+                    )
                     delays = backoff_delays(1, 30)
                 self.stopping.wait(next(delays))
 
@@ -298,8 +364,14 @@ def rejected_receipt(r: RejectedRow) -> tuple[str, bytes] | None:
     parts = r.topic.split("/")
     if r.reason == "rate_limited" or len(parts) != 5 or parts[4] != "report" or not r.payload:
         return None  # never answer floods, or topics that are not a device's report topic
-    body = {"v": 1, "status": "rejected", "device": parts[3], "reason": r.reason, "detail": r.detail,
-            "report_sha256": r.payload_sha256}
+    body = {
+        "v": 1,
+        "status": "rejected",
+        "device": parts[3],
+        "reason": r.reason,
+        "detail": r.detail,
+        "report_sha256": r.payload_sha256,
+    }
     return topics.topic(parts[2], parts[3], "receipt"), json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -308,8 +380,14 @@ class Tail:
 
     CHUNK = 2000
 
-    def __init__(self, store: Store, publisher: Publisher, republish: bool,
-                 attested_up_to: Callable[[], int] | None = None, texts: ClaimsText | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        publisher: Publisher,
+        republish: bool,
+        attested_up_to: Callable[[], int] | None = None,
+        texts: ClaimsText | None = None,
+    ) -> None:
         self.store = store
         self.texts = texts or ClaimsText(0)
         self.publisher = publisher
@@ -337,11 +415,27 @@ class Tail:
                 break
             attested = attested_json(self.store, [r[0] for r in rows])
             texts = self.texts
-            self.publisher.submit(lambda rows=rows, attested=attested: [  # type: ignore[misc]
-                (topics.topic(fleet, device, "verified"),
-                 verified_body(device, fleet, board, boot, seq, at, bool(gap), texts.get(rid, cose), cose, None,
-                               attested.get(rid)))
-                for rid, device, fleet, board, boot, seq, at, gap, cose in rows])
+            self.publisher.submit(
+                lambda rows=rows, attested=attested: [  # type: ignore[misc]
+                    (
+                        topics.topic(fleet, device, "verified"),
+                        verified_body(
+                            device,
+                            fleet,
+                            board,
+                            boot,
+                            seq,
+                            at,
+                            bool(gap),
+                            texts.get(rid, cose),
+                            cose,
+                            None,
+                            attested.get(rid),
+                        ),
+                    )
+                    for rid, device, fleet, board, boot, seq, at, gap, cose in rows
+                ]
+            )
             self.reports = rows[-1][0]
             self._advance("cursor:verified", self.reports)
             queued += len(rows)

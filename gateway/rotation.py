@@ -28,6 +28,7 @@ from gateway.store import Batch, Store
 
 log = logging.getLogger("surge.gateway.rotation")
 
+
 def announced_key(claims: Any) -> bytes | None:
     s = claims.get(C.SURGE) if isinstance(claims, dict) else None
     key = s.get(C.NEXT_PUBKEY) if isinstance(s, dict) else None
@@ -43,12 +44,17 @@ def note_announcements(store: Store, accepted: Iterable[Any]) -> None:
             continue
         try:
             with store._tx():
-                store.db.execute("UPDATE devices SET next_pubkey=? WHERE device_id=? AND revoked_at IS NULL",
-                                 (key, acc.device.device_id))
+                store.db.execute(
+                    "UPDATE devices SET next_pubkey=? WHERE device_id=? AND revoked_at IS NULL",
+                    (key, acc.device.device_id),
+                )
         except DB_ERRORS as exc:  # recorded again from the batch at confirmation
             log.warning("could not record the next key of %s now: %s", acc.device.device_id, exc)
-        log.info("device %s announced its next key %s (switch once this report is anchored)",
-                 acc.device.device_id, C.device_id(key))
+        log.info(
+            "device %s announced its next key %s (switch once this report is anchored)",
+            acc.device.device_id,
+            C.device_id(key),
+        )
 
 
 def apply_confirmed(store: Store, batch: Batch) -> list[str]:
@@ -56,9 +62,14 @@ def apply_confirmed(store: Store, batch: Batch) -> list[str]:
     switched: list[str] = []
     # Only devices with an announcement on record can switch; most batches have
     # none, and then no leaf needs decoding (this runs at every confirmation).
-    pending = {r[0] for r in store.db.execute(
-        "SELECT DISTINCT r.device_id FROM reports r JOIN devices d ON d.device_id = r.device_id "
-        "WHERE r.batch_seq = ? AND d.next_pubkey IS NOT NULL", (batch.seq,))}
+    pending = {
+        r[0]
+        for r in store.db.execute(
+            "SELECT DISTINCT r.device_id FROM reports r JOIN devices d ON d.device_id = r.device_id "
+            "WHERE r.batch_seq = ? AND d.next_pubkey IS NOT NULL",
+            (batch.seq,),
+        )
+    }
     if not pending:
         return switched
     for rep in store.batch_leaves(batch.seq):
@@ -78,17 +89,28 @@ def apply_confirmed(store: Store, batch: Batch) -> list[str]:
             continue  # already switched (applied before), or announced under a key since retired
         try:
             with store._tx():
-                store.db.execute("INSERT INTO device_keys(device_id, pubkey, retired_at, batch_seq) "
-                                 "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (dev.device_id, dev.pubkey, time.time(), batch.seq))
-                store.db.execute("UPDATE devices SET pubkey=?, next_pubkey=NULL WHERE device_id=?",
-                                 (key, dev.device_id))
+                store.db.execute(
+                    "INSERT INTO device_keys(device_id, pubkey, retired_at, batch_seq) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (dev.device_id, dev.pubkey, time.time(), batch.seq),
+                )
+                store.db.execute(
+                    "UPDATE devices SET pubkey=?, next_pubkey=NULL WHERE device_id=?", (key, dev.device_id)
+                )
                 store.bump_registry()
         except INTEGRITY_ERRORS:
-            log.error("device %s announced key %s, which another device uses; keeping its current key",
-                      dev.device_id, C.device_id(key))
+            log.error(
+                "device %s announced key %s, which another device uses; keeping its current key",
+                dev.device_id,
+                C.device_id(key),
+            )
             continue
-        log.info("device %s switched to its next key %s (announcement anchored in batch %d)",
-                 dev.device_id, C.device_id(key), batch.seq)
+        log.info(
+            "device %s switched to its next key %s (announcement anchored in batch %d)",
+            dev.device_id,
+            C.device_id(key),
+            batch.seq,
+        )
         switched.append(dev.device_id)
     return switched
 

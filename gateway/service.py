@@ -71,8 +71,13 @@ def open_gateway_chain(cfg: GatewayConfig, store: Store) -> Web3Chain:
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, chain: ChainBackend | None = None, log_json: bool = False,
-                 block_clock: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        chain: ChainBackend | None = None,
+        log_json: bool = False,
+        block_clock: Callable[[int], None] | None = None,
+    ) -> None:
         """``chain``: the backend to anchor on (default: the one ``cfg`` names); ``block_clock(n)``
         makes n blocks on a chain that makes none by itself (the in-process chain, whose
         ``mine`` is used when ``cfg.chain`` is "memory" and no ``chain`` is given)."""
@@ -92,16 +97,20 @@ class Gateway:
             self.block_clock = block_clock
             if self.cluster:
                 # The in-process chain makes a fresh key per process: only the id can be shared.
-                cluster.check_identity(self.store, self.gateway_id,
-                                       None if cfg.chain == "memory" else self.chain.gateway_address)
+                cluster.check_identity(
+                    self.store, self.gateway_id, None if cfg.chain == "memory" else self.chain.gateway_address
+                )
                 if cfg.chain == "memory":
-                    log.warning("the in-process chain (chain = memory) is this gateway's own: fine for one "
-                                "gateway on PostgreSQL, but a cluster's gateways must share a JSON-RPC chain "
-                                "for another to take over the anchoring")
+                    log.warning(
+                        "the in-process chain (chain = memory) is this gateway's own: fine for one "
+                        "gateway on PostgreSQL, but a cluster's gateways must share a JSON-RPC chain "
+                        "for another to take over the anchoring"
+                    )
             self._build_pipeline_stages()
             self.rewards = None  # reward epochs: closing and settlement (gateway/rewards/stage.py)
             if cfg.rewards is not None:
                 from gateway.rewards.stage import RewardsStage
+
                 self.rewards = RewardsStage(cfg, self.gateway_id, self.chain, self._publish, self.metrics.registry)
         self.leadership = Leadership(cfg.db, cfg.node)  # cluster: refused if another member has this node name
         self.leading = False  # cluster: the pipeline below runs only while this gateway holds the lock
@@ -119,6 +128,7 @@ class Gateway:
         self.audit_count = None
         if cfg.storage_audit:
             from gateway.metrics import StorageAuditMetrics
+
             self.audit_count = StorageAuditMetrics(self.metrics.registry).count
             if not self.cluster:
                 self.audit = AuditStage(cfg, self.gateway_id, self.audit_count)
@@ -131,14 +141,25 @@ class Gateway:
         # Each accepted report is attested (signed by the chain key) before its
         # `verified` message goes out (gateway/attest.py).
         self.texts = ClaimsText() if cfg.republish else None
-        self.attest = AttestStage(Store(cfg.db), self.gateway_id, self.chain.gateway_address, self.chain.attest,
-                                  on_claims=self.texts.put if self.texts else None)
+        self.attest = AttestStage(
+            Store(cfg.db),
+            self.gateway_id,
+            self.chain.gateway_address,
+            self.chain.attest,
+            on_claims=self.texts.put if self.texts else None,
+        )
         self.tail = Tail(Store(cfg.db), self.publisher, cfg.republish, lambda: self.attest.cursor, self.texts)
-        self.batcher = Batcher(Store(cfg.db), self.gateway_id, cfg.batch_size, cfg.batch_seconds,
-                               cfg.batch_max)
+        self.batcher = Batcher(Store(cfg.db), self.gateway_id, cfg.batch_size, cfg.batch_seconds, cfg.batch_max)
         self.anchor_store = Store(cfg.db)
-        self.anchorer = Anchorer(self.anchor_store, self.chain, cfg.confirmations, self.metrics, self._confirmed,
-                                 self._reorged, drop_after_s=cfg.anchor_timeout_s)
+        self.anchorer = Anchorer(
+            self.anchor_store,
+            self.chain,
+            cfg.confirmations,
+            self.metrics,
+            self._confirmed,
+            self._reorged,
+            drop_after_s=cfg.anchor_timeout_s,
+        )
 
     def _close_pipeline_stages(self) -> None:
         for store in (self.attest.store, self.tail.store, self.batcher.store, self.anchor_store):
@@ -157,6 +178,7 @@ class Gateway:
             self._build_pipeline_stages()
             if self.rewards is not None:
                 from gateway.rewards.stage import RewardsStage
+
                 old = self.rewards
                 old.store.close()
                 self.rewards = RewardsStage(self.cfg, self.gateway_id, self.chain, self._publish)
@@ -180,6 +202,7 @@ class Gateway:
 
     def _confirmed(self, batch: Batch, anchor: Anchor) -> None:
         from gateway import rotation
+
         rotation.apply_confirmed(self.anchor_store, batch)  # key rotation, protocol §3.1
         leaves = self.anchor_store.batch_leaves(batch.seq)  # read once for receipts and republishing
         sent = receipts.publish_confirmed(self.anchor_store, batch, anchor, self._publish, leaves)
@@ -203,10 +226,18 @@ class Gateway:
     def start(self) -> None:
         if self.cfg.metrics_port:
             self.metrics.serve(self.cfg.metrics_port)
-        log.info("gateway %s: broker %s, db %s, chain %s (id %d, contract %s), batches of %d or %.0f s, "
-                 "%d confirmations", self.gateway_id, self.cfg.broker, self.cfg.db, getattr(self.chain, "endpoint", "?"),
-                 self.chain.chain_id, self.chain.contract_address, self.cfg.batch_size, self.cfg.batch_seconds,
-                 self.cfg.confirmations)
+        log.info(
+            "gateway %s: broker %s, db %s, chain %s (id %d, contract %s), batches of %d or %.0f s, %d confirmations",
+            self.gateway_id,
+            self.cfg.broker,
+            self.cfg.db,
+            getattr(self.chain, "endpoint", "?"),
+            self.chain.chain_id,
+            self.chain.contract_address,
+            self.cfg.batch_size,
+            self.cfg.batch_seconds,
+            self.cfg.confirmations,
+        )
         self.ingest.start()
         if self.cfg.pipeline_nice:
             # Ingest acknowledges first; this thread, and the publisher thread it
@@ -262,10 +293,15 @@ class Gateway:
         # cycle (or the chain stalls): say so once per episode, with the remedy.
         if waiting >= BACKLOG_WARN_BATCHES and not self.behind:
             self.behind = True
-            log.warning("anchoring falls behind: %d closed batches wait for the chain (one is anchored at a time, "
-                        "each waits for %d confirmations, each already holds batch_max = %d reports); if this "
-                        "lasts, raise batch_max so that each anchor carries more reports, or check the chain's "
-                        "block rate", waiting, self.cfg.confirmations, self.batcher.batch_max)
+            log.warning(
+                "anchoring falls behind: %d closed batches wait for the chain (one is anchored at a time, "
+                "each waits for %d confirmations, each already holds batch_max = %d reports); if this "
+                "lasts, raise batch_max so that each anchor carries more reports, or check the chain's "
+                "block rate",
+                waiting,
+                self.cfg.confirmations,
+                self.batcher.batch_max,
+            )
         elif waiting <= 1 and self.behind:
             self.behind = False
             log.info("anchoring caught up")
@@ -284,8 +320,10 @@ class Gateway:
                     if deadline is not None and time.monotonic() >= deadline:
                         break
                     if self.ingest.exited.is_set() and not self.ingest.stopping and not self.stop_event.is_set():
-                        log.error("the ingest process exited (%s); stopping the gateway (its supervisor "
-                                  "restarts it)", self.ingest.returncode)
+                        log.error(
+                            "the ingest process exited (%s); stopping the gateway (its supervisor restarts it)",
+                            self.ingest.returncode,
+                        )
                         self.exit_code = 1
                         break
                     continue
@@ -306,8 +344,10 @@ class Gateway:
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if self.ingest.exited.is_set() and not self.ingest.stopping and not self.stop_event.is_set():
-                log.error("the ingest process exited (%s); stopping the gateway (its supervisor restarts it)",
-                          self.ingest.returncode)
+                log.error(
+                    "the ingest process exited (%s); stopping the gateway (its supervisor restarts it)",
+                    self.ingest.returncode,
+                )
                 self.exit_code = 1
                 break
             self.stop_event.wait(TICK_S)
@@ -336,24 +376,36 @@ def status(store: Store) -> dict[str, Any]:
     by_state = store.batch_state_counts()
     last = store.last_batch()
     a = store.last_confirmed_anchor()
-    last_anchor = None if a is None else {
-        "batch_seq": a.batch_seq, "tx_hash": a.tx_hash.hex() if a.tx_hash else None,
-        "block_number": a.block_number, "chain_id": a.chain_id, "contract": a.contract}
+    last_anchor = (
+        None
+        if a is None
+        else {
+            "batch_seq": a.batch_seq,
+            "tx_hash": a.tx_hash.hex() if a.tx_hash else None,
+            "block_number": a.block_number,
+            "chain_id": a.chain_id,
+            "contract": a.contract,
+        }
+    )
     return {
         "db": store.path_for_humans(),
         "gateway_id": store.meta("gateway_id"),
-        "devices": {"enrolled": len(devices), "active": sum(1 for d in devices if d.active),
-                    "revoked": sum(1 for d in devices if not d.active)},
+        "devices": {
+            "enrolled": len(devices),
+            "active": sum(1 for d in devices if d.active),
+            "revoked": sum(1 for d in devices if not d.active),
+        },
         "reports": {"accepted": store.report_count(), "unbatched": store.unbatched_count()},
         "rejections": store.rejection_counts(),
-        "batches": {"total": sum(by_state.values()), "by_state": by_state,
-                    "last": last.record() if last else None},
+        "batches": {"total": sum(by_state.values()), "by_state": by_state, "last": last.record() if last else None},
         "last_confirmed_anchor": last_anchor,
         "attestations": attestation_counts(store),
         "probes": probe_counts(store),
         "storage_audit": _storage_audit_counts(store),
-        "recent_rejections": [{"at": r.at, "device": r.device_id, "reason": r.reason, "detail": r.detail}
-                              for r in store.recent_rejections(10)],
+        "recent_rejections": [
+            {"at": r.at, "device": r.device_id, "reason": r.reason, "detail": r.detail}
+            for r in store.recent_rejections(10)
+        ],
         "pid": os.getpid(),
     }
 
@@ -361,4 +413,5 @@ def status(store: Store) -> dict[str, Any]:
 def _storage_audit_counts(store: Store) -> dict[str, dict[str, int]]:
     """Storage audit outcomes per fleet (gateway/storage_audit, docs/operators.md)."""
     from gateway.storage_audit.ledger import Ledger
+
     return Ledger(store).counts()

@@ -62,8 +62,9 @@ def parse_source(value: str) -> list[str]:
 
 def declare_reports_queue(channel: Any, quorum_size: int = QUORUM_SIZE) -> None:
     """The replicated reports queue and its bindings; idempotent (same arguments every time)."""
-    channel.queue_declare(REPORTS_QUEUE, durable=True,
-                          arguments={"x-queue-type": "quorum", "x-quorum-initial-group-size": quorum_size})
+    channel.queue_declare(
+        REPORTS_QUEUE, durable=True, arguments={"x-queue-type": "quorum", "x-quorum-initial-group-size": quorum_size}
+    )
     for key in REPORT_BINDINGS:
         channel.queue_bind(REPORTS_QUEUE, "amq.topic", routing_key=key)
 
@@ -106,15 +107,17 @@ class AmqpSource:
             self.channel.basic_consume(REPORTS_QUEUE, self._on_message, auto_ack=False)
         except pika.exceptions.AMQPError as exc:
             self.close()
-            raise SourceError("cannot consume %s from %s: %s" % (REPORTS_QUEUE, ", ".join(self.urls),
-                                                                 _why(exc))) from None
+            raise SourceError(
+                "cannot consume %s from %s: %s" % (REPORTS_QUEUE, ", ".join(self.urls), _why(exc))
+            ) from None
         # Which node answered, for the log (pika keeps it on the connection it wraps).
         used: Any = getattr(getattr(self.conn, "_impl", None), "params", None)
         self.node = "%s:%s" % (used.host, used.port) if used is not None else ", ".join(self.urls)
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        self._got.append(Incoming(topic_of(method.routing_key), body, 1, False, bool(method.redelivered),
-                                  int(method.delivery_tag)))
+        self._got.append(
+            Incoming(topic_of(method.routing_key), body, 1, False, bool(method.redelivered), int(method.delivery_tag))
+        )
 
     def poll(self, timeout: float) -> list[Incoming]:
         """What arrived within ``timeout`` s (packet_id is the delivery tag)."""
@@ -134,8 +137,7 @@ class AmqpSource:
             self.channel.basic_ack(delivery_tag=max(tags), multiple=True)
         except pika.exceptions.AMQPError as exc:
             # Not acknowledged: RabbitMQ delivers them again, dedup makes them duplicates.
-            raise SourceError("lost the report queue at %s before acknowledging: %s" % (self.node, _why(exc))) \
-                from None
+            raise SourceError("lost the report queue at %s before acknowledging: %s" % (self.node, _why(exc))) from None
 
     def close(self) -> None:
         conn, self.conn, self.channel = self.conn, None, None

@@ -24,7 +24,7 @@ DEFAULT_MAX_BYTES = C.MAX_REPORT_BYTES
 DEFAULT_FUTURE_SKEW_S = 300.0
 # Reports replayed from a device's outbox can be old; older than this is refused.
 DEFAULT_MAX_AGE_S = 30 * 86400.0
-UINT64_MAX = 2 ** 64 - 1
+UINT64_MAX = 2**64 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,17 +87,25 @@ def check_envelope(data: bytes) -> Envelope | Rejection:
 def check_device(env: Envelope, topic_device: str, lookup: Callable[[str], Device | None]) -> Device | Rejection:
     device = lookup(topic_device)
     if device is None:
-        return Rejection("unknown_device", "device %s is not enrolled; enroll it with "
-                         "`surge gateway enroll`" % topic_device, topic_device)
+        return Rejection(
+            "unknown_device",
+            "device %s is not enrolled; enroll it with `surge gateway enroll`" % topic_device,
+            topic_device,
+        )
     if not device.active:
         return Rejection("revoked_device", "device %s was revoked" % topic_device, topic_device)
     # The kid names the device's current key: its enrolled one, or the one it
     # rotated to (protocol §3.1), while the device id (topic, broker user) stays.
     current = C.kid(device.pubkey)
     if env.kid != current:
-        why = ("the key with kid %s is retired: device %s rotated to kid %s" % (env.kid.hex(), topic_device,
-               current.hex())) if env.kid is not None and env.kid.hex() == device.device_id else (
-            "kid %s is not the current key of device %s" % (env.kid.hex() if env.kid else None, topic_device))
+        why = (
+            (
+                "the key with kid %s is retired: device %s rotated to kid %s"
+                % (env.kid.hex(), topic_device, current.hex())
+            )
+            if env.kid is not None and env.kid.hex() == device.device_id
+            else ("kid %s is not the current key of device %s" % (env.kid.hex() if env.kid else None, topic_device))
+        )
         return Rejection("kid_mismatch", why, topic_device)
     return device
 
@@ -105,8 +113,9 @@ def check_device(env: Envelope, topic_device: str, lookup: Callable[[str], Devic
 def check_signature(env: Envelope, device: Device) -> Rejection | None:
     if envelope.verify(env, device.pubkey):
         return None
-    return Rejection("bad_signature", "signature does not verify with the enrolled key of %s"
-                     % device.device_id, device.device_id)
+    return Rejection(
+        "bad_signature", "signature does not verify with the enrolled key of %s" % device.device_id, device.device_id
+    )
 
 
 def _uint(v: Any) -> bool:
@@ -118,6 +127,7 @@ _OPTIONAL_UINTS = (C.STORAGE_TOTAL, C.STORAGE_FREE, C.NET_RX, C.NET_TX, C.BW_UP,
 
 def check_claims(claims: Mapping[Any, Any], device_id: str) -> tuple[int, int, dict[Any, Any]] | Rejection:
     """(bootcount, seq, surge map) when the claims follow the v1 schema."""
+
     def bad(detail: str) -> Rejection:
         return Rejection("bad_claims", detail, device_id)
 
@@ -140,14 +150,14 @@ def check_claims(claims: Mapping[Any, Any], device_id: str) -> tuple[int, int, d
     for key in _OPTIONAL_UINTS:
         if key in s and not _uint(s[key]):
             return bad("%s is not an unsigned integer" % C.SURGE_NAMES[key])
-    if C.RSSI in s and not (isinstance(s[C.RSSI], int) and not isinstance(s[C.RSSI], bool)
-                            and -150 <= s[C.RSSI] <= 0):
+    if C.RSSI in s and not (isinstance(s[C.RSSI], int) and not isinstance(s[C.RSSI], bool) and -150 <= s[C.RSSI] <= 0):
         return bad("rssi must be an integer dBm between -150 and 0")
     if C.PREV in s and not (isinstance(s[C.PREV], bytes) and len(s[C.PREV]) == C.PREV_BYTES):
         return bad("prev must be %d bytes" % C.PREV_BYTES)
     errors = s.get(C.ERRORS)
-    if errors is not None and not (isinstance(errors, dict)
-                                   and all(isinstance(k, str) and isinstance(v, str) for k, v in errors.items())):
+    if errors is not None and not (
+        isinstance(errors, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in errors.items())
+    ):
         return bad("errors must map probe names to text")
     if s[C.INTERVAL] == 0:
         return bad("interval must be positive")
@@ -168,8 +178,7 @@ _OPTIONAL_TYPES: tuple[tuple[int, str, Callable[[Any], bool]], ...] = (
     (C.UEID, "ueid must be 7..33 bytes", lambda v: _bstr(v, 7, 33)),
     (C.HWMODEL, "hwmodel must be 1..32 bytes", lambda v: _bstr(v, 1, 32)),
     (C.SWNAME, "swname must be text", lambda v: isinstance(v, str)),
-    (C.SWVERSION, "swversion must be [text]", lambda v: isinstance(v, list) and len(v) == 1
-     and isinstance(v[0], str)),
+    (C.SWVERSION, "swversion must be [text]", lambda v: isinstance(v, list) and len(v) == 1 and isinstance(v[0], str)),
 )
 
 
@@ -190,8 +199,12 @@ def check_clock(claims: Mapping[Any, Any], now: float, limits: Limits, device_id
     if iat is None:
         return None
     if iat > now + limits.future_skew_s:
-        return Rejection("clock_skew", "iat %d is %.0f s in the future (limit %.0f s); fix the device clock"
-                         % (iat, iat - now, limits.future_skew_s), device_id)
+        return Rejection(
+            "clock_skew",
+            "iat %d is %.0f s in the future (limit %.0f s); fix the device clock"
+            % (iat, iat - now, limits.future_skew_s),
+            device_id,
+        )
     if iat < now - limits.max_age_s:
         return Rejection("clock_skew", "iat %d is older than %.0f days" % (iat, limits.max_age_s / 86400), device_id)
     return None
@@ -204,13 +217,18 @@ def check_plausible(s: Mapping[Any, Any], board: BoardProfile | None, device_id:
         return Rejection("implausible", "storage_free %d exceeds storage_total %d" % (free, total), device_id)
     if board is None:
         return None
-    for key, limit in ((C.STORAGE_TOTAL, board.max_storage_bytes),
-                       (C.BW_UP, board.max_bw_up_bytes_per_s),
-                       (C.BW_DOWN, board.max_bw_down_bytes_per_s)):
+    for key, limit in (
+        (C.STORAGE_TOTAL, board.max_storage_bytes),
+        (C.BW_UP, board.max_bw_up_bytes_per_s),
+        (C.BW_DOWN, board.max_bw_down_bytes_per_s),
+    ):
         value = s.get(key)
         if value is not None and value > limit:
-            return Rejection("implausible", "%s %d exceeds what a %s can offer (%d)"
-                             % (C.SURGE_NAMES[key], value, board.name, limit), device_id)
+            return Rejection(
+                "implausible",
+                "%s %d exceeds what a %s can offer (%d)" % (C.SURGE_NAMES[key], value, board.name, limit),
+                device_id,
+            )
     return None
 
 
@@ -218,9 +236,16 @@ def check_plausible(s: Mapping[Any, Any], board: BoardProfile | None, device_id:
 Around = Callable[[str, int], Mapping[int, bytes]]
 
 
-def check_sequence(device_id: str, boot: int, seq: int, s: Mapping[Any, Any], cose: bytes,
-                   state: DeviceState | None, seen: Callable[[str, int, int], bytes | None],
-                   around: Around | None = None) -> tuple[bool, str] | Duplicate | Rejection:
+def check_sequence(
+    device_id: str,
+    boot: int,
+    seq: int,
+    s: Mapping[Any, Any],
+    cose: bytes,
+    state: DeviceState | None,
+    seen: Callable[[str, int, int], bytes | None],
+    around: Around | None = None,
+) -> tuple[bool, str] | Duplicate | Rejection:
     """(gap, why) for a new report, Duplicate for a resend, Rejection for a replay.
 
     ``around``: lets a late report (seq below the highest accepted, never
@@ -232,8 +257,9 @@ def check_sequence(device_id: str, boot: int, seq: int, s: Mapping[Any, Any], co
         if previous == cose:
             return Duplicate(device_id, boot, seq)
         if previous is not None:
-            return Rejection("replay", "a different report for boot %d seq %d was already accepted"
-                             % (boot, seq), device_id)
+            return Rejection(
+                "replay", "a different report for boot %d seq %d was already accepted" % (boot, seq), device_id
+            )
         if around is None:
             return Rejection("replay", "seq %d is not above the last accepted seq %d" % (seq, state.seq), device_id)
         return check_late(device_id, boot, seq, s, cose, state, around)
@@ -249,8 +275,9 @@ def check_sequence(device_id: str, boot: int, seq: int, s: Mapping[Any, Any], co
     return False, ""
 
 
-def check_late(device_id: str, boot: int, seq: int, s: Mapping[Any, Any], cose: bytes, state: DeviceState,
-               around: Around) -> tuple[bool, str] | Rejection:
+def check_late(
+    device_id: str, boot: int, seq: int, s: Mapping[Any, Any], cose: bytes, state: DeviceState, around: Around
+) -> tuple[bool, str] | Rejection:
     """A report below the highest accepted seq that was never accepted (docs/protocol.md §5).
 
     Why it can be genuine: several gateways consume one queue (or one shared
@@ -265,8 +292,12 @@ def check_late(device_id: str, boot: int, seq: int, s: Mapping[Any, Any], cose: 
     predecessor not seen yet, is a gap, as for any other report.
     """
     if boot > state.boot:
-        return Rejection("replay", "seq %d under bootcount %d is below the last accepted seq %d of bootcount %d"
-                         % (seq, boot, state.seq, state.boot), device_id)
+        return Rejection(
+            "replay",
+            "seq %d under bootcount %d is below the last accepted seq %d of bootcount %d"
+            % (seq, boot, state.seq, state.boot),
+            device_id,
+        )
     near = around(device_id, seq)
     if seq in near:
         return Rejection("replay", "a different report with seq %d was already accepted" % seq, device_id)
@@ -278,8 +309,11 @@ def check_late(device_id: str, boot: int, seq: int, s: Mapping[Any, Any], cose: 
         except COSEError:  # stored bytes were verified once; unreadable now means a damaged store
             successor_prev = None
         if successor_prev != C.prev_hash(cose):
-            return Rejection("replay", "seq %d is not the report the accepted seq %d follows (its prev differs)"
-                             % (seq, seq + 1), device_id)
+            return Rejection(
+                "replay",
+                "seq %d is not the report the accepted seq %d follows (its prev differs)" % (seq, seq + 1),
+                device_id,
+            )
     if seq == 0:
         return False, ""
     predecessor = near.get(seq - 1)
@@ -293,11 +327,15 @@ def check_late(device_id: str, boot: int, seq: int, s: Mapping[Any, Any], cose: 
 class Verifier:
     """Runs the checks in order for one message; keeps no state of its own."""
 
-    def __init__(self, lookup: Callable[[str], Device | None],
-                 state: Callable[[str], DeviceState | None],
-                 seen: Callable[[str, int, int], bytes | None],
-                 board: Callable[[str], BoardProfile | None],
-                 limits: Limits = Limits(), around: Around | None = None) -> None:
+    def __init__(
+        self,
+        lookup: Callable[[str], Device | None],
+        state: Callable[[str], DeviceState | None],
+        seen: Callable[[str, int, int], bytes | None],
+        board: Callable[[str], BoardProfile | None],
+        limits: Limits = Limits(),
+        around: Around | None = None,
+    ) -> None:
         self.around = around
         self.lookup = lookup
         self.state = state
@@ -322,8 +360,9 @@ class Verifier:
         if isinstance(parsed, Rejection):
             return parsed
         boot, seq, s = parsed
-        seqcheck = check_sequence(device.device_id, boot, seq, s, data, self.state(device.device_id), self.seen,
-                                  self.around)
+        seqcheck = check_sequence(
+            device.device_id, boot, seq, s, data, self.state(device.device_id), self.seen, self.around
+        )
         if isinstance(seqcheck, (Duplicate, Rejection)):
             return seqcheck
         r = check_clock(env.claims, now, self.limits, device.device_id)

@@ -102,9 +102,7 @@ def verify_inclusion(
     return computed is not None and len(root) == HASH_SIZE and computed == root
 
 
-def _root_from_proof(
-    leaf: bytes, index: int, tree_size: int, proof: Sequence[bytes]
-) -> bytes | None:
+def _root_from_proof(leaf: bytes, index: int, tree_size: int, proof: Sequence[bytes]) -> bytes | None:
     """The root a proof implies, or None where RFC 9162 says to fail."""
     index = _as_index(index)
     tree_size = _as_index(tree_size)

@@ -59,10 +59,19 @@ class Mosquitto:
             "max_queued_messages 100000\n"
             "log_dest file %s\n"
             "%s"
-            "%s\n" % (user, self.port, self.workdir, self.log,
-                       "set_tcp_nodelay true\n" if self.nodelay else "", self.extra_conf))
-        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            "%s\n"
+            % (
+                user,
+                self.port,
+                self.workdir,
+                self.log,
+                "set_tcp_nodelay true\n" if self.nodelay else "",
+                self.extra_conf,
+            )
+        )
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -39,7 +39,11 @@ def npm_ci() -> None:
     npm = require_npm()
     proc = subprocess.run(
         [npm, "ci", "--no-audit", "--no-fund"],
-        cwd=ROOT, env=node_env(), capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=node_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if proc.returncode != 0:
         pytest.fail(f"npm ci failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")

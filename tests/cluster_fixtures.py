@@ -30,8 +30,9 @@ def _ensure_rabbitmq() -> str | None:
     if rabbitmq.server_binary() and rabbitmq.ctl_binary():
         return None
     if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "-q", "rabbitmq-server"], capture_output=True, timeout=600,
-                       check=False)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "rabbitmq-server"], capture_output=True, timeout=600, check=False
+        )
         if rabbitmq.server_binary() and rabbitmq.ctl_binary():
             return None
         return "rabbitmq-server is not installed and `apt-get install rabbitmq-server` failed"
@@ -61,28 +62,58 @@ def enroll_all(db: Path, devices: list[Device]) -> None:
         store.close()
 
 
-def start_cluster_gateway(db: Path, cluster: rabbitmq.RabbitCluster, mqtt_node: int, source_nodes: list[int],
-                          *extra: str) -> subprocess.Popen[str]:
+def start_cluster_gateway(
+    db: Path, cluster: rabbitmq.RabbitCluster, mqtt_node: int, source_nodes: list[int], *extra: str
+) -> subprocess.Popen[str]:
     """`surge gateway run` with --source on the given nodes' AMQP ports, MQTT through ``mqtt_node``."""
     log = open(db.with_suffix(".log"), "a")
     source = ",".join(cluster.nodes[i - 1].amqp_url for i in source_nodes)
     return subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "gateway", "run", "--broker", cluster.nodes[mqtt_node - 1].mqtt_url,
-         "--mqtt-version", "3.1.1", "--source", source, "--db", str(db), "--batch-size", "50",
-         "--batch-seconds", "1", "--rate-limit", "1000", "--rate-burst", "1000", *extra],
-        stdout=log, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "gateway",
+            "run",
+            "--broker",
+            cluster.nodes[mqtt_node - 1].mqtt_url,
+            "--mqtt-version",
+            "3.1.1",
+            "--source",
+            source,
+            "--db",
+            str(db),
+            "--batch-size",
+            "50",
+            "--batch-seconds",
+            "1",
+            "--rate-limit",
+            "1000",
+            "--rate-burst",
+            "1000",
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 class Fleet:
     """Devices with signed report chains, one failover publisher each, spread over the cluster's nodes."""
 
-    def __init__(self, cluster: rabbitmq.RabbitCluster, devices: int, reports: int, window: int = 10,
-                 pause_s: float = 0.0) -> None:
+    def __init__(
+        self, cluster: rabbitmq.RabbitCluster, devices: int, reports: int, window: int = 10, pause_s: float = 0.0
+    ) -> None:
         self.devices = [Device(fleet="cluster") for _ in range(devices)]
         self.reports = [[(d.topic, d.report()) for _ in range(reports)] for d in self.devices]
         self.stop = threading.Event()
-        self.pubs = [FailoverPublisher(cluster.mqtt_ports, k, "dev-%s" % d.id[:16], self.reports[k], self.stop,
-                                       window=window, pause_s=pause_s) for k, d in enumerate(self.devices)]
+        self.pubs = [
+            FailoverPublisher(
+                cluster.mqtt_ports, k, "dev-%s" % d.id[:16], self.reports[k], self.stop, window=window, pause_s=pause_s
+            )
+            for k, d in enumerate(self.devices)
+        ]
 
     def start(self) -> None:
         for p in self.pubs:

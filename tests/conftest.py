@@ -38,8 +38,9 @@ MicroRun = Callable[..., subprocess.CompletedProcess[str]]
 def run_micropython(micropython: str) -> MicroRun:
     """Run a script under the unix port with the repo root on its import path."""
 
-    def run(script: str | Path, *args: str, heap: str | None = None, path: str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        script: str | Path, *args: str, heap: str | None = None, path: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [micropython]
         if heap:
             cmd += ["-X", "heapsize=" + heap]
@@ -93,8 +94,10 @@ def pg_server():  # type: ignore[no-untyped-def]
 
     found = bindir()
     if found is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed: `make system-deps` installs "
-                    "Debian's postgresql package")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not installed: `make system-deps` installs "
+            "Debian's postgresql package"
+        )
     try:
         import psycopg  # noqa: F401
     except ImportError:

@@ -23,8 +23,18 @@ from web3 import Web3
 from agent import claims as C
 from broker import Mosquitto
 from gw_helpers import Collector, Device
-from gw_process import (HARDHAT_KEY_0, AckPublisher, HardhatNode, enroll, gateway_log, query, start_gateway, stop,
-                        wait_for, wait_online)
+from gw_process import (
+    HARDHAT_KEY_0,
+    AckPublisher,
+    HardhatNode,
+    enroll,
+    gateway_log,
+    query,
+    start_gateway,
+    stop,
+    wait_for,
+    wait_online,
+)
 
 
 @dataclass
@@ -44,6 +54,7 @@ class Figures:
 
 
 # -- sustained load from many devices -----------------------------------------------
+
 
 class Load:
     """Publishes reports round-robin from ``devices`` as fast as the broker acknowledges them
@@ -103,7 +114,9 @@ def check_anchored_once(db: Path, chain_url: str, key_hex: str = HARDHAT_KEY_0) 
     assert [b[0] for b in batches] == list(range(1, len(batches) + 1)), "batch numbers are not 1..n"
     assert chain.last_seq() == len(batches), (chain.last_seq(), len(batches))
     # One Anchored event per batch number: the contract refuses a second one, and the logs agree.
-    logs = chain.web3.eth.get_logs({"address": Web3.to_checksum_address(chain.contract_address), "fromBlock": 0, "toBlock": "latest"})
+    logs = chain.web3.eth.get_logs(
+        {"address": Web3.to_checksum_address(chain.contract_address), "fromBlock": 0, "toBlock": "latest"}
+    )
     per_seq: dict[int, int] = {}
     for lg in logs:
         if len(lg["topics"]) == 3:
@@ -136,9 +149,19 @@ def compare_stored(db: Path, sent: dict[tuple[str, int], bytes], fig: Figures) -
 
 # -- 1. gateway kill -9 at random moments -----------------------------------------------
 
-def gateway_random_kills(tmp: Path, broker: Mosquitto, node: HardhatNode, kills: int, seed: int = 1,
-                         devices: int = 8, min_s: float = 0.3, max_s: float = 3.0, batch_size: int = 25,
-                         pause: float = 0.005) -> Figures:
+
+def gateway_random_kills(
+    tmp: Path,
+    broker: Mosquitto,
+    node: HardhatNode,
+    kills: int,
+    seed: int = 1,
+    devices: int = 8,
+    min_s: float = 0.3,
+    max_s: float = 3.0,
+    batch_size: int = 25,
+    pause: float = 0.005,
+) -> Figures:
     """Kill -9 the gateway ``kills`` times at random moments under sustained load;
     the hardhat chain outlives it.  Every report the broker acknowledged must end
     up stored once and anchored once, with a confirmed receipt."""
@@ -198,14 +221,23 @@ def gateway_random_kills(tmp: Path, broker: Mosquitto, node: HardhatNode, kills:
 
 # -- 2. broker kill -9 with real agents ----------------------------------------------------
 
+
 def _write_agent_config(tmp: Path, name: str, port: int, **over: Any) -> tuple[Path, Any]:
     from test_agent_harness import write_config
+
     return write_config(tmp, port, name=name, bw_probe_bytes=0, **over)
 
 
-def broker_kills_with_agents(tmp: Path, broker: Mosquitto, kills: int, agents: int = 3, reports: int = 40,
-                             seed: int = 2, down_s: tuple[float, float] = (0.2, 1.5), storm: bool = False
-                             ) -> Figures:
+def broker_kills_with_agents(
+    tmp: Path,
+    broker: Mosquitto,
+    kills: int,
+    agents: int = 3,
+    reports: int = 40,
+    seed: int = 2,
+    down_s: tuple[float, float] = (0.2, 1.5),
+    storm: bool = False,
+) -> Figures:
     """SIGKILL the broker ``kills`` times while `surge agent run` agents report to a
     gateway; each time it comes back on the same port from its persistence file.
     Every report of every agent must be accepted once, in order, with no gap.
@@ -226,6 +258,7 @@ def broker_kills_with_agents(tmp: Path, broker: Mosquitto, kills: int, agents: i
     for i in range(agents):
         cfg, key = _write_agent_config(tmp, "agent%d" % i, broker.port, interval=0.2, count=0)
         from gateway.store import Store
+
         Store(db).enroll(key.device_id, key.public, "linux-generic", "test", "")
         cfgs.append((cfg, key))
     gw = start_gateway(db, broker, "--rate-limit", "100", "--rate-burst", "200", batch_size=50, batch_seconds=1)
@@ -246,8 +279,15 @@ def broker_kills_with_agents(tmp: Path, broker: Mosquitto, kills: int, agents: i
                 # The gateway is back and new reports flow through it; then one autosave.
                 n = query(db, "SELECT COUNT(*) FROM reports")[0][0]
                 try:
-                    wait_for(lambda: query(db, "SELECT COUNT(*) FROM reports")[0][0] > n
-                             or all(p.poll() is not None for p in procs), 40, "reports flowing again", 0.1)
+                    wait_for(
+                        lambda: (
+                            query(db, "SELECT COUNT(*) FROM reports")[0][0] > n
+                            or all(p.poll() is not None for p in procs)
+                        ),
+                        40,
+                        "reports flowing again",
+                        0.1,
+                    )
                 except AssertionError:
                     pass
                 time.sleep(2.5)
@@ -291,6 +331,7 @@ def broker_kills_with_agents(tmp: Path, broker: Mosquitto, kills: int, agents: i
 
 # -- 3. agent power cut during outbox writes --------------------------------------------------
 
+
 def agent_power_cuts(tmp: Path, broker: Mosquitto, cuts: int, seed: int = 3) -> Figures:
     """kill -9 `surge agent run` at random moments while it writes reports into its
     outbox (broker down, so the outbox only grows), ``cuts`` times; after every cut
@@ -303,8 +344,7 @@ def agent_power_cuts(tmp: Path, broker: Mosquitto, cuts: int, seed: int = 3) -> 
     fig = Figures("agent_power_cut_outbox")
     t0 = time.monotonic()
     rng = random.Random(seed)
-    cfg, key = _write_agent_config(tmp, "agent", broker.port, interval=0.1,
-                                   outbox={"max_entries": 100000})
+    cfg, key = _write_agent_config(tmp, "agent", broker.port, interval=0.1, outbox={"max_entries": 100000})
     outdir = tmp / "agent-outbox"
     statefile = tmp / "agent-state" / "state.json"
     sub = Subscriber(broker.port).start()
@@ -357,6 +397,7 @@ def agent_power_cuts(tmp: Path, broker: Mosquitto, cuts: int, seed: int = 3) -> 
 
 # -- 4. gateway disk full -------------------------------------------------------------------------
 
+
 class SmallDisk:
     """A size-limited tmpfs (root) for the gateway's database; ``fill`` and ``free``."""
 
@@ -368,8 +409,11 @@ class SmallDisk:
 
     def __enter__(self) -> "SmallDisk":
         self.path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk" % self.size_kb, "surge-test", str(self.path)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=%dk" % self.size_kb, "surge-test", str(self.path)],
+            check=True,
+            capture_output=True,
+        )
         self.mounted = True
         return self
 
@@ -437,8 +481,11 @@ def gateway_disk_full(tmp: Path, broker: Mosquitto, reports_each: int = 30) -> F
             fig.faults_injected += 1
             before = stored()
             send(reports_each)
-            wait_for(lambda: metric_value(metrics_text(mport), "surge_commit_errors_total") >= 4, 30,
-                     "several failed commits while the disk is full")
+            wait_for(
+                lambda: metric_value(metrics_text(mport), "surge_commit_errors_total") >= 4,
+                30,
+                "several failed commits while the disk is full",
+            )
             assert stored() == before, "a commit succeeded on a full disk?"
             log = (logdir / "gw.log").read_text()
             assert log.count("cannot store") == 1, log[-3000:]
@@ -452,8 +499,9 @@ def gateway_disk_full(tmp: Path, broker: Mosquitto, reports_each: int = 30) -> F
             fig.faults_injected += 1
             before = stored()
             send(reports_each)
-            wait_for(lambda: metric_value(metrics_text(mport), "surge_commit_errors_total") >= 1, 30,
-                     "failed commits again")
+            wait_for(
+                lambda: metric_value(metrics_text(mport), "surge_commit_errors_total") >= 1, 30, "failed commits again"
+            )
             gw.send_signal(signal.SIGKILL)
             gw.wait(10)
             fig.faults_injected += 1
@@ -463,8 +511,9 @@ def gateway_disk_full(tmp: Path, broker: Mosquitto, reports_each: int = 30) -> F
             wait_for(lambda: stored() == len(sent), 60, "every report stored after the restart")
             fig.reports_sent = len(sent)
             compare_stored(db, sent, fig)
-            fig.reports_anchored = int(query(db, "SELECT COALESCE(SUM(size), 0) FROM batches WHERE state IN "
-                                               "('confirmed', 'receipted')")[0][0])
+            fig.reports_anchored = int(
+                query(db, "SELECT COALESCE(SUM(size), 0) FROM batches WHERE state IN ('confirmed', 'receipted')")[0][0]
+            )
             text = (logdir / "gw.log").read_text()
             fig.notes["log_lines_about_full_disk"] = text.count("cannot store")
             # Once per episode, not once per pass (two episodes here).
@@ -477,15 +526,35 @@ def gateway_disk_full(tmp: Path, broker: Mosquitto, reports_each: int = 30) -> F
     return fig
 
 
-def _gateway_logging_to(log: Path, db: Path, broker: Mosquitto, *extra: str,
-                        env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def _gateway_logging_to(
+    log: Path, db: Path, broker: Mosquitto, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """Like gw_process.start_gateway, but the log goes elsewhere (the db's disk is the one that fills)."""
     import sys
 
     f = open(log, "a")
-    return subprocess.Popen([sys.executable, "-m", "agent.cli", "gateway", "run", "--broker", broker.url,
-                             "--db", str(db), "--batch-size", "10", "--batch-seconds", "0.5", *extra],
-                            stdout=f, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "gateway",
+            "run",
+            "--broker",
+            broker.url,
+            "--db",
+            str(db),
+            "--batch-size",
+            "10",
+            "--batch-seconds",
+            "0.5",
+            *extra,
+        ],
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def gateway_page_limit(tmp: Path, broker: Mosquitto, reports: int = 400) -> Figures:
@@ -518,8 +587,11 @@ def gateway_page_limit(tmp: Path, broker: Mosquitto, reports: int = 400) -> Figu
             data = d.report()
             pub.send(d.topic, data)
             sent[(d.id, d.seq - 1)] = data
-        wait_for(lambda: metric_value(metrics_text(mport), "surge_commit_errors_total") >= 3, 30,
-                 "commits failing on the capped database")
+        wait_for(
+            lambda: metric_value(metrics_text(mport), "surge_commit_errors_total") >= 3,
+            30,
+            "commits failing on the capped database",
+        )
         stored_full = int(query(db, "SELECT COUNT(*) FROM reports")[0][0])
         assert stored_full < len(sent), "the cap never bit"
         text = log.read_text()
@@ -528,8 +600,11 @@ def gateway_page_limit(tmp: Path, broker: Mosquitto, reports: int = 400) -> Figu
         gw.wait(10)
         fig.faults_injected += 1
         gw = _gateway_logging_to(log, db, broker, *args)
-        wait_for(lambda: int(query(db, "SELECT COUNT(*) FROM reports")[0][0]) == len(sent), 60,
-                 "every report stored once the cap is gone")
+        wait_for(
+            lambda: int(query(db, "SELECT COUNT(*) FROM reports")[0][0]) == len(sent),
+            60,
+            "every report stored once the cap is gone",
+        )
         fig.reports_sent = len(sent)
         fig.notes["stored_while_full"] = stored_full
         compare_stored(db, sent, fig)

@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 WIFI_PASSWORD = "correct-horse-battery-staple"
 
 
-def surge(*args: str, timeout: float = 180, env: dict[str, str] | None = None,
-          drop_dac: bool = False) -> subprocess.CompletedProcess[str]:
+def surge(
+    *args: str, timeout: float = 180, env: dict[str, str] | None = None, drop_dac: bool = False
+) -> subprocess.CompletedProcess[str]:
     """`surge ...` with the flash/device commands; `drop_dac` runs it without CAP_DAC_OVERRIDE."""
     cmd = [sys.executable, "-m", "firmware_shim.host.device_cli", *args]
     if drop_dac:
@@ -28,15 +29,32 @@ def surge(*args: str, timeout: float = 180, env: dict[str, str] | None = None,
 
 
 def surge_popen(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "firmware_shim.host.device_cli", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "firmware_shim.host.device_cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def agent_config(tmp: Path, broker_url: str, name: str = "dev", interval: float = 2, **extra: Any) -> Path:
     """A config from `surge agent init`, with a short interval and a Wi-Fi password."""
     out = tmp / (name + ".json")
-    proc = surge("agent", "init", "--board", "esp32", "--broker", broker_url, "--fleet", "demo",
-                 "--out", str(out), "--wifi-ssid", "maker-lab")
+    proc = surge(
+        "agent",
+        "init",
+        "--board",
+        "esp32",
+        "--broker",
+        broker_url,
+        "--fleet",
+        "demo",
+        "--out",
+        str(out),
+        "--wifi-ssid",
+        "maker-lab",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     doc["interval"] = interval
@@ -49,9 +67,29 @@ def agent_config(tmp: Path, broker_url: str, name: str = "dev", interval: float 
 
 def start_gateway(db: Path, broker: Mosquitto) -> subprocess.Popen[str]:
     log = open(db.with_suffix(".log"), "a")
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "gateway", "run", "--broker", broker.url,
-                             "--db", str(db), "--batch-size", "5", "--batch-seconds", "1",
-                             "--confirmations", "1"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "gateway",
+            "run",
+            "--broker",
+            broker.url,
+            "--db",
+            str(db),
+            "--batch-size",
+            "5",
+            "--batch-seconds",
+            "1",
+            "--confirmations",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     watch = Collector(broker.port, "surge/v1/_gateway/+/status")
     try:
         ok = watch.wait(lambda: any(p == b"online" for _, p in watch.messages) or proc.poll() is not None, 60)

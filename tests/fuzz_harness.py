@@ -44,13 +44,44 @@ SECRET = hashlib.sha256(b"surge fuzz device").digest()
 SLOW_INPUT_S = 1.0  # one input taking longer than this counts as a hang
 NOW = 1_795_000_000.0
 
-INTERESTING = (0x00, 0x01, 0x17, 0x18, 0x19, 0x1A, 0x1B, 0x1C, 0x1F, 0x20, 0x3F, 0x40, 0x58, 0x5F, 0x60,
-               0x7F, 0x80, 0x9F, 0xA0, 0xBF, 0xC0, 0xD2, 0xDF, 0xF4, 0xF5, 0xF6, 0xF7, 0xF9, 0xFA, 0xFB,
-               0xFF)
+INTERESTING = (
+    0x00,
+    0x01,
+    0x17,
+    0x18,
+    0x19,
+    0x1A,
+    0x1B,
+    0x1C,
+    0x1F,
+    0x20,
+    0x3F,
+    0x40,
+    0x58,
+    0x5F,
+    0x60,
+    0x7F,
+    0x80,
+    0x9F,
+    0xA0,
+    0xBF,
+    0xC0,
+    0xD2,
+    0xDF,
+    0xF4,
+    0xF5,
+    0xF6,
+    0xF7,
+    0xF9,
+    0xFA,
+    0xFB,
+    0xFF,
+)
 
 
 def _public(secret: bytes) -> bytes:
     from nacl.signing import SigningKey
+
     return bytes(SigningKey(secret).verify_key)
 
 
@@ -67,13 +98,22 @@ def seed_claims() -> list[dict[Any, Any]]:
     out = []
     prev = None
     for seq in range(1, 9):
-        c = report.build_claims(seq, 3, 100 + seq, 60, iat=int(NOW) - 10 if seq % 2 else None, prev=prev,
-                                storage=(4_000_000, 1_000_000) if seq != 3 else None,
-                                net=(1000 * seq, 2000) if seq != 4 else None,
-                                bw=(10_000, 20_000 if seq != 5 else None), rssi=-60 if seq % 3 else None,
-                                link_mbps=100 if seq == 6 else None, dropped=seq % 2,
-                                errors={"storage": "ENOENT"} if seq == 3 else None,
-                                nonce=bytes(range(16)) if seq == 7 else None)
+        c = report.build_claims(
+            seq,
+            3,
+            100 + seq,
+            60,
+            iat=int(NOW) - 10 if seq % 2 else None,
+            prev=prev,
+            storage=(4_000_000, 1_000_000) if seq != 3 else None,
+            net=(1000 * seq, 2000) if seq != 4 else None,
+            bw=(10_000, 20_000 if seq != 5 else None),
+            rssi=-60 if seq % 3 else None,
+            link_mbps=100 if seq == 6 else None,
+            dropped=seq % 2,
+            errors={"storage": "ENOENT"} if seq == 3 else None,
+            nonce=bytes(range(16)) if seq == 7 else None,
+        )
         if seq == 8:
             c[C.UEID] = b"\x02" + bytes(16)
             c[C.SWNAME] = "surge-agent"
@@ -100,11 +140,13 @@ class Registry:
         self.signed.add(first)
         self.seen_reports[(DEVICE_ID, 3, 0)] = first
         state = DeviceState(3, 0, C.prev_hash(first))
-        return Verifier(lambda d: dev if d == DEVICE_ID else None,
-                        lambda d: state if d == DEVICE_ID else None,
-                        lambda d, b, s: self.seen_reports.get((d, b, s)),
-                        lambda name: self.board if name == "rpi-4" else None,
-                        Limits(max_bytes=4096))
+        return Verifier(
+            lambda d: dev if d == DEVICE_ID else None,
+            lambda d: state if d == DEVICE_ID else None,
+            lambda d, b, s: self.seen_reports.get((d, b, s)),
+            lambda name: self.board if name == "rpi-4" else None,
+            Limits(max_bytes=4096),
+        )
 
 
 class Crash(Exception):
@@ -126,7 +168,7 @@ def _subset(v: Any) -> bool:
 
 
 def _u(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 64
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**64
 
 
 def _b(v: Any, lo: int, hi: int) -> bool:
@@ -138,10 +180,17 @@ def claims_problem(c: Any) -> str | None:
     gateway/verify.py; None when it follows them."""
     if not isinstance(c, dict) or not _subset(c):
         return "outside the §4.4 subset"
-    top: dict[int, Callable[[Any], bool]] = {C.IAT: _u, C.NONCE: lambda v: _b(v, 8, 64), C.UEID: lambda v: _b(v, 7, 33),
-           C.HWMODEL: lambda v: _b(v, 1, 32), C.UPTIME: _u, C.BOOTCOUNT: _u, C.SWNAME: lambda v: isinstance(v, str),
-           C.SWVERSION: lambda v: isinstance(v, list) and len(v) == 1 and isinstance(v[0], str),
-           C.SURGE: lambda v: isinstance(v, dict)}
+    top: dict[int, Callable[[Any], bool]] = {
+        C.IAT: _u,
+        C.NONCE: lambda v: _b(v, 8, 64),
+        C.UEID: lambda v: _b(v, 7, 33),
+        C.HWMODEL: lambda v: _b(v, 1, 32),
+        C.UPTIME: _u,
+        C.BOOTCOUNT: _u,
+        C.SWNAME: lambda v: isinstance(v, str),
+        C.SWVERSION: lambda v: isinstance(v, list) and len(v) == 1 and isinstance(v[0], str),
+        C.SURGE: lambda v: isinstance(v, dict),
+    }
     for k, ok in top.items():
         if k in c and not ok(c[k]):
             return "claim %d mistyped" % k
@@ -149,12 +198,24 @@ def claims_problem(c: Any) -> str | None:
         if k not in c:
             return "claim %d missing" % k
     s = c[C.SURGE]
-    inner: dict[int, Callable[[Any], bool]] = {C.SEQ: _u, C.STORAGE_TOTAL: _u, C.STORAGE_FREE: _u, C.NET_RX: _u, C.NET_TX: _u, C.BW_UP: _u,
-             C.BW_DOWN: _u, C.RSSI: lambda v: isinstance(v, int) and not isinstance(v, bool) and -150 <= v <= 0,
-             C.LINK_MBPS: _u, C.INTERVAL: lambda v: _u(v) and v > 0, C.PREV: lambda v: _b(v, 16, 16),
-             C.SYNCED: lambda v: isinstance(v, bool), C.DROPPED: _u,
-             C.ERRORS: lambda v: isinstance(v, dict) and len(v) > 0 and all(
-                 isinstance(a, str) and isinstance(b, str) for a, b in v.items())}
+    inner: dict[int, Callable[[Any], bool]] = {
+        C.SEQ: _u,
+        C.STORAGE_TOTAL: _u,
+        C.STORAGE_FREE: _u,
+        C.NET_RX: _u,
+        C.NET_TX: _u,
+        C.BW_UP: _u,
+        C.BW_DOWN: _u,
+        C.RSSI: lambda v: isinstance(v, int) and not isinstance(v, bool) and -150 <= v <= 0,
+        C.LINK_MBPS: _u,
+        C.INTERVAL: lambda v: _u(v) and v > 0,
+        C.PREV: lambda v: _b(v, 16, 16),
+        C.SYNCED: lambda v: isinstance(v, bool),
+        C.DROPPED: _u,
+        C.ERRORS: lambda v: (
+            isinstance(v, dict) and len(v) > 0 and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items())
+        ),
+    }
     for k, ok in inner.items():
         if k in s and not ok(s[k]):
             return "surge claim %d mistyped" % k
@@ -176,8 +237,9 @@ class Harness:
             data = sign(c)
             self.registry.signed.add(data)
             self.seeds.append(data)
-        self.seeds.append(sign(report.build_birth("rpi-4", "surge-agent", "0.1.0", 3, PUBLIC, ["storage"],
-                                                  "cpython", int(NOW))))
+        self.seeds.append(
+            sign(report.build_birth("rpi-4", "surge-agent", "0.1.0", 3, PUBLIC, ["storage"], "cpython", int(NOW)))
+        )
         self.registry.signed.add(self.seeds[-1])
         self.counts: dict[str, int] = {"inputs": 0, "accepted": 0, "signed_mutants": 0}
         self.outcomes: dict[str, int] = {}
@@ -189,8 +251,9 @@ class Harness:
         t0 = time.perf_counter()
         self._call("cbor.loads", lambda: cbor.loads(data), cbor.CBORError, data)
         msg = self._call("cose.parse_sign1", lambda: cose.parse_sign1(data), cose.COSEError, data)
-        if msg is not None and not all(isinstance(k, (int, str)) and not isinstance(k, bool)
-                                       for k in list(msg.header) + list(msg.unprotected)):
+        if msg is not None and not all(
+            isinstance(k, (int, str)) and not isinstance(k, bool) for k in list(msg.header) + list(msg.unprotected)
+        ):
             raise Crash("oracle", data, "parse_sign1 took a header label that is not an integer or text")
         self._call("envelope.parse", lambda: envelope.parse(data), cose.COSEError, data)
         outcome = self._call("Verifier.verify", lambda: self.verifier.verify(DEVICE_ID, data, NOW), None, data)
@@ -206,8 +269,9 @@ class Harness:
                 raise Crash("oracle", data, "accepted bytes the device never signed (%r)" % (outcome,))
             problem = claims_problem(outcome.claims) if isinstance(outcome, Accepted) else None
             if problem is not None and isinstance(outcome, Accepted):
-                raise Crash("oracle", data, "accepted claims that break the protocol (%s): %r"
-                            % (problem, outcome.claims))
+                raise Crash(
+                    "oracle", data, "accepted claims that break the protocol (%s): %r" % (problem, outcome.claims)
+                )
         elif not isinstance(outcome, Rejection):
             raise Crash("Verifier.verify", data, "returned %r" % (outcome,))
 
@@ -246,7 +310,7 @@ class Harness:
         elif op == 3:
             data.insert(i, rng.choice(INTERESTING))
         elif op == 4:
-            del data[i:i + rng.randrange(1, 9)]
+            del data[i : i + rng.randrange(1, 9)]
         elif op == 5:
             del data[i:]
         elif op == 6:  # duplicate a chunk
@@ -255,18 +319,46 @@ class Harness:
         elif op == 7:  # splice from another seed
             other = rng.choice(self.seeds)
             j = rng.randrange(len(other))
-            data[i:] = other[j:j + rng.randrange(1, 64)] + data[i:]
+            data[i:] = other[j : j + rng.randrange(1, 64)] + data[i:]
         elif op == 8:  # deep nesting or a huge length in the middle
             data[i:i] = bytes([rng.choice((0x81, 0xA1, 0xD2, 0x9F))]) * rng.randrange(1, 600)
         else:
-            data[i:i] = rng.choice((b"\x5b\xff\xff\xff\xff\xff\xff\xff\xff", b"\x9b\x00\x00\x00\x01\x00\x00\x00\x00",
-                                    b"\xbb\x7f\xff\xff\xff\xff\xff\xff\xff", b"\x1b\xff\xff\xff\xff\xff\xff\xff\xff",
-                                    b"\x3b\xff\xff\xff\xff\xff\xff\xff\xff", b"\xfb\x7f\xf8\x00\x00\x00\x00\x00\x00",
-                                    b"\xf9\x7c\x00", b"\xf7", b"\xf6", b"\xff", b"\xc1\x00"))
+            data[i:i] = rng.choice(
+                (
+                    b"\x5b\xff\xff\xff\xff\xff\xff\xff\xff",
+                    b"\x9b\x00\x00\x00\x01\x00\x00\x00\x00",
+                    b"\xbb\x7f\xff\xff\xff\xff\xff\xff\xff",
+                    b"\x1b\xff\xff\xff\xff\xff\xff\xff\xff",
+                    b"\x3b\xff\xff\xff\xff\xff\xff\xff\xff",
+                    b"\xfb\x7f\xf8\x00\x00\x00\x00\x00\x00",
+                    b"\xf9\x7c\x00",
+                    b"\xf7",
+                    b"\xf6",
+                    b"\xff",
+                    b"\xc1\x00",
+                )
+            )
 
-    _ODD_VALUES: tuple[Any, ...] = (None, True, False, -1, 0, 2 ** 64 - 1, -(2 ** 64), b"", b"\x00" * 16,
-                                    b"\x00" * 40, "", "x" * 40, [], {}, [1, [2]], {"a": "b"}, {1: 2},
-                                    cbor.Tag(1, 0))
+    _ODD_VALUES: tuple[Any, ...] = (
+        None,
+        True,
+        False,
+        -1,
+        0,
+        2**64 - 1,
+        -(2**64),
+        b"",
+        b"\x00" * 16,
+        b"\x00" * 40,
+        "",
+        "x" * 40,
+        [],
+        {},
+        [1, [2]],
+        {"a": "b"},
+        {1: 2},
+        cbor.Tag(1, 0),
+    )
 
     def _signed_mutant(self, rng: random.Random) -> bytes:
         """A claims map changed at the structure level and signed with the device key."""
@@ -282,11 +374,32 @@ class Harness:
             elif op == 1 and keys:
                 target[rng.choice(keys)] = _copy(rng.choice(self._ODD_VALUES))
             elif op == 2:
-                key: Any = rng.choice((True, False, None, -1, 0, 15, 23, 24, 255, 256, 65536, "seq", b"k",
-                                       C.IAT, C.NONCE, C.SEQ, C.PREV, C.RSSI, C.INTERVAL))
+                key: Any = rng.choice(
+                    (
+                        True,
+                        False,
+                        None,
+                        -1,
+                        0,
+                        15,
+                        23,
+                        24,
+                        255,
+                        256,
+                        65536,
+                        "seq",
+                        b"k",
+                        C.IAT,
+                        C.NONCE,
+                        C.SEQ,
+                        C.PREV,
+                        C.RSSI,
+                        C.INTERVAL,
+                    )
+                )
                 target[key] = _copy(rng.choice(self._ODD_VALUES))
             else:
-                target[rng.choice(keys) if keys else 1] = rng.randrange(-200, 2 ** 40)
+                target[rng.choice(keys) if keys else 1] = rng.randrange(-200, 2**40)
         try:
             data = sign(claims)
         except (cbor.CBORError, TypeError, ValueError):

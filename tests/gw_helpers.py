@@ -33,9 +33,17 @@ class Device:
         return "surge/v1/%s/%s/report" % (self.fleet, self.id)
 
     def report(self, **overrides: Any) -> bytes:
-        args: dict[str, Any] = dict(seq=self.seq, bootcount=self.boot, uptime=10 + self.seq, interval=60,
-                                    prev=self.prev, storage=(4_000_000, 1_000_000), net=(1000, 2000),
-                                    bw=(10_000, 20_000), rssi=-60)
+        args: dict[str, Any] = dict(
+            seq=self.seq,
+            bootcount=self.boot,
+            uptime=10 + self.seq,
+            interval=60,
+            prev=self.prev,
+            storage=(4_000_000, 1_000_000),
+            net=(1000, 2000),
+            bw=(10_000, 20_000),
+            rssi=-60,
+        )
         args.update(overrides)
         data = report.sign_report(self.key.secret, self.key.public, report.build_claims(**args))
         self.seq = args["seq"] + 1

@@ -51,22 +51,51 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
 
 # -- the surge command ---------------------------------------------------------
 
+
 def surge(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=120, env=env
+    )
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
 
-def start_gateway(db: Path, broker: Mosquitto, *extra: str, env: dict[str, str] | None = None,
-                  batch_size: int = 5, batch_seconds: float = 1, confirmations: int = 2) -> subprocess.Popen[str]:
+def start_gateway(
+    db: Path,
+    broker: Mosquitto,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    batch_size: int = 5,
+    batch_seconds: float = 1,
+    confirmations: int = 2,
+) -> subprocess.Popen[str]:
     """`surge gateway run` in the background, logging to ``db`` with suffix .log."""
     log = open(db.with_suffix(".log"), "a")
-    return subprocess.Popen([sys.executable, "-m", "agent.cli", "gateway", "run", "--broker", broker.url,
-                             "--db", str(db), "--batch-size", str(batch_size), "--batch-seconds",
-                             str(batch_seconds), "--confirmations", str(confirmations), *extra],
-                            stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "gateway",
+            "run",
+            "--broker",
+            broker.url,
+            "--db",
+            str(db),
+            "--batch-size",
+            str(batch_size),
+            "--batch-seconds",
+            str(batch_seconds),
+            "--confirmations",
+            str(confirmations),
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def gateway_log(db: Path) -> str:
@@ -101,8 +130,18 @@ def status(db: Path) -> dict[str, Any]:
 
 
 def enroll(db: Path, dev: Device) -> None:
-    surge("gateway", "enroll", "--db", str(db), "--pubkey", dev.key.public.hex(), "--board", dev.board,
-          "--fleet", dev.fleet)
+    surge(
+        "gateway",
+        "enroll",
+        "--db",
+        str(db),
+        "--pubkey",
+        dev.key.public.hex(),
+        "--board",
+        dev.board,
+        "--fleet",
+        dev.fleet,
+    )
 
 
 def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -130,6 +169,7 @@ def metric_value(text: str, name: str) -> float:
 
 # -- MQTT publisher that waits for the broker's PUBACK -------------------------
 
+
 class AckPublisher:
     """QoS 1 publisher; ``send`` returns once the broker acknowledged (PUBACK)."""
 
@@ -150,6 +190,7 @@ class AckPublisher:
 
 # -- hardhat node over JSON-RPC --------------------------------------------------
 
+
 def rpc(url: str, method: str, params: list[Any] | None = None, timeout: float = 10) -> Any:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})
     req = urllib.request.Request(url, body.encode(), {"content-type": "application/json"})
@@ -167,8 +208,12 @@ class HardhatNode:
         self.url = "http://127.0.0.1:%d" % self.port
         self.proc = subprocess.Popen(
             ["npx", "hardhat", "node", "--hostname", "127.0.0.1", "--port", str(self.port)],
-            cwd=CHAIN_DIR / "hardhat", env=node_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True)
+            cwd=CHAIN_DIR / "hardhat",
+            env=node_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -224,6 +269,7 @@ class Miner:
 
 
 # -- a TCP relay the test can cut ---------------------------------------------------
+
 
 class TcpProxy:
     """Relays 127.0.0.1:port to a target; ``cut()`` makes it refuse to relay.
@@ -337,8 +383,9 @@ def assert_anchored_once(store: Any, chain_url: str, reports: int) -> list[Any]:
         assert len([a for a in store.anchors(b.seq) if a.state == "confirmed"]) == 1, b
     contract = store.meta("contract:" + chain_url)
     assert contract is not None
-    logs = rpc(chain_url, "eth_getLogs", [{"fromBlock": "0x0", "toBlock": "latest", "address": contract,
-                                          "topics": [ANCHORED]}])
+    logs = rpc(
+        chain_url, "eth_getLogs", [{"fromBlock": "0x0", "toBlock": "latest", "address": contract, "topics": [ANCHORED]}]
+    )
     on_chain = collections.Counter(int(e["topics"][2], 16) for e in logs)
     assert on_chain == collections.Counter(b.seq for b in batches), "a batch anchored twice or never"
     roots = {int(e["topics"][2], 16): bytes.fromhex(e["data"][2:66]) for e in logs}

@@ -62,18 +62,51 @@ class PostgresServer:
         return _run_as() + list(args)
 
     def start(self) -> None:
-        subprocess.run(self._cmd(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", SUPERUSER,
-                                 "-E", "UTF8", "--no-sync"), check=True, capture_output=True)
+        subprocess.run(
+            self._cmd(
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                SUPERUSER,
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ),
+            check=True,
+            capture_output=True,
+        )
         # Loopback TCP only, no Unix socket (its default directory needs root).
         # fsync off: these tests kill connections and gateways, never the server's machine.
-        opts = ("-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories='' -c max_connections=200%s"
-                % (self.port, "" if self.durable else " -c fsync=off"))
-        subprocess.run(self._cmd(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
-                                 "-t", "60", "-o", opts, "start"), check=True, capture_output=True)
+        opts = "-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories='' -c max_connections=200%s" % (
+            self.port,
+            "" if self.durable else " -c fsync=off",
+        )
+        subprocess.run(
+            self._cmd(
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                opts,
+                "start",
+            ),
+            check=True,
+            capture_output=True,
+        )
 
     def stop(self) -> None:
-        subprocess.run(self._cmd(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"),
-                       capture_output=True)
+        subprocess.run(
+            self._cmd(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"),
+            capture_output=True,
+        )
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, dbname: str = "postgres") -> str:
@@ -81,6 +114,7 @@ class PostgresServer:
 
     def create_database(self) -> str:
         import psycopg
+
         name = "surge_" + uuid.uuid4().hex[:12]
         with psycopg.connect(self.url(), autocommit=True) as c:
             c.execute("CREATE DATABASE %s" % name)
@@ -88,23 +122,29 @@ class PostgresServer:
 
     def drop_database(self, name: str) -> None:
         import psycopg
+
         with psycopg.connect(self.url(), autocommit=True) as c:
             c.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
 
     def backends(self, dbname: str) -> int:
         """How many client connections ``dbname`` has now."""
         import psycopg
+
         with psycopg.connect(self.url(), autocommit=True) as c:
-            row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname=%s AND backend_type='client backend'",
-                            (dbname,)).fetchone()
+            row = c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname=%s AND backend_type='client backend'", (dbname,)
+            ).fetchone()
             return int(row[0]) if row else 0
 
     def terminate_backends(self, dbname: str, application_name: str | None = None) -> int:
         """pg_terminate_backend on every connection to ``dbname`` (a dropped connection, as the client sees it)."""
         import psycopg
+
         with psycopg.connect(self.url(), autocommit=True) as c:
-            sql = ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname=%s "
-                   "AND pid <> pg_backend_pid()")
+            sql = (
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname=%s "
+                "AND pid <> pg_backend_pid()"
+            )
             args: tuple[str, ...] = (dbname,)
             if application_name is not None:
                 sql += " AND application_name=%s"

@@ -51,7 +51,7 @@ from typing import Callable
 # Host Ctrl-D this recent before the process exits means "soft reset".
 _SOFT_RESET_WINDOW_S = 3.0
 
-_LFS_BOOT = '''\
+_LFS_BOOT = """\
 # Harness boot: mount a littlefs image as the board's flash, then boot it.
 import os
 
@@ -100,7 +100,7 @@ if %(run_main)r:
         exec(open("main.py").read(), {"__name__": "__main__", "__file__": "main.py"})
     except OSError:
         pass
-'''
+"""
 
 
 def _ctty() -> None:
@@ -119,16 +119,22 @@ def _raw(fd: int, isig: bool = False) -> None:
 
 
 class PtyBoard:
-    def __init__(self, root: Path, micropython: str | None = None, heap: str | None = "128K",
-                 command: list[str] | None = None, flash_kb: int | None = None,
-                 baud: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        micropython: str | None = None,
+        heap: str | None = "128K",
+        command: list[str] | None = None,
+        flash_kb: int | None = None,
+        baud: int | None = None,
+    ) -> None:
         self.root = root
         self.micropython = micropython
         self.heap = heap
         self.command = command  # anything else on the line (not-MicroPython tests)
         self.flash_kb = flash_kb
         self.baud = baud
-        self.sent = bytearray()      # host -> board
+        self.sent = bytearray()  # host -> board
         self.received = bytearray()  # board -> host
         self.boots = 0
         self.lock = threading.Lock()
@@ -179,8 +185,9 @@ class PtyBoard:
             argv += ["-X", "heapsize=" + self.heap]
         if self.flash_kb is not None:
             boot = self.root / "_harness_boot.py"
-            boot.write_text(_LFS_BOOT % {"image": str(self.root / "flash.img"),
-                                         "blocks": self.flash_kb * 2, "run_main": run_main})
+            boot.write_text(
+                _LFS_BOOT % {"image": str(self.root / "flash.img"), "blocks": self.flash_kb * 2, "run_main": run_main}
+            )
             return argv + ["-i", str(boot)]
         if run_main and (self.root / "main.py").exists():
             argv += ["-i", "main.py"]
@@ -194,8 +201,16 @@ class PtyBoard:
         # Only the board's own files are importable, like on a board.
         env["MICROPYPATH"] = ".frozen"
         env.pop("PYTHONPATH", None)
-        self._proc = subprocess.Popen(self._argv(run_main), stdin=slave, stdout=slave, stderr=slave,
-                                      cwd=self.root, env=env, preexec_fn=_ctty, close_fds=True)
+        self._proc = subprocess.Popen(
+            self._argv(run_main),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=self.root,
+            env=env,
+            preexec_fn=_ctty,
+            close_fds=True,
+        )
         os.close(slave)
         self._a_master = master
         self.boots += 1

@@ -28,9 +28,14 @@ from gateway.receipts import canonical
 Sign = Callable[[bytes], bytes]
 
 
-def attest_reports(db: Path | str, gateway_id: str, gateway_address: str, sign: Sign,
-                   figures: Callable[[str, int, int], tuple[int | None, int, str] | None],
-                   failed: Callable[[str], int] = lambda d: 0) -> int:
+def attest_reports(
+    db: Path | str,
+    gateway_id: str,
+    gateway_address: str,
+    sign: Sign,
+    figures: Callable[[str, int, int], tuple[int | None, int, str] | None],
+    failed: Callable[[str], int] = lambda d: 0,
+) -> int:
     """Attest every accepted report without an attestation row; returns how many were written.
 
     ``figures(device, boot, seq)`` -> (bw_up or None, storage_bytes, flags) or None to leave it unattested.
@@ -38,24 +43,37 @@ def attest_reports(db: Path | str, gateway_id: str, gateway_address: str, sign: 
     con = sqlite3.connect(str(db), timeout=30)
     n = 0
     try:
-        rows = con.execute("SELECT r.id, r.device_id, r.boot, r.seq, r.cose FROM reports r LEFT JOIN attestations a "
-                           "ON a.report_id = r.id WHERE a.report_id IS NULL ORDER BY r.id").fetchall()
+        rows = con.execute(
+            "SELECT r.id, r.device_id, r.boot, r.seq, r.cose FROM reports r LEFT JOIN attestations a "
+            "ON a.report_id = r.id WHERE a.report_id IS NULL ORDER BY r.id"
+        ).fetchall()
         for rid, device, boot, seq, cose in rows:
             fig = figures(device, boot, seq)
             if fig is None:
                 continue
             bw, storage, flags = fig
             at = time.time()
-            obj = {"v": 1, "gateway_id": gateway_id, "device": device, "boot": boot, "seq": seq,
-                   "report_sha256": hashlib.sha256(bytes(cose)).hexdigest(), "at": round(at * 1000),
-                   "bw_up": bw, "storage_bytes": storage,
-                   "challenges": {"passed": 3, "failed": failed(device), "timed_out": 0},
-                   "flags": sorted(x for x in flags.split(",") if x), "gateway_address": gateway_address}
+            obj = {
+                "v": 1,
+                "gateway_id": gateway_id,
+                "device": device,
+                "boot": boot,
+                "seq": seq,
+                "report_sha256": hashlib.sha256(bytes(cose)).hexdigest(),
+                "at": round(at * 1000),
+                "bw_up": bw,
+                "storage_bytes": storage,
+                "challenges": {"passed": 3, "failed": failed(device), "timed_out": 0},
+                "flags": sorted(x for x in flags.split(",") if x),
+                "gateway_address": gateway_address,
+            }
             body = canonical(obj)
-            con.execute("INSERT INTO attestations(report_id, device_id, boot, seq, bw_up, storage_bytes, "
-                        "challenges_passed, challenges_failed, challenges_timed_out, flags, body, signature, at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, 3, ?, 0, ?, ?, ?, ?)",
-                        (rid, device, boot, seq, bw, storage, failed(device), flags, body.decode(), sign(body), at))
+            con.execute(
+                "INSERT INTO attestations(report_id, device_id, boot, seq, bw_up, storage_bytes, "
+                "challenges_passed, challenges_failed, challenges_timed_out, flags, body, signature, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 3, ?, 0, ?, ?, ?, ?)",
+                (rid, device, boot, seq, bw, storage, failed(device), flags, body.decode(), sign(body), at),
+            )
             n += 1
         con.commit()
     finally:
@@ -65,9 +83,16 @@ def attest_reports(db: Path | str, gateway_id: str, gateway_address: str, sign: 
 
 # -- a fleet through a real gateway, to confirmed reward epochs -----------------
 
-def drive_to_confirmed_epochs(gw: Any, devices: list[Any], reports_each: int, publish: Callable[[str, bytes], None],
-                              figures: Callable[[str, int, int], tuple[int | None, int, str] | None],
-                              mine: Callable[[], None] | None = None, timeout: float = 120.0) -> None:
+
+def drive_to_confirmed_epochs(
+    gw: Any,
+    devices: list[Any],
+    reports_each: int,
+    publish: Callable[[str, bytes], None],
+    figures: Callable[[str, int, int], tuple[int | None, int, str] | None],
+    mine: Callable[[], None] | None = None,
+    timeout: float = 120.0,
+) -> None:
     """Publish the fleet's reports to the gateway ``gw`` (a gateway.service.Gateway, started), wait until
     they are stored, attest them (the stand-in above: these reports carry no probe run and no plot, so the
     gateway's own stage would attest nothing measured), then run the gateway's pipeline passes until every
@@ -93,12 +118,18 @@ def drive_to_confirmed_epochs(gw: Any, devices: list[Any], reports_each: int, pu
     def settled() -> bool:
         eps = epochs(store)
         last = store.last_batch()
-        return (store.unbatched_count() == 0 and last is not None and bool(eps)
-                and eps[-1].last_batch == last.seq and all(e.state == "confirmed" for e in eps))
+        return (
+            store.unbatched_count() == 0
+            and last is not None
+            and bool(eps)
+            and eps[-1].last_batch == last.seq
+            and all(e.state == "confirmed" for e in eps)
+        )
 
     while not settled():
         assert time.monotonic() < deadline, "reward epochs were not confirmed in time: %r" % (
-            [(e.epoch, e.state, e.last_batch) for e in epochs(store)],)
+            [(e.epoch, e.state, e.last_batch) for e in epochs(store)],
+        )
         gw.step()
         if mine is not None:
             mine()

@@ -40,27 +40,41 @@ def make_pki(d: Path) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1/localhost, signed by it."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("surge test CA")).issuer_name(_name("surge test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("surge test CA"))
+        .issuer_name(_name("surge test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     d.mkdir(parents=True, exist_ok=True)
     paths = (d / "ca.crt", d / "broker.crt", d / "broker.key")
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     paths[2].chmod(0o600)
     return paths
 
@@ -71,8 +85,9 @@ class TLSClient:
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.rc: list[Any] = []
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="t-%s-%d" % (user, time.monotonic_ns()),
-                             protocol=mqtt.MQTTv311)
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="t-%s-%d" % (user, time.monotonic_ns()), protocol=mqtt.MQTTv311
+        )
         self.c.username_pw_set(user, password)
         self.c.tls_set(ca_certs=str(ca))
         self.c.on_message = self._msg
@@ -116,16 +131,43 @@ def test_acl_over_tls_devices_gateway_integrator_agent(tmp_path: Path) -> None:
     db = tmp_path / "gw.db"
     a, b = Device(fleet="alpha"), Device(fleet="alpha")
     for d in (a, b):
-        surge("gateway", "enroll", "--db", str(db), "--pubkey", d.key.public.hex(), "--board", "esp32",
-              "--fleet", d.fleet)
+        surge(
+            "gateway", "enroll", "--db", str(db), "--pubkey", d.key.public.hex(), "--board", "esp32", "--fleet", d.fleet
+        )
     # A `surge agent run` device, enrolled from its key file.
     port = free_port()
     agent_cfg, agent_key = write_config(tmp_path, port, bw_probe_bytes=0, fleet="alpha")
-    surge("gateway", "enroll", "--db", str(db), "--key-file", str(tmp_path / "agent.key"), "--board",
-          "linux-generic", "--fleet", "alpha")
+    surge(
+        "gateway",
+        "enroll",
+        "--db",
+        str(db),
+        "--key-file",
+        str(tmp_path / "agent.key"),
+        "--board",
+        "linux-generic",
+        "--fleet",
+        "alpha",
+    )
     out = tmp_path / "acl"
-    surge("gateway", "acl", "--db", str(db), "--out", str(out), "--port", str(port), "--bind", "127.0.0.1",
-          "--cafile", str(ca), "--certfile", str(cert), "--keyfile", str(key))
+    surge(
+        "gateway",
+        "acl",
+        "--db",
+        str(db),
+        "--out",
+        str(out),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--cafile",
+        str(ca),
+        "--certfile",
+        str(cert),
+        "--keyfile",
+        str(key),
+    )
     conf_text = (out / "surge-broker.conf").read_text()
     assert "cafile %s" % ca in conf_text and "allow_anonymous false" in conf_text
     assert "set_tcp_nodelay true" in conf_text.splitlines()  # probe timing (docs/operators.md)
@@ -133,8 +175,7 @@ def test_acl_over_tls_devices_gateway_integrator_agent(tmp_path: Path) -> None:
     # The generated file as is; `user root` only because the test runs as root and Mosquitto
     # would otherwise switch to its own user, which cannot read the test's directory.
     conf.write_text("user root\nlog_dest file %s\n" % (tmp_path / "mosquitto.log") + conf_text)
-    broker = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
+    broker = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     clients: list[TLSClient] = []
     gw = None
     try:
@@ -164,12 +205,37 @@ def test_acl_over_tls_devices_gateway_integrator_agent(tmp_path: Path) -> None:
         pwfile.write_text(creds(out, "surge-gateway") + "\n")
         pwfile.chmod(0o600)
         log = open(tmp_path / "gw.log", "w")
-        gw = subprocess.Popen([sys.executable, "-m", "agent.cli", "gateway", "run", "--broker",
-                               "mqtts://localhost:%d" % port, "--broker-ca", str(ca), "--username", "surge-gateway",
-                               "--password-file", str(pwfile), "--db", str(db), "--batch-size", "100",
-                               "--batch-seconds", "0.5"], stdout=log, stderr=subprocess.STDOUT, text=True)
-        wait_for(lambda: "connected to localhost" in (tmp_path / "gw.log").read_text() or gw.poll() is not None,
-                 30, "the gateway to connect over TLS")
+        gw = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "gateway",
+                "run",
+                "--broker",
+                "mqtts://localhost:%d" % port,
+                "--broker-ca",
+                str(ca),
+                "--username",
+                "surge-gateway",
+                "--password-file",
+                str(pwfile),
+                "--db",
+                str(db),
+                "--batch-size",
+                "100",
+                "--batch-seconds",
+                "0.5",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        wait_for(
+            lambda: "connected to localhost" in (tmp_path / "gw.log").read_text() or gw.poll() is not None,
+            30,
+            "the gateway to connect over TLS",
+        )
         assert gw.poll() is None, (tmp_path / "gw.log").read_text()
         time.sleep(1.0)  # its subscriptions are in place
 
@@ -193,8 +259,11 @@ def test_acl_over_tls_devices_gateway_integrator_agent(tmp_path: Path) -> None:
         # Receipts: the gateway may write them (a rejected one for Bob, provoked by Bob himself).
         bob.publish(b.topic, b"\xd2\x84garbage")
         wait_for(lambda: any(t.endswith("/%s/receipt" % b.id) for t, _ in bob.got), 30, "Bob's receipt")
-        wait_for(lambda: len([1 for t, _ in integ.got if t.endswith("/verified")]) >= 2, 30,
-                 "verified JSON for the integrator")
+        wait_for(
+            lambda: len([1 for t, _ in integ.got if t.endswith("/verified")]) >= 2,
+            30,
+            "verified JSON for the integrator",
+        )
         time.sleep(0.5)
         # Alice saw nothing of Bob's: not his receipts, not his reports, not verified data.
         assert [t for t, _ in alice.got if b.id in t] == [], alice.got
@@ -206,13 +275,22 @@ def test_acl_over_tls_devices_gateway_integrator_agent(tmp_path: Path) -> None:
 
         # The agent over TLS with its config: broker.tls, ca_file, username = device id.
         doc = json.loads(agent_cfg.read_text())
-        doc["broker"].update({"url": "mqtts://localhost:%d" % port, "ca_file": str(ca),
-                              "username": agent_key.device_id, "password": creds(out, agent_key.device_id)})
+        doc["broker"].update(
+            {
+                "url": "mqtts://localhost:%d" % port,
+                "ca_file": str(ca),
+                "username": agent_key.device_id,
+                "password": creds(out, agent_key.device_id),
+            }
+        )
         agent_cfg.write_text(json.dumps(doc))
         done = run_agent(agent_cfg, 3, timeout=90)
         assert done.returncode == 0, done.stdout + done.stderr
-        wait_for(lambda: query(db, "SELECT COUNT(*) FROM reports WHERE device_id=?", (agent_key.device_id,))
-                 == [(3,)], 30, "the agent's reports over TLS")
+        wait_for(
+            lambda: query(db, "SELECT COUNT(*) FROM reports WHERE device_id=?", (agent_key.device_id,)) == [(3,)],
+            30,
+            "the agent's reports over TLS",
+        )
         assert keyfile.load(str(tmp_path / "agent.key")).device_id == agent_key.device_id
         assert gw.poll() is None
     finally:

@@ -15,8 +15,23 @@ from firmware_shim import cbor
 
 def test_init_writes_config_and_key(tmp_path: Path, capsys: Any) -> None:
     out = tmp_path / "cfg" / "pi.json"
-    assert surge(["agent", "init", "--board", "rpi-4", "--broker", "mqtt://127.0.0.1:1883",
-                  "--fleet", "demo", "--out", str(out)]) == 0
+    assert (
+        surge(
+            [
+                "agent",
+                "init",
+                "--board",
+                "rpi-4",
+                "--broker",
+                "mqtt://127.0.0.1:1883",
+                "--fleet",
+                "demo",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     key = tmp_path / "cfg" / "pi.key"
     assert (key.stat().st_mode & 0o777) == 0o600
@@ -25,11 +40,41 @@ def test_init_writes_config_and_key(tmp_path: Path, capsys: Any) -> None:
     pub = json.loads(key.read_text())["public"]
     assert pub in printed and json.loads(key.read_text())["secret"] not in printed
     # Never overwrites.
-    assert surge(["agent", "init", "--board", "rpi-4", "--broker", "mqtt://127.0.0.1:1883",
-                  "--fleet", "demo", "--out", str(out)]) == 2
+    assert (
+        surge(
+            [
+                "agent",
+                "init",
+                "--board",
+                "rpi-4",
+                "--broker",
+                "mqtt://127.0.0.1:1883",
+                "--fleet",
+                "demo",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     # Bad input names the field.
-    assert surge(["agent", "init", "--board", "rpi-4", "--broker", "http://x",
-                  "--fleet", "demo", "--out", str(tmp_path / "x.json")]) == 2
+    assert (
+        surge(
+            [
+                "agent",
+                "init",
+                "--board",
+                "rpi-4",
+                "--broker",
+                "http://x",
+                "--fleet",
+                "demo",
+                "--out",
+                str(tmp_path / "x.json"),
+            ]
+        )
+        == 2
+    )
     assert "broker.url" in capsys.readouterr().err
 
 
@@ -52,7 +97,10 @@ def test_agent_publishes_birth_status_and_chained_reports(broker: Any, tmp_path:
     b = verify(births[0].payload, key.public)
     assert b[C.HWMODEL] == b"linux-generic" and b[C.SWNAME] == "surge-agent"
     assert b[C.BOOTCOUNT] == 1 and b[C.SURGE] == {
-        C.PUBKEY: key.public, C.CAPS: ["storage", "net", "link", "bw"], C.RUNTIME: "cpython"}
+        C.PUBKEY: key.public,
+        C.CAPS: ["storage", "net", "link", "bw"],
+        C.RUNTIME: "cpython",
+    }
     # protocol §2.2: the birth precedes "online"
     order = [m.topic.rsplit("/", 1)[1] for m in sub.msgs]
     assert order.index("birth") < order.index("status")
@@ -69,6 +117,7 @@ def test_agent_publishes_birth_status_and_chained_reports(broker: Any, tmp_path:
     probes = [cbor.loads(m.payload) for m in sub.of("probe")]
     assert len(probes) == 5 * 4
     from agent import bwprobe
+
     for nonce, seq, index, count, payload in probes:
         assert count == 4 and payload == bwprobe.stream_chunk(nonce, index, len(payload))
     # The outbox is empty once everything was acknowledged; state persisted.
@@ -94,9 +143,9 @@ def test_commands_report_now_and_set_interval(broker: Any, tmp_path: Path) -> No
 
         send({"cmd": "report-now", "nonce": "00112233445566778899"})
         sub.wait(lambda: len(sub.of("report")) >= 2, 10, "report-now")
-        send({"cmd": "set-interval", "interval": 5})      # below 30: ignored
+        send({"cmd": "set-interval", "interval": 5})  # below 30: ignored
         send({"cmd": "set-interval", "interval": 45})
-        send({"cmd": "reboot-into-dfu"})                    # unknown: ignored
+        send({"cmd": "reboot-into-dfu"})  # unknown: ignored
         send({"cmd": "report-now"})
         sub.wait(lambda: len(sub.of("report")) >= 3, 10, "second report-now")
     finally:

@@ -43,8 +43,12 @@ class Subscriber:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> "Subscriber":
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-sub-%d" % os.getpid(),
-                        clean_session=False, protocol=mqtt.MQTTv311)
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id="test-sub-%d" % os.getpid(),
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
         c.reconnect_delay_set(1, 1)
         c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("surge/v1/%s/#" % self.fleet, qos=1)
         c.on_subscribe = self._on_subscribe
@@ -86,16 +90,23 @@ class Subscriber:
         raise AssertionError("timed out waiting for " + what)
 
 
-def write_config(tmp: Path, port: int, board: str = "linux-generic", name: str = "agent",
-                 **over: Any) -> tuple[Path, keyfile.DeviceKey]:
+def write_config(
+    tmp: Path, port: int, board: str = "linux-generic", name: str = "agent", **over: Any
+) -> tuple[Path, keyfile.DeviceKey]:
     key = keyfile.generate()
     keyfile.write(str(tmp / (name + ".key")), key)
     doc: dict[str, Any] = {
-        "version": 1, "board": board, "fleet": "test",
+        "version": 1,
+        "board": board,
+        "fleet": "test",
         "broker": {"url": "mqtt://127.0.0.1:%d" % port, "keepalive": 10},
-        "interval": 0.3, "mounts": ["/"], "net_interface": "auto",
+        "interval": 0.3,
+        "mounts": ["/"],
+        "net_interface": "auto",
         "outbox": {"dir": name + "-outbox", "max_entries": 100},
-        "state_dir": name + "-state", "key_file": name + ".key", "bw_probe_bytes": 2048,
+        "state_dir": name + "-state",
+        "key_file": name + ".key",
+        "bw_probe_bytes": 2048,
         "reconnect": {"min_s": 0.1, "max_s": 0.5},
     }
     for k, v in over.items():
@@ -116,13 +127,13 @@ def agent_cmd(config: Path, count: int | None = None) -> list[str]:
 
 
 def run_agent(config: Path, count: int, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(agent_cmd(config, count), cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(agent_cmd(config, count), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def start_agent(config: Path, count: int | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(agent_cmd(config, count), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        agent_cmd(config, count), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def verify(data: bytes, public: bytes) -> dict[Any, Any]:

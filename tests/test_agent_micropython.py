@@ -40,11 +40,11 @@ HEAP_MPY = "48K"
 
 
 def _build(tmp: Path, port: int, *extra: str, **over: Any) -> Path:
-    cfg, _ = write_config(tmp, port, board="esp32", name="esp", mounts=["/"],
-                          net_interface="sta", bw_probe_bytes=1024, **over)
+    cfg, _ = write_config(
+        tmp, port, board="esp32", name="esp", mounts=["/"], net_interface="sta", bw_probe_bytes=1024, **over
+    )
     out = tmp / "bundle"
-    assert surge(["firmware", "build", "--board", "esp32", "--config", str(cfg),
-                  "--out", str(out), *extra]) == 0
+    assert surge(["firmware", "build", "--board", "esp32", "--config", str(cfg), "--out", str(out), *extra]) == 0
     return out
 
 
@@ -62,25 +62,63 @@ def board_argv(micropython: str, heap: str, *args: str) -> list[str]:
 
 
 def _run(micropython: str, bundle: Path, heap: str, count: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(board_argv(micropython, heap, "--count", str(count)), cwd=bundle, env=board_env(),
-                          capture_output=True, text=True, timeout=90)
+    return subprocess.run(
+        board_argv(micropython, heap, "--count", str(count)),
+        cwd=bundle,
+        env=board_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
 
 
 def test_bundle_holds_only_device_modules(tmp_path: Path) -> None:
     out = _build(tmp_path, 1883)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert "main.py" in files and "config.json" in files and "firmware_shim/mqtt.py" in files
-    for host_only in ("agent/cli.py", "agent/agent_cli.py", "agent/link_paho.py", "agent/keyfile.py",
-                      "firmware_shim/host/bundle.py", "firmware_shim/cbor.py"):
+    for host_only in (
+        "agent/cli.py",
+        "agent/agent_cli.py",
+        "agent/link_paho.py",
+        "agent/keyfile.py",
+        "firmware_shim/host/bundle.py",
+        "firmware_shim/cbor.py",
+    ):
         assert host_only not in files
     assert not any(f.endswith(".key") for f in files), "host secret copied into the bundle"
     doc = json.loads((out / "config.json").read_text())
     assert doc["key_file"] == "esp.key" and doc["outbox"]["dir"] == "outbox"
     # A CPython board has no bundle; a config for another board is refused.
-    assert surge(["firmware", "build", "--board", "rpi-4", "--config", str(tmp_path / "esp.json"),
-                  "--out", str(tmp_path / "x")]) == 2
-    assert surge(["firmware", "build", "--board", "esp32-s3", "--config", str(tmp_path / "esp.json"),
-                  "--out", str(tmp_path / "x")]) == 2
+    assert (
+        surge(
+            [
+                "firmware",
+                "build",
+                "--board",
+                "rpi-4",
+                "--config",
+                str(tmp_path / "esp.json"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        surge(
+            [
+                "firmware",
+                "build",
+                "--board",
+                "esp32-s3",
+                "--config",
+                str(tmp_path / "esp.json"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
 
 
 def _host_key(tmp: Path) -> tuple[Path, Any]:
@@ -146,14 +184,16 @@ def test_esp32_mpy_bundle_delivers_a_full_outbox_in_48k(broker: Any, tmp_path: P
     from agent import report
 
     host_key, key = _host_key(tmp_path)
-    bundle = _build(tmp_path, broker.port, "--mpy", "--with-key", str(host_key),
-                    outbox={"dir": "outbox", "max_entries": 500})
+    bundle = _build(
+        tmp_path, broker.port, "--mpy", "--with-key", str(host_key), outbox={"dir": "outbox", "max_entries": 500}
+    )
     outbox = bundle / "outbox"
     outbox.mkdir()
     prev = None
     for seq in range(1, 500):
-        data = report.sign_report(key.secret, key.public, report.build_claims(
-            seq=seq, bootcount=1, uptime=seq, interval=60, prev=prev))
+        data = report.sign_report(
+            key.secret, key.public, report.build_claims(seq=seq, bootcount=1, uptime=seq, interval=60, prev=prev)
+        )
         (outbox / ("%016d.rep" % seq)).write_bytes(data)
         prev = C.prev_hash(data)
     sub = Subscriber(broker.port).start()
@@ -170,8 +210,7 @@ def test_esp32_mpy_bundle_delivers_a_full_outbox_in_48k(broker: Any, tmp_path: P
 
 
 @pytest.mark.parametrize("field,value", [("interval", 0), ("fleet", "a/b")])
-def test_bad_config_on_device_names_the_field(tmp_path: Path, micropython: str, field: str,
-                                              value: Any) -> None:
+def test_bad_config_on_device_names_the_field(tmp_path: Path, micropython: str, field: str, value: Any) -> None:
     bundle = _build(tmp_path, 1883)
     doc = json.loads((bundle / "config.json").read_text())
     doc[field] = value

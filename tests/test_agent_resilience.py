@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import claims as C
-from test_agent_harness import (Subscriber, report_chain, run_agent, start_agent,
-                                verify, write_config)
+from test_agent_harness import Subscriber, report_chain, run_agent, start_agent, verify, write_config
 
 
 def _queued(tmp: Path) -> list[str]:
@@ -121,8 +120,7 @@ def json_key(tmp: Path) -> bytes:
 def test_missing_mount_is_an_error_claim(broker: Any, tmp_path: Path) -> None:
     sub = Subscriber(broker.port).start()
     try:
-        cfg, key = write_config(tmp_path, broker.port, mounts=["/", "/no/such/mount"],
-                                bw_probe_bytes=0)
+        cfg, key = write_config(tmp_path, broker.port, mounts=["/", "/no/such/mount"], bw_probe_bytes=0)
         proc = run_agent(cfg, 2)
         assert proc.returncode == 0, proc.stderr
         sub.wait(lambda: len(sub.of("report")) >= 2, 10, "reports")
@@ -157,8 +155,7 @@ def test_full_outbox_drops_oldest_and_counts(broker: Any, tmp_path: Path) -> Non
         sub.stop()
     assert len(queued) == 3
     last_queued = int(queued[-1][:16])
-    got = {(c[C.BOOTCOUNT], c[C.SURGE][C.SEQ]): c for c in
-           (verify(m.payload, key.public) for m in sub.of("report"))}
+    got = {(c[C.BOOTCOUNT], c[C.SURGE][C.SEQ]): c for c in (verify(m.payload, key.public) for m in sub.of("report"))}
     # The restart's first report made room by dropping the oldest queued one;
     # what arrives is the newest three of boot 1's reports... minus that one.
     seqs = sorted(s for _, s in got)
@@ -176,6 +173,7 @@ def test_bad_config_names_the_field(tmp_path: Path) -> None:
     cfg, _ = write_config(tmp_path, 1883, broker={"port": 70000})
     import io
     import contextlib
+
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert surge(["agent", "run", "--config", str(cfg)]) == 2

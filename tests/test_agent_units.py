@@ -28,11 +28,11 @@ def test_units_micropython(tmp_path: Path, run_micropython: MicroRun) -> None:
     assert proc.stdout.strip().splitlines()[-1] == "PASS %d" % agent_unit_checks.main(str(tmp_path / "c"))
 
 
-_leaf = (st.integers(-2 ** 64, 2 ** 64 - 1) | st.binary(max_size=40) | st.text(max_size=20)
-         | st.booleans() | st.none())
-_key = st.integers(-2 ** 63, 2 ** 63) | st.text(max_size=8) | st.binary(max_size=8)
-_values = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=5)
-                       | st.dictionaries(_key, inner, max_size=5), max_leaves=20)
+_leaf = st.integers(-(2**64), 2**64 - 1) | st.binary(max_size=40) | st.text(max_size=20) | st.booleans() | st.none()
+_key = st.integers(-(2**63), 2**63) | st.text(max_size=8) | st.binary(max_size=8)
+_values = st.recursive(
+    _leaf, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_key, inner, max_size=5), max_leaves=20
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -45,9 +45,13 @@ def test_probe_stream_is_regenerable() -> None:
     nonce = bytes(range(16))
     whole = b"".join(bwprobe.stream_chunk(nonce, i) for i in range(3))
     import hashlib
+
     # protocol §2.6: chunk i = SHA-256(nonce || u32be(i) || u32be(j)) for j = 0, 1, ...
-    expect = b"".join(hashlib.sha256(nonce + i.to_bytes(4, "big") + j.to_bytes(4, "big")).digest()
-                      for i in range(3) for j in range(16))
+    expect = b"".join(
+        hashlib.sha256(nonce + i.to_bytes(4, "big") + j.to_bytes(4, "big")).digest()
+        for i in range(3)
+        for j in range(16)
+    )
     assert whole == expect
     m = cbor.loads(bwprobe.message(nonce, 7, 2, 3, 1100))
     assert m == [nonce, 7, 2, 3, expect[1024:1100]]

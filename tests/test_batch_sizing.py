@@ -40,8 +40,9 @@ class Load:
         rows = []
         for i in range(self.sent, min(self.sent + n, len(self.messages))):
             topic, data = self.messages[i]
-            rows.append(AcceptedRow(topic.split("/")[3], 1, i // self.devices, time.time(), data, False,
-                                    C.prev_hash(data)))
+            rows.append(
+                AcceptedRow(topic.split("/")[3], 1, i // self.devices, time.time(), data, False, C.prev_hash(data))
+            )
         self.store.commit_outcomes(rows, [])
         self.sent += len(rows)
 
@@ -59,8 +60,10 @@ def gateway(db: Path, chain: Web3Chain, **cfg: Any) -> Gateway:
 
 def batches(db: Path) -> list[tuple[int, int, bytes, str]]:
     with Store(db).db as con:
-        return [(r[0], r[1], bytes(r[2]), r[3]) for r in con.execute("SELECT seq, size, root, state FROM batches "
-                                                                    "ORDER BY seq")]
+        return [
+            (r[0], r[1], bytes(r[2]), r[3])
+            for r in con.execute("SELECT seq, size, root, state FROM batches ORDER BY seq")
+        ]
 
 
 def unbatched(db: Path) -> int:

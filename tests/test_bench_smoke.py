@@ -20,8 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(240)
 def test_bench_smoke_runs_every_group(tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=230)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["format"] == "surge-bench/1" and doc["profile"] == "smoke"

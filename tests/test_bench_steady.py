@@ -7,8 +7,14 @@ import pytest
 from bench.steady import steady_rates
 
 
-def run(rate: float, batch_every: float, lag: float, seconds: float = 20.0, dt: float = 0.1,
-        receipt_rate: float | None = None) -> list[tuple[float, int, int]]:
+def run(
+    rate: float,
+    batch_every: float,
+    lag: float,
+    seconds: float = 20.0,
+    dt: float = 0.1,
+    receipt_rate: float | None = None,
+) -> list[tuple[float, int, int]]:
     """Stored rises at ``rate``; every ``batch_every`` s, what was stored ``lag`` s earlier becomes
     receipted at once (or what ``receipt_rate`` allows, for a pipeline that falls behind)."""
     out, done, step = [], 0, batch_every

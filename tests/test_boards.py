@@ -136,9 +136,7 @@ def test_builtin_inheritance_chain() -> None:
 
 
 def test_user_file_inherits_a_builtin_board(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, "my-esp32", {"inherits": "esp32", "report_interval_s": 120, "mounts": ["/"]}
-    )
+    path = write(tmp_path, "my-esp32", {"inherits": "esp32", "report_interval_s": 120, "mounts": ["/"]})
     p = load_file(path)
     base = load("esp32")
     assert p.name == "my-esp32"  # the name is never inherited
@@ -185,10 +183,7 @@ def test_wrong_type_message_is_exact(builtin_dir: Path) -> None:
     write(builtin_dir, "esp32", complete(ram_bytes="lots"))
     with pytest.raises(BoardError) as err:
         load("esp32")
-    assert (
-        str(err.value)
-        == "boards/esp32.json: field 'ram_bytes' must be a positive integer, got \"lots\""
-    )
+    assert str(err.value) == "boards/esp32.json: field 'ram_bytes' must be a positive integer, got \"lots\""
 
 
 @pytest.mark.parametrize(
@@ -213,9 +208,7 @@ def test_wrong_type_message_is_exact(builtin_dir: Path) -> None:
         ("notes", 3, "a string"),
     ],
 )
-def test_each_bad_value_names_file_and_field(
-    builtin_dir: Path, field: str, value: Any, expected: str
-) -> None:
+def test_each_bad_value_names_file_and_field(builtin_dir: Path, field: str, value: Any, expected: str) -> None:
     write(builtin_dir, "board", complete(**{field: value}))
     with pytest.raises(BoardError) as err:
         load("board")
@@ -235,17 +228,13 @@ def test_missing_field(builtin_dir: Path) -> None:
 
 def test_missing_field_mentions_the_parents(tmp_path: Path) -> None:
     path = write(tmp_path, "board", {"inherits": "_linux", "description": "x"})
-    with pytest.raises(
-        BoardError, match=r"missing required field 'cpu' \(not set here nor in _linux, _base\)"
-    ):
+    with pytest.raises(BoardError, match=r"missing required field 'cpu' \(not set here nor in _linux, _base\)"):
         load_file(path)
 
 
 def test_unknown_field_suggests_the_right_one(builtin_dir: Path) -> None:
     write(builtin_dir, "board", complete(ram=4))
-    with pytest.raises(
-        BoardError, match=r"^boards/board\.json: unknown field 'ram'; did you mean 'ram_bytes'\?$"
-    ):
+    with pytest.raises(BoardError, match=r"^boards/board\.json: unknown field 'ram'; did you mean 'ram_bytes'\?$"):
         load("board")
 
 
@@ -270,9 +259,7 @@ def test_unknown_parent(builtin_dir: Path) -> None:
 @pytest.mark.parametrize("parent", ["../etc/passwd", 3, "", "Upper"])
 def test_bad_parent_reference(builtin_dir: Path, parent: Any) -> None:
     write(builtin_dir, "board", complete(inherits=parent))
-    with pytest.raises(
-        BoardError, match=r"^boards/board\.json: field 'inherits' must be a profile name"
-    ):
+    with pytest.raises(BoardError, match=r"^boards/board\.json: field 'inherits' must be a profile name"):
         load("board")
 
 
@@ -338,9 +325,7 @@ def test_custom_name_is_named_in_the_message(tmp_path: Path) -> None:
     path = write(tmp_path, "node", complete(name="node-7", ram_bytes="lots"))
     with pytest.raises(BoardError) as err:
         load_file(path)
-    assert str(err.value) == (
-        f"{path}: field 'ram_bytes' must be a positive integer, got \"lots\" (board 'node-7')"
-    )
+    assert str(err.value) == (f"{path}: field 'ram_bytes' must be a positive integer, got \"lots\" (board 'node-7')")
 
 
 def test_bad_name_field_and_missing_file(tmp_path: Path) -> None:
@@ -427,9 +412,7 @@ def test_cli_errors_are_one_line_exit_2(
     assert err.count("\n") == 1 and "field 'ram_bytes' must be a positive integer" in err
 
 
-def test_cli_show_user_file_list_json_and_bare_boards(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_show_user_file_list_json_and_bare_boards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, "mine", {"inherits": "rpi-4", "net_interface": "end0"})
     assert run_argparse(["boards", "show", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["net_interface"] == "end0"

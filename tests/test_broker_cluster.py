@@ -31,18 +31,22 @@ def _check_once(db: Path, fleet: Fleet, timeout: float) -> None:
 
     def all_in() -> bool:
         return acked <= set(accepted(db))
+
     try:
         wait_for(all_in, timeout, "every PUBACKed report accepted", interval=0.5)
     except AssertionError:
         missing = sorted(acked - set(accepted(db)))
-        raise AssertionError("%d of %d PUBACKed reports never accepted, e.g. %s\n%s"
-                             % (len(missing), len(acked), missing[:5], gateway_log(db)[-3000:])) from None
+        raise AssertionError(
+            "%d of %d PUBACKed reports never accepted, e.g. %s\n%s"
+            % (len(missing), len(acked), missing[:5], gateway_log(db)[-3000:])
+        ) from None
     twice = [k for k, n in collections.Counter(accepted(db)).items() if n > 1]
     assert not twice, "accepted twice: %s" % twice[:5]
 
 
-def test_reports_published_while_no_gateway_runs_are_accepted_when_one_starts(rabbit: RabbitCluster,
-                                                                              tmp_path: Path) -> None:
+def test_reports_published_while_no_gateway_runs_are_accepted_when_one_starts(
+    rabbit: RabbitCluster, tmp_path: Path
+) -> None:
     db = tmp_path / "gw.db"
     fleet = Fleet(rabbit, devices=8, reports=25)
     enroll_all(db, fleet.devices)
@@ -59,8 +63,11 @@ def test_reports_published_while_no_gateway_runs_are_accepted_when_one_starts(ra
     try:
         _check_once(db, fleet, 120)
         assert len(accepted(db)) == 8 * 25
-        wait_for(lambda: query(db, "SELECT count FROM rejection_counts WHERE reason='bad_topic'"), 60,
-                 "the odd topic rejected as bad_topic")
+        wait_for(
+            lambda: query(db, "SELECT count FROM rejection_counts WHERE reason='bad_topic'"),
+            60,
+            "the odd topic rejected as bad_topic",
+        )
     finally:
         stop(gw)
     assert gw.returncode == 0, gateway_log(db)[-3000:]
@@ -116,8 +123,9 @@ def test_sigkill_of_the_gateways_mqtt_node_does_not_stop_ingest(rabbit: RabbitCl
         rabbit.start_node(victim)
 
 
-def test_gateway_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(rabbit: RabbitCluster,
-                                                                              tmp_path: Path) -> None:
+def test_gateway_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
+    rabbit: RabbitCluster, tmp_path: Path
+) -> None:
     db = tmp_path / "gw.db"
     fleet = Fleet(rabbit, devices=16, reports=60, window=5, pause_s=0.5)
     enroll_all(db, fleet.devices)
@@ -138,8 +146,17 @@ def test_gateway_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(ra
 
 
 def test_bad_source_url_is_a_clear_error(tmp_path: Path) -> None:
-    out = surge("gateway", "run", "--db", str(tmp_path / "gw.db"), "--source", "http://127.0.0.1:5672/",
-                "--duration", "1", check=False)
+    out = surge(
+        "gateway",
+        "run",
+        "--db",
+        str(tmp_path / "gw.db"),
+        "--source",
+        "http://127.0.0.1:5672/",
+        "--duration",
+        "1",
+        check=False,
+    )
     assert out.returncode != 0
     assert "not an amqp:// or amqps:// URL" in out.stderr + out.stdout
 
@@ -150,11 +167,28 @@ def test_unreachable_queue_is_logged_and_retried_without_a_crash(rabbit: RabbitC
     dead = "amqp://127.0.0.1:%d/" % free_port()
     log = open(db.with_suffix(".log"), "a")
     gw = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "gateway", "run", "--broker", rabbit.nodes[0].mqtt_url,
-         "--mqtt-version", "3.1.1", "--source", dead, "--db", str(db)], stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "gateway",
+            "run",
+            "--broker",
+            rabbit.nodes[0].mqtt_url,
+            "--mqtt-version",
+            "3.1.1",
+            "--source",
+            dead,
+            "--db",
+            str(db),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        wait_for(lambda: gateway_log(db).count("cannot consume surge.reports from %s" % dead) >= 2, 60,
-                 "two logged retries")
+        wait_for(
+            lambda: gateway_log(db).count("cannot consume surge.reports from %s" % dead) >= 2, 60, "two logged retries"
+        )
         assert gw.poll() is None, gateway_log(db)
     finally:
         gw.send_signal(signal.SIGTERM)
@@ -179,8 +213,7 @@ def test_routing_keys_map_back_to_the_mqtt_topics() -> None:
 
 def test_source_is_a_config_key_checked_at_load(tmp_path: Path) -> None:
     cfg_file = tmp_path / "gw.toml"
-    cfg_file.write_text('[gateway]\nsource = "amqp://127.0.0.1:5673/,amqp://127.0.0.1:5674/"\n'
-                        'mqtt_version = "3.1.1"\n')
+    cfg_file.write_text('[gateway]\nsource = "amqp://127.0.0.1:5673/,amqp://127.0.0.1:5674/"\nmqtt_version = "3.1.1"\n')
     assert config.load(str(cfg_file), {}).source == "amqp://127.0.0.1:5673/,amqp://127.0.0.1:5674/"
     try:
         config.load(str(cfg_file), {"source": "127.0.0.1:5673"})

@@ -26,7 +26,11 @@ def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("artifacts")
     proc = subprocess.run(
         ["node", str(CHAIN_DIR / "compile.mjs"), "--out", str(out)],
-        cwd=ROOT, env=node_env(), capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=node_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     return out

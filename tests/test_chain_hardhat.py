@@ -88,8 +88,7 @@ class HardhatNode:
 def chain(node: HardhatNode) -> Web3Chain:
     deployed = open_chain(node.url, key=ChainKey.from_hex(HARDHAT_KEY_0))
     # The caller remembers the address and reattaches, as the gateway will.
-    return open_chain(node.url, key=ChainKey.from_hex(HARDHAT_KEY_0),
-                      contract=deployed.contract_address)
+    return open_chain(node.url, key=ChainKey.from_hex(HARDHAT_KEY_0), contract=deployed.contract_address)
 
 
 def wait_confirmed(chain: Web3Chain, tx: bytes, confirmations: int) -> Any:
@@ -146,10 +145,18 @@ def test_dropped_anchor_is_seen_and_resubmitted(node: HardhatNode, chain: Web3Ch
 
 def test_outage_raises_chain_unavailable(node: HardhatNode, chain: Web3Chain) -> None:
     with pytest.raises(ChainUnavailable):
-        open_chain(f"http://127.0.0.1:{free_port()}", key=ChainKey.from_hex(HARDHAT_KEY_0),
-                   contract=chain.contract_address, timeout=2)
+        open_chain(
+            f"http://127.0.0.1:{free_port()}",
+            key=ChainKey.from_hex(HARDHAT_KEY_0),
+            contract=chain.contract_address,
+            timeout=2,
+        )
     node.stop()
-    for call in (chain.head, chain.last_seq, lambda: chain.submit(99, os.urandom(32), 1),
-                 lambda: chain.receipt(b"\x00" * 32)):
+    for call in (
+        chain.head,
+        chain.last_seq,
+        lambda: chain.submit(99, os.urandom(32), 1),
+        lambda: chain.receipt(b"\x00" * 32),
+    ):
         with pytest.raises(ChainUnavailable, match="unavailable"):
             call()

@@ -16,8 +16,22 @@ import pytest
 from broker import Mosquitto, free_port
 from gateway.chain import ChainKey
 from gw_helpers import Device
-from gw_process import (HARDHAT_KEY_0, HARDHAT_KEY_1, AckPublisher, HardhatNode, TcpProxy, enroll,
-                        gateway_log, metric_value, metrics_text, query, start_gateway, stop, wait_for, wait_online)
+from gw_process import (
+    HARDHAT_KEY_0,
+    HARDHAT_KEY_1,
+    AckPublisher,
+    HardhatNode,
+    TcpProxy,
+    enroll,
+    gateway_log,
+    metric_value,
+    metrics_text,
+    query,
+    start_gateway,
+    stop,
+    wait_for,
+    wait_online,
+)
 
 PASSWORD = "Tr0ub4dor&3 surge keystore"
 
@@ -49,23 +63,40 @@ def test_chain_key_never_leaks(tmp_path: Path, broker: Mosquitto, node: HardhatN
     proxy = TcpProxy(node.port)
     mport = free_port()
     env = dict(os.environ, SURGE_CHAIN_KEY=HARDHAT_KEY_0)
-    gw = start_gateway(db, broker, "--chain", proxy.url, "--metrics-port", str(mport), "--log-level", "debug",
-                       env=env, batch_size=2, batch_seconds=0.5)
+    gw = start_gateway(
+        db,
+        broker,
+        "--chain",
+        proxy.url,
+        "--metrics-port",
+        str(mport),
+        "--log-level",
+        "debug",
+        env=env,
+        batch_size=2,
+        batch_seconds=0.5,
+    )
     pub = AckPublisher(broker.port)
     try:
         wait_online(broker, gw)
         for _ in range(2):
             pub.send(dev.topic, dev.report())
         pub.send(dev.topic, b"\xd2\x84 not a report")
-        wait_for(lambda: query(db, "SELECT COUNT(*) FROM anchors WHERE state='confirmed'")[0][0] >= 1, 60,
-                 "an anchor confirmed")
+        wait_for(
+            lambda: query(db, "SELECT COUNT(*) FROM anchors WHERE state='confirmed'")[0][0] >= 1,
+            60,
+            "an anchor confirmed",
+        )
         proxy.cut()
         for _ in range(2):
             pub.send(dev.topic, dev.report())
         wait_for(lambda: metric_value(metrics_text(mport), "surge_chain_errors_total") >= 3, 30, "chain errors")
         proxy.restore()
-        wait_for(lambda: query(db, "SELECT COUNT(*) FROM anchors WHERE state='confirmed'")[0][0] >= 2, 60,
-                 "anchoring after the outage")
+        wait_for(
+            lambda: query(db, "SELECT COUNT(*) FROM anchors WHERE state='confirmed'")[0][0] >= 2,
+            60,
+            "anchoring after the outage",
+        )
         metrics = metrics_text(mport).encode()
     finally:
         pub.close()
@@ -76,22 +107,65 @@ def test_chain_key_never_leaks(tmp_path: Path, broker: Mosquitto, node: HardhatN
     keystore = tmp_path / "gateway-key.json"
     keystore.write_text(json.dumps(ChainKey.from_hex(HARDHAT_KEY_1).encrypt(PASSWORD)))
     outputs = []
-    for extra, e in ((["--keystore", str(keystore)], {"SURGE_KEYSTORE_PASSWORD": "not " + PASSWORD}),
-                     ([], {"SURGE_CHAIN_KEY": HARDHAT_KEY_1[:-2] + "zz"}),
-                     ([], {"SURGE_CHAIN_KEY": HARDHAT_KEY_1 + "00"})):
+    for extra, e in (
+        (["--keystore", str(keystore)], {"SURGE_KEYSTORE_PASSWORD": "not " + PASSWORD}),
+        ([], {"SURGE_CHAIN_KEY": HARDHAT_KEY_1[:-2] + "zz"}),
+        ([], {"SURGE_CHAIN_KEY": HARDHAT_KEY_1 + "00"}),
+    ):
         env2 = dict(os.environ, **e)
         env2.pop("SURGE_CHAIN_KEY", None) if "SURGE_CHAIN_KEY" not in e else None
-        proc = subprocess.run([sys.executable, "-m", "agent.cli", "gateway", "run", "--broker", broker.url,
-                               "--db", str(tmp_path / "other.db"), "--chain", node.url, "--log-level", "debug",
-                               "--duration", "1", *extra], capture_output=True, env=env2, timeout=60)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "gateway",
+                "run",
+                "--broker",
+                broker.url,
+                "--db",
+                str(tmp_path / "other.db"),
+                "--chain",
+                node.url,
+                "--log-level",
+                "debug",
+                "--duration",
+                "1",
+                *extra,
+            ],
+            capture_output=True,
+            env=env2,
+            timeout=60,
+        )
         assert proc.returncode != 0
         outputs.append(proc.stdout + proc.stderr)
     # A working keystore start, for its log and database too.
     env3 = dict(os.environ, SURGE_KEYSTORE_PASSWORD=PASSWORD)
     env3.pop("SURGE_CHAIN_KEY", None)
-    ok = subprocess.run([sys.executable, "-m", "agent.cli", "gateway", "run", "--broker", broker.url, "--db",
-                         str(tmp_path / "ks.db"), "--chain", node.url, "--keystore", str(keystore), "--log-level",
-                         "debug", "--duration", "2"], capture_output=True, env=env3, timeout=60)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "gateway",
+            "run",
+            "--broker",
+            broker.url,
+            "--db",
+            str(tmp_path / "ks.db"),
+            "--chain",
+            node.url,
+            "--keystore",
+            str(keystore),
+            "--log-level",
+            "debug",
+            "--duration",
+            "2",
+        ],
+        capture_output=True,
+        env=env3,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr[-2000:]
 
     log = gateway_log(db).encode()

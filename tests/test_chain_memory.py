@@ -140,8 +140,13 @@ def test_gap_is_rejected(chain: Web3Chain) -> None:
 
 def test_invalid_batches_rejected_before_sending(chain: Web3Chain) -> None:
     head = chain.head()
-    for seq, root, size in [(0, os.urandom(32), 1), (1, bytes(32), 1), (1, b"\x01" * 31, 1),
-                            (1, os.urandom(32), 0), (2**64, os.urandom(32), 1)]:
+    for seq, root, size in [
+        (0, os.urandom(32), 1),
+        (1, bytes(32), 1),
+        (1, b"\x01" * 31, 1),
+        (1, os.urandom(32), 0),
+        (2**64, os.urandom(32), 1),
+    ]:
         with pytest.raises(InvalidBatch):
             chain.submit(seq, root, size)
     assert chain.head() == head, "nothing was broadcast"

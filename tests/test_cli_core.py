@@ -16,8 +16,7 @@ from conftest import VECTORS
 
 def surge(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     # Through the real console entry point, as a user runs it.
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], input=stdin,
-                          capture_output=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], input=stdin, capture_output=True, timeout=60)
 
 
 def _reference() -> dict[str, str]:
@@ -89,11 +88,14 @@ def test_decode_without_key_does_not_claim_validity() -> None:
     assert json.loads(proc.stdout)["signature"]["valid"] is None
 
 
-@pytest.mark.parametrize("payload,needle", [
-    (b"\xd2\x84", "malformed_cbor"),
-    (bytes.fromhex("d3820102"), "not_cose_sign1"),
-    (b"", "malformed_cbor"),
-])
+@pytest.mark.parametrize(
+    "payload,needle",
+    [
+        (b"\xd2\x84", "malformed_cbor"),
+        (bytes.fromhex("d3820102"), "not_cose_sign1"),
+        (b"", "malformed_cbor"),
+    ],
+)
 def test_decode_malformed_is_one_line(payload: bytes, needle: str) -> None:
     proc = surge("decode", "-", stdin=payload)
     err = proc.stderr.decode()

@@ -15,13 +15,16 @@ import pytest
 from agent import cli
 
 
-@pytest.mark.parametrize("module, commands", [
-    ("gateway.demo.cli", ("demo",)),
-    ("firmware_shim.host.device_cli", ("flash", "device")),
-])
-def test_main_registers_its_commands_when_missing(module: str, commands: tuple[str, ...],
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "module, commands",
+    [
+        ("gateway.demo.cli", ("demo",)),
+        ("firmware_shim.host.device_cli", ("flash", "device")),
+    ],
+)
+def test_main_registers_its_commands_when_missing(
+    module: str, commands: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delitem(cli._COMMAND_MODULES, module)
     mod = importlib.import_module(module)
     with pytest.raises(SystemExit) as exit_:

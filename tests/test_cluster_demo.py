@@ -28,6 +28,7 @@ def _engines() -> None:
     if bindir() is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed: `make system-deps` installs them")
     from chain_fixtures import ensure_node_modules
+
     ensure_node_modules()
 
 
@@ -37,8 +38,13 @@ def demo_argv(workdir: Path, *args: str) -> list[str]:
 
 def test_demo_runs_survives_a_leader_kill_and_stops_everything(tmp_path: Path) -> None:
     work = tmp_path / "cluster-demo"
-    proc = subprocess.run(demo_argv(work, "--duration", "15", "--devices", "4", "--kill-leader-after", "5"),
-                          cwd=ROOT, capture_output=True, text=True, timeout=360)
+    proc = subprocess.run(
+        demo_argv(work, "--duration", "15", "--devices", "4", "--kill-leader-after", "5"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     assert "leader: gateway " in out
@@ -53,8 +59,13 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     work = tmp_path / "cluster-demo"
     log = tmp_path / "demo.out"
     with open(log, "w") as out:
-        proc = subprocess.Popen(demo_argv(work, "--duration", "0", "--devices", "2"), cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            demo_argv(work, "--duration", "0", "--devices", "2"),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
         deadline = time.monotonic() + 240
         while "devices publishing" not in log.read_text():

@@ -38,7 +38,16 @@ from gateway import receipts
 from gateway.cluster.rabbitmq import RabbitCluster
 from gateway.db.leader import NODE_LOCK_CLASS
 from gateway.store import Store
-from gw_process import HARDHAT_KEY_0, assert_anchored_once, HardhatNode, Miner, metric_value, metrics_text, stop, wait_for
+from gw_process import (
+    HARDHAT_KEY_0,
+    assert_anchored_once,
+    HardhatNode,
+    Miner,
+    metric_value,
+    metrics_text,
+    stop,
+    wait_for,
+)
 
 __all__ = ["rabbit"]  # the module-scoped cluster fixture
 
@@ -50,19 +59,54 @@ Key = tuple[str, int, int]
 class Member:
     """One `surge gateway run` of the cluster; its PostgreSQL connections carry application_name surge-gw-NODE."""
 
-    def __init__(self, tmp: Path, name: str, pg_url: str, rabbit: RabbitCluster, mqtt_node: int,
-                 source_nodes: list[int], chain: HardhatNode) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        name: str,
+        pg_url: str,
+        rabbit: RabbitCluster,
+        mqtt_node: int,
+        source_nodes: list[int],
+        chain: HardhatNode,
+    ) -> None:
         self.name = name
         self.app = "surge-gw-%s" % name
         self.log_path = tmp / ("gateway-%s.log" % name)
         self.metrics_port = free_port()
         source = ",".join(rabbit.nodes[i - 1].amqp_url for i in source_nodes)
-        self.args = [sys.executable, "-m", "agent.cli", "gateway", "run",
-                     "--broker", rabbit.nodes[mqtt_node - 1].mqtt_url, "--mqtt-version", "3.1.1",
-                     "--source", source, "--db", "%s?application_name=%s" % (pg_url, self.app),
-                     "--chain", chain.url, "--node", name, "--confirmations", "2",
-                     "--batch-size", "200", "--batch-seconds", "1", "--commit-group", "50",
-                     "--rate-limit", "1000", "--rate-burst", "1000", "--metrics-port", str(self.metrics_port)]
+        self.args = [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "gateway",
+            "run",
+            "--broker",
+            rabbit.nodes[mqtt_node - 1].mqtt_url,
+            "--mqtt-version",
+            "3.1.1",
+            "--source",
+            source,
+            "--db",
+            "%s?application_name=%s" % (pg_url, self.app),
+            "--chain",
+            chain.url,
+            "--node",
+            name,
+            "--confirmations",
+            "2",
+            "--batch-size",
+            "200",
+            "--batch-seconds",
+            "1",
+            "--commit-group",
+            "50",
+            "--rate-limit",
+            "1000",
+            "--rate-burst",
+            "1000",
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
         self.proc: subprocess.Popen[str] | None = None
         self.starts = 0
 
@@ -70,11 +114,19 @@ class Member:
         log = open(self.log_path, "a")
         log.write("\n=== start %d\n" % (self.starts + 1))
         log.flush()
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                     env=dict(os.environ, SURGE_CHAIN_KEY=HARDHAT_KEY_0))
+        self.proc = subprocess.Popen(
+            self.args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, SURGE_CHAIN_KEY=HARDHAT_KEY_0),
+        )
         self.starts += 1
-        wait_for(lambda: "consuming reports from the queue" in self.this_run() or not self.alive(), 120,
-                 "gateway %s consuming the queue" % self.name)
+        wait_for(
+            lambda: "consuming reports from the queue" in self.this_run() or not self.alive(),
+            120,
+            "gateway %s consuming the queue" % self.name,
+        )
         assert self.alive(), self.log()[-3000:]
 
     def log(self) -> str:
@@ -109,18 +161,21 @@ def member_backends(admin: str, dbname: str, member: Member) -> list[int]:
     """Server pids of every connection of ``member``: its store connections (by application_name)
     and its leader lock's (the session holding the advisory lock on its node name)."""
     import psycopg
+
     with psycopg.connect(admin, autocommit=True) as c:
         rows = c.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname=%s AND application_name=%s "
             "UNION SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid=l.database "
             "WHERE d.datname=%s AND l.locktype='advisory' AND l.classid=%s AND l.objsubid=2 "
             "AND l.objid::bigint = (hashtext(%s)::bigint + 4294967296) %% 4294967296 AND l.granted",
-            (dbname, member.app, dbname, NODE_LOCK_CLASS, member.name)).fetchall()
+            (dbname, member.app, dbname, NODE_LOCK_CLASS, member.name),
+        ).fetchall()
         return [int(r[0]) for r in rows]
 
 
 def terminate(admin: str, pids: list[int]) -> int:
     import psycopg
+
     with psycopg.connect(admin, autocommit=True) as c:
         return sum(1 for p in pids if c.execute("SELECT pg_terminate_backend(%s)", (p,)).fetchone()[0])
 
@@ -138,15 +193,21 @@ def check_report_by_report(store: Store, chain: HardhatNode, fleet: Fleet) -> di
     except AssertionError:
         missing = sorted(acked - set(stored(store)))
         why = store.db.execute("SELECT reason, count(*) FROM rejections GROUP BY reason").fetchall()
-        raise AssertionError("%d of %d PUBACKed reports lost, e.g. %s; rejections by reason: %s"
-                             % (len(missing), len(acked), missing[:5], why)) from None
+        raise AssertionError(
+            "%d of %d PUBACKed reports lost, e.g. %s; rejections by reason: %s"
+            % (len(missing), len(acked), missing[:5], why)
+        ) from None
     rows = stored(store)
     twice = [k for k, n in collections.Counter(rows).items() if n > 1]
     assert not twice, "stored twice: %s" % twice[:5]
     assert set(rows) <= sent, "a report nobody sent"
     # Published but not PUBACKed (the window in flight when a node died): stored once or not at all.
-    wait_for(lambda: store.unbatched_count() == 0 and store.unconfirmed_count() == 0, 180,
-             "every report batched and every batch confirmed", interval=0.5)
+    wait_for(
+        lambda: store.unbatched_count() == 0 and store.unconfirmed_count() == 0,
+        180,
+        "every report batched and every batch confirmed",
+        interval=0.5,
+    )
     batches = assert_anchored_once(store, chain.url, len(rows))
     roots = {b.seq: b.root for b in batches}  # equal to the roots on chain (asserted just above)
     contract = str(store.meta("contract:" + chain.url))
@@ -176,8 +237,10 @@ def setup(tmp_path: Path, pg_server: Any, pg_url: str, rabbit: RabbitCluster, no
     others = [n.index for n in rabbit.nodes if n.index != leader_node]
     # a speaks MQTT (status, receipts) through the node that will die, b through a survivor;
     # both list the queue's leader first, so both consumers must move.
-    members = [Member(tmp_path, "a", pg_url, rabbit, leader_node, [leader_node, *others], node),
-               Member(tmp_path, "b", pg_url, rabbit, others[0], [leader_node, *reversed(others)], node)]
+    members = [
+        Member(tmp_path, "a", pg_url, rabbit, leader_node, [leader_node, *others], node),
+        Member(tmp_path, "b", pg_url, rabbit, others[0], [leader_node, *reversed(others)], node),
+    ]
     try:
         for m in members:
             m.start()
@@ -195,9 +258,9 @@ def setup(tmp_path: Path, pg_server: Any, pg_url: str, rabbit: RabbitCluster, no
             rabbit.start_node(leader_node)  # the module's next test gets all three nodes
 
 
-def test_broker_node_gateway_and_postgres_connections_killed_under_load(setup: Any, rabbit: RabbitCluster,
-                                                                        node: HardhatNode, pg_server: Any,
-                                                                        pg_url: str) -> None:
+def test_broker_node_gateway_and_postgres_connections_killed_under_load(
+    setup: Any, rabbit: RabbitCluster, node: HardhatNode, pg_server: Any, pg_url: str
+) -> None:
     fleet, members, store, queue_leader = setup
     dbname = pg_url.rsplit("/", 1)[1]
     admin = pg_server.url()
@@ -227,8 +290,11 @@ def test_broker_node_gateway_and_postgres_connections_killed_under_load(setup: A
     # 3. Every PostgreSQL connection of the gateway leading now (store connections and leader lock).
     wait_for(lambda: sum(m.leads() for m in members) == 1, 60, "one leader")
     victim = next(m for m in members if m.leads())
-    pids = wait_for(lambda: (lambda p: p if len(p) >= 3 else None)(member_backends(admin, dbname, victim)), 60,
-                    "gateway %s's connections" % victim.name)
+    pids = wait_for(
+        lambda: (lambda p: p if len(p) >= 3 else None)(member_backends(admin, dbname, victim)),
+        60,
+        "gateway %s's connections" % victim.name,
+    )
     assert terminate(admin, pids) >= 3
     mark = accepted()
     wait_for(lambda: accepted() >= mark + 200, 120, "accepting after the connections were cut", interval=0.2)
@@ -250,5 +316,7 @@ def test_broker_node_gateway_and_postgres_connections_killed_under_load(setup: A
     accepted_total = sum(m.counter("surge_reports_accepted_total") for m in members)
     # The killed run's counter died with it; the live runs never count more than were stored.
     assert accepted_total <= counts["stored"]
-    print("cluster faults: %(acked)d PUBACKed, %(stored)d stored, %(batches)d batches, %(gaps)d reports "
-          "recorded with a gap" % counts)
+    print(
+        "cluster faults: %(acked)d PUBACKed, %(stored)d stored, %(batches)d batches, %(gaps)d reports "
+        "recorded with a gap" % counts
+    )

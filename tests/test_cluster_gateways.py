@@ -27,7 +27,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from broker import Mosquitto, free_port
 from gateway.store import Store
 from gw_helpers import Collector, Device
-from gw_process import HARDHAT_KEY_0, assert_anchored_once, HardhatNode, Miner, metric_value, metrics_text, stop, wait_for
+from gw_process import (
+    HARDHAT_KEY_0,
+    assert_anchored_once,
+    HardhatNode,
+    Miner,
+    metric_value,
+    metrics_text,
+    stop,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -41,19 +50,54 @@ class Member:
         self.name = node_name
         self.log_path = tmp / ("%s.log" % node_name)
         self.metrics_port = free_port()
-        self.args = [sys.executable, "-m", "agent.cli", "gateway", "run", "--broker", broker.url, "--db", pg_url,
-                     "--chain", chain.url, "--share-group", "cluster", "--node", node_name, "--batch-size", "40",
-                     "--batch-seconds", "1", "--confirmations", "2", "--metrics-port", str(self.metrics_port),
-                     "--rate-limit", "1000", "--rate-burst", "1000", "--commit-group", "50"]
+        self.args = [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "gateway",
+            "run",
+            "--broker",
+            broker.url,
+            "--db",
+            pg_url,
+            "--chain",
+            chain.url,
+            "--share-group",
+            "cluster",
+            "--node",
+            node_name,
+            "--batch-size",
+            "40",
+            "--batch-seconds",
+            "1",
+            "--confirmations",
+            "2",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--rate-limit",
+            "1000",
+            "--rate-burst",
+            "1000",
+            "--commit-group",
+            "50",
+        ]
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
         log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                     env=dict(os.environ, SURGE_CHAIN_KEY=HARDHAT_KEY_0))
+        self.proc = subprocess.Popen(
+            self.args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, SURGE_CHAIN_KEY=HARDHAT_KEY_0),
+        )
         mark = self.log().count("connected to 127.0.0.1")
-        wait_for(lambda: self.log().count("connected to 127.0.0.1") > mark or self.proc.poll() is not None,  # type: ignore[union-attr]
-                 90, "gateway %s subscribed" % self.name)
+        wait_for(
+            lambda: self.log().count("connected to 127.0.0.1") > mark or self.proc.poll() is not None,  # type: ignore[union-attr]
+            90,
+            "gateway %s subscribed" % self.name,
+        )
         assert self.proc.poll() is None, self.log()
 
     def log(self) -> str:
@@ -135,8 +179,11 @@ def check_exactly_once(store: Store, chain: HardhatNode, expected: set[Key], wat
     rows = stored(store)
     assert len(rows) == len(set(rows)) == len(expected), "a report stored twice, or one never sent"
     assert set(rows) == expected
-    wait_for(lambda: store.unbatched_count() == 0 and store.unconfirmed_count() == 0, 180,
-             "every report batched and every batch confirmed")
+    wait_for(
+        lambda: store.unbatched_count() == 0 and store.unconfirmed_count() == 0,
+        180,
+        "every report batched and every batch confirmed",
+    )
     assert_anchored_once(store, chain.url, len(expected))
 
     def receipted() -> set[Key]:
@@ -187,22 +234,30 @@ def test_two_gateways_accept_and_anchor_each_report_once(cluster, node: HardhatN
     assert accepted == len(load.sent()), "accepted counted once across the cluster"
     assert duplicates == len(load.sent()), "every second copy counted as a duplicate"
     # Both ingested: the shared subscription hands each gateway its share of the copies.
-    assert all(m.counter("surge_reports_accepted_total") + m.counter("surge_reports_duplicate_total") > 0
-               for m in members)
+    assert all(
+        m.counter("surge_reports_accepted_total") + m.counter("surge_reports_duplicate_total") > 0 for m in members
+    )
     assert all(m.alive() for m in members)
 
 
-def test_a_second_member_with_another_gateway_id_is_refused(tmp_path: Path, pg_url: str, broker: Mosquitto,
-                                                            node: HardhatNode) -> None:
+def test_a_second_member_with_another_gateway_id_is_refused(
+    tmp_path: Path, pg_url: str, broker: Mosquitto, node: HardhatNode
+) -> None:
     first = Member(tmp_path, "a", pg_url, broker, node)
     first.start()
     try:
         other = Member(tmp_path, "b", pg_url, broker, node)
-        proc = subprocess.run(other.args + ["--gateway-id", "gw-other"], capture_output=True, text=True,
-                              timeout=120, env=dict(os.environ, SURGE_CHAIN_KEY=HARDHAT_KEY_0))
+        proc = subprocess.run(
+            other.args + ["--gateway-id", "gw-other"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, SURGE_CHAIN_KEY=HARDHAT_KEY_0),
+        )
         assert proc.returncode != 0 and "belongs to gateway id" in proc.stderr, proc.stderr
-        same_node = subprocess.run(first.args, capture_output=True, text=True, timeout=120,
-                                   env=dict(os.environ, SURGE_CHAIN_KEY=HARDHAT_KEY_0))
+        same_node = subprocess.run(
+            first.args, capture_output=True, text=True, timeout=120, env=dict(os.environ, SURGE_CHAIN_KEY=HARDHAT_KEY_0)
+        )
         assert same_node.returncode != 0 and "running as node 'a'" in same_node.stderr, same_node.stderr
     finally:
         first.stop()
@@ -232,8 +287,12 @@ def test_sigkill_of_the_leader_under_load(cluster, node: HardhatNode) -> None:  
     assert all(m.alive() for m in members)
 
 
-def test_postgres_connections_killed_under_load(cluster, node: HardhatNode, pg_server,  # type: ignore[no-untyped-def]
-                                                pg_url: str) -> None:
+def test_postgres_connections_killed_under_load(
+    cluster,
+    node: HardhatNode,
+    pg_server,  # type: ignore[no-untyped-def]
+    pg_url: str,
+) -> None:
     store, members, load, watch = cluster
     dbname = pg_url.rsplit("/", 1)[1]
     for cut in range(2):

@@ -52,9 +52,8 @@ def test_ed25519_rejects_what_libsodium_rejects(sk: bytes, msg: bytes, byte: int
 
 
 # Values inside the protocol subset; text/bytes/int keys as in real claims.
-scalars = (st.integers(-(2 ** 64), 2 ** 64 - 1) | st.binary(max_size=40) | st.text(max_size=20)
-           | st.booleans() | st.none())
-keys = st.integers(-(2 ** 64), 2 ** 64 - 1) | st.text(max_size=10) | st.binary(max_size=10)
+scalars = st.integers(-(2**64), 2**64 - 1) | st.binary(max_size=40) | st.text(max_size=20) | st.booleans() | st.none()
+keys = st.integers(-(2**64), 2**64 - 1) | st.text(max_size=10) | st.binary(max_size=10)
 values = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(keys, inner, max_size=5),
@@ -174,8 +173,9 @@ def test_fast_path_agrees_with_portable_core(data: st.DataObject) -> None:
         assert fast != "valid"
 
 
-@pytest.mark.parametrize("case", json.loads((VECTORS / "cbor_malformed.json").read_text())["cases"],
-                         ids=lambda c: c["hex"][:20])
+@pytest.mark.parametrize(
+    "case", json.loads((VECTORS / "cbor_malformed.json").read_text())["cases"], ids=lambda c: c["hex"][:20]
+)
 def test_fast_path_rejects_malformed_claims(case: dict[str, str]) -> None:
     payload = bytes.fromhex(case["hex"])
     protected = b"\xa2\x01\x27\x04\x48" + b"\x01" * 8
@@ -184,12 +184,15 @@ def test_fast_path_rejects_malformed_claims(case: dict[str, str]) -> None:
         envelope.parse(msg)
 
 
-@pytest.mark.parametrize("mutate,reason,still_signed", [
-    (lambda m: m[1:], "not_cose_sign1", True),                              # untagged
-    (lambda m: m.replace(b"\xa0", b"\xa1\x05\x40", 1), "bad_header", True),  # unprotected {5: h''}
-    (lambda m: m[:2] + b"\x58\x0d" + m[3:], "not_deterministic", True),     # long length form
-    (lambda m: m[:2] + b"\x4d\xa2\x04\x48" + m[8:16] + b"\x01\x27" + m[16:], "bad_header", False),  # reordered
-])
+@pytest.mark.parametrize(
+    "mutate,reason,still_signed",
+    [
+        (lambda m: m[1:], "not_cose_sign1", True),  # untagged
+        (lambda m: m.replace(b"\xa0", b"\xa1\x05\x40", 1), "bad_header", True),  # unprotected {5: h''}
+        (lambda m: m[:2] + b"\x58\x0d" + m[3:], "not_deterministic", True),  # long length form
+        (lambda m: m[:2] + b"\x4d\xa2\x04\x48" + m[8:16] + b"\x01\x27" + m[16:], "bad_header", False),  # reordered
+    ],
+)
 def test_fast_path_accepts_one_encoding_only(mutate: Any, reason: str, still_signed: bool) -> None:
     data, pk = _reference()
     bad = mutate(data)

@@ -29,17 +29,23 @@ from gateway.verify import check_plausible
 SURGE = [sys.executable, "-m", "gateway.demo.cli"]
 
 
-def demo(workdir: Path, *args: str, env: dict[str, str] | None = None,
-         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def demo(
+    workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """`surge demo` run from the workdir's parent with a relative --workdir, as `make demo` does."""
     env = dict(env or os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([*SURGE, "demo", "--workdir", workdir.name, *args], cwd=workdir.parent,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [*SURGE, "demo", "--workdir", workdir.name, *args],
+        cwd=workdir.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def surge_verify(bundle: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SURGE, "verify", str(bundle), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([*SURGE, "verify", str(bundle), *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def check_run(proc: subprocess.CompletedProcess[str], workdir: Path, broker_kind: str) -> dict[str, int]:
@@ -71,8 +77,13 @@ def check_run(proc: subprocess.CompletedProcess[str], workdir: Path, broker_kind
     kinds: dict[str, int] = {}
     for agent_dir in sorted((workdir / "devices").iterdir()):
         log = (agent_dir / "agent.log").read_text()
-        kind = ("micropython" if agent_dir.name.startswith("micropython") else
-                "not enrolled" if agent_dir.name.startswith("intruder") else "sim")
+        kind = (
+            "micropython"
+            if agent_dir.name.startswith("micropython")
+            else "not enrolled"
+            if agent_dir.name.startswith("intruder")
+            else "sim"
+        )
         if kind == "sim":
             assert "stopped after" in log, (agent_dir, log[-1000:])  # SIGTERM: the clean way out
         did = re.search(r"device ([0-9a-f]{16})", log).group(1)  # type: ignore[union-attr]
@@ -98,8 +109,9 @@ def check_rewards(proc: subprocess.CompletedProcess[str], workdir: Path) -> None
     assert re.search(r"^    [0-9a-f]{16} .* bw_up \d+ B/s, .* points [1-9]\d*, ", out, re.M), out[-3000:]
     m = re.search(r"^reward proof: (\S+)\nVALID: owner (0x[0-9a-fA-F]{40}) has cumulative ([1-9]\d*) ", out, re.M)
     assert m, out[-3000:]
-    ok = subprocess.run([*SURGE, "rewards", "verify", m.group(1)], cwd=workdir.parent, capture_output=True,
-                        text=True, timeout=60)
+    ok = subprocess.run(
+        [*SURGE, "rewards", "verify", m.group(1)], cwd=workdir.parent, capture_output=True, text=True, timeout=60
+    )
     assert ok.returncode == 0 and ok.stdout.startswith("VALID") and m.group(2) in ok.stdout, ok.stdout + ok.stderr
     # Storage was audited (storage_audit = true in the demo's gateway config): plots were stored.
     db = sqlite3.connect(str(workdir / "gateway.db"))
@@ -138,8 +150,19 @@ def test_demo_on_existing_broker_and_chain(tmp_path: Path, broker: Mosquitto, no
     key = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
     work = tmp_path / "demo"
     url = broker.url
-    proc = demo(work, "--devices", "2", "--duration", "6", "--broker", url, "--chain", node.url,
-                "--no-micropython", env=dict(os.environ, SURGE_CHAIN_KEY=key))
+    proc = demo(
+        work,
+        "--devices",
+        "2",
+        "--duration",
+        "6",
+        "--broker",
+        url,
+        "--chain",
+        node.url,
+        "--no-micropython",
+        env=dict(os.environ, SURGE_CHAIN_KEY=key),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "broker: external %s" % url in proc.stdout
     assert "root matches rootOf(gateway, batch) at %s" % node.url in proc.stdout

@@ -16,8 +16,20 @@ import pytest
 from broker import Mosquitto
 from gateway.chain import ChainKey, open_chain
 from gw_helpers import Collector, Device
-from gw_process import (HARDHAT_KEY_0, AckPublisher, HardhatNode, TcpProxy, enroll, gateway_log, query, rpc,
-                        start_gateway, stop, wait_for, wait_online)
+from gw_process import (
+    HARDHAT_KEY_0,
+    AckPublisher,
+    HardhatNode,
+    TcpProxy,
+    enroll,
+    gateway_log,
+    query,
+    rpc,
+    start_gateway,
+    stop,
+    wait_for,
+    wait_online,
+)
 
 K = 3
 
@@ -34,8 +46,7 @@ def test_reorg_deeper_than_confirmations_then_outage(tmp_path: Path, broker: Mos
         enroll(db, d)
     proxy = TcpProxy(node.port)
     env = dict(os.environ, SURGE_CHAIN_KEY=HARDHAT_KEY_0)
-    gw = start_gateway(db, broker, "--chain", proxy.url, env=env, batch_size=2, batch_seconds=3600,
-                       confirmations=K)
+    gw = start_gateway(db, broker, "--chain", proxy.url, env=env, batch_size=2, batch_seconds=3600, confirmations=K)
     watch = Collector(broker.port, "surge/v1/#")
     pub = AckPublisher(broker.port)
 
@@ -45,6 +56,7 @@ def test_reorg_deeper_than_confirmations_then_outage(tmp_path: Path, broker: Mos
             if not got:
                 node.mine(1)
             return got
+
         return wait_for(step, timeout, what, interval=0.2)
 
     try:
@@ -72,8 +84,12 @@ def test_reorg_deeper_than_confirmations_then_outage(tmp_path: Path, broker: Mos
         for k, r in second.items():
             a = first[k]
             # Same leaf, same proof, same root: only the anchoring was redone.
-            assert (r["root"], r["proof"], r["leaf_index"], r["batch_seq"]) == \
-                   (a["root"], a["proof"], a["leaf_index"], a["batch_seq"])
+            assert (r["root"], r["proof"], r["leaf_index"], r["batch_seq"]) == (
+                a["root"],
+                a["proof"],
+                a["leaf_index"],
+                a["batch_seq"],
+            )
             # The re-sent transaction may hash the same as the first one (same nonce,
             # fee and data sign to the same bytes); what matters is that the receipt
             # names a transaction the current chain holds, in the block it says.
@@ -89,8 +105,11 @@ def test_reorg_deeper_than_confirmations_then_outage(tmp_path: Path, broker: Mos
         for d in devs:
             pub.send(d.topic, d.report())
             sent.append((d.id, d.seq - 1))
-        wait_for(lambda: query(db, "SELECT COUNT(*) FROM batches WHERE state='closed'") == [(1,)], 30,
-                 "batch 3 closed during the outage")
+        wait_for(
+            lambda: query(db, "SELECT COUNT(*) FROM batches WHERE state='closed'") == [(1,)],
+            30,
+            "batch 3 closed during the outage",
+        )
         wait_for(lambda: "chain unavailable" in gateway_log(db), 30, "the outage noticed")
         # ...and anchoring resumes when it is back.
         proxy.restore()

@@ -15,8 +15,15 @@ from pathlib import Path
 import pytest
 
 from broker import Mosquitto
-from faults_lib import (Figures, agent_power_cuts, broker_kills_with_agents, can_mount_tmpfs, gateway_disk_full,
-                        gateway_page_limit, gateway_random_kills)
+from faults_lib import (
+    Figures,
+    agent_power_cuts,
+    broker_kills_with_agents,
+    can_mount_tmpfs,
+    gateway_disk_full,
+    gateway_page_limit,
+    gateway_random_kills,
+)
 from gw_process import HardhatNode
 
 KILLS = int(os.environ.get("SURGE_FAULT_KILLS", "10"))

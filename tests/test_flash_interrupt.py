@@ -23,8 +23,20 @@ def test_interrupted_copy_keeps_previous_install(tmp_path: Path, broker: Mosquit
     ref_a = tmp_path / "ref-a"
     files_a = list(bundle.build("esp32", str(cfg_a), str(ref_a)).files)
     with PtyBoard(tmp_path / "board", micropython_binary()) as board:
-        a = surge("flash", "--board", "esp32", "--port", board.port, "--config", str(cfg_a),
-                  "--enroll-out", str(tmp_path / "enroll.json"), "--no-board-check", "--wait", "0")
+        a = surge(
+            "flash",
+            "--board",
+            "esp32",
+            "--port",
+            board.port,
+            "--config",
+            str(cfg_a),
+            "--enroll-out",
+            str(tmp_path / "enroll.json"),
+            "--no-board-check",
+            "--wait",
+            "0",
+        )
         assert a.returncode == 0, a.stderr
         installed = digests(board.root, files_a)
         assert installed == digests(ref_a, files_a)
@@ -36,8 +48,21 @@ def test_interrupted_copy_keeps_previous_install(tmp_path: Path, broker: Mosquit
         cfg_b.write_text(json.dumps(doc))
         board.baud = 115200
         mark = len(board.sent)
-        proc = surge_popen("flash", "--board", "esp32", "--port", board.port, "--config", str(cfg_b), "--mpy",
-                           "--enroll-out", str(tmp_path / "enroll.json"), "--no-board-check", "--wait", "0")
+        proc = surge_popen(
+            "flash",
+            "--board",
+            "esp32",
+            "--port",
+            board.port,
+            "--config",
+            str(cfg_b),
+            "--mpy",
+            "--enroll-out",
+            str(tmp_path / "enroll.json"),
+            "--no-board-check",
+            "--wait",
+            "0",
+        )
 
         def inside_a_file() -> bool:
             sent = bytes(board.sent[mark:])
@@ -65,8 +90,21 @@ def test_interrupted_copy_keeps_previous_install(tmp_path: Path, broker: Mosquit
 
         # Flashing B again completes it and cleans up.
         mark = board.mark()
-        b = surge("flash", "--board", "esp32", "--port", board.port, "--config", str(cfg_b), "--mpy",
-                  "--enroll-out", str(tmp_path / "enroll.json"), "--no-board-check", "--wait", "0")
+        b = surge(
+            "flash",
+            "--board",
+            "esp32",
+            "--port",
+            board.port,
+            "--config",
+            str(cfg_b),
+            "--mpy",
+            "--enroll-out",
+            str(tmp_path / "enroll.json"),
+            "--no-board-check",
+            "--wait",
+            "0",
+        )
         assert b.returncode == 0, b.stderr
         assert "removed %d temporary files left by an interrupted flash" % len(partial) in b.stderr
         assert not list(board.root.rglob("*.surge-new"))

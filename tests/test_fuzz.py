@@ -36,8 +36,18 @@ def test_seeded_mutation_loop_finds_no_crash() -> None:
     # The loop reached every stage, so its silence means something: inputs were
     # refused for every kind of reason, and signed mutants were both accepted
     # and refused by the claim checks.
-    for reason in ("malformed_cbor", "not_cose_sign1", "bad_header", "bad_payload", "not_deterministic",
-                   "kid_mismatch", "bad_signature", "bad_claims", "implausible", "Accepted"):
+    for reason in (
+        "malformed_cbor",
+        "not_cose_sign1",
+        "bad_header",
+        "bad_payload",
+        "not_deterministic",
+        "kid_mismatch",
+        "bad_signature",
+        "bad_claims",
+        "implausible",
+        "Accepted",
+    ):
         assert h.outcomes.get(reason, 0) > 0, (reason, h.outcomes)
     assert h.slowest < 1.0
 
@@ -79,11 +89,17 @@ def test_mutated_seed_at_chosen_positions(data: st.DataObject) -> None:
     _HARNESS.run_one(bytes(seed))
 
 
-_scalars = st.one_of(st.integers(-(2 ** 64), 2 ** 64 - 1), st.booleans(), st.binary(max_size=40),
-                     st.text(max_size=20), st.none())
-_values = st.recursive(_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.integers(-70000, 300), st.text(max_size=4)),
-                                                 inner, max_size=3)), max_leaves=8)
+_scalars = st.one_of(
+    st.integers(-(2**64), 2**64 - 1), st.booleans(), st.binary(max_size=40), st.text(max_size=20), st.none()
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.one_of(st.integers(-70000, 300), st.text(max_size=4)), inner, max_size=3),
+    ),
+    max_leaves=8,
+)
 
 
 @settings(max_examples=1500, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -95,9 +111,31 @@ def test_signed_claim_structures(data: st.DataObject) -> None:
     surge = dict(claims[C.SURGE])
     for _ in range(data.draw(st.integers(1, 3))):
         where = surge if data.draw(st.booleans()) else claims
-        key = data.draw(st.sampled_from([C.IAT, C.NONCE, C.UEID, C.HWMODEL, C.UPTIME, C.BOOTCOUNT, C.SWNAME,
-                                         C.SWVERSION, C.SEQ, C.STORAGE_TOTAL, C.STORAGE_FREE, C.RSSI, C.INTERVAL,
-                                         C.PREV, C.SYNCED, C.DROPPED, C.ERRORS, 99, "x"]))
+        key = data.draw(
+            st.sampled_from(
+                [
+                    C.IAT,
+                    C.NONCE,
+                    C.UEID,
+                    C.HWMODEL,
+                    C.UPTIME,
+                    C.BOOTCOUNT,
+                    C.SWNAME,
+                    C.SWVERSION,
+                    C.SEQ,
+                    C.STORAGE_TOTAL,
+                    C.STORAGE_FREE,
+                    C.RSSI,
+                    C.INTERVAL,
+                    C.PREV,
+                    C.SYNCED,
+                    C.DROPPED,
+                    C.ERRORS,
+                    99,
+                    "x",
+                ]
+            )
+        )
         if data.draw(st.booleans()):
             where.pop(key, None)
         else:

@@ -50,8 +50,9 @@ def test_devices_confined_to_their_topics(tmp_path: Path) -> None:
     db = tmp_path / "gw.db"
     a, b = Device(fleet="alpha"), Device(fleet="alpha")
     for d in (a, b):
-        surge("gateway", "enroll", "--db", str(db), "--pubkey", d.key.public.hex(), "--board", "esp32",
-              "--fleet", d.fleet)
+        surge(
+            "gateway", "enroll", "--db", str(db), "--pubkey", d.key.public.hex(), "--board", "esp32", "--fleet", d.fleet
+        )
     out = tmp_path / "acl"
     port = free_port()
     surge("gateway", "acl", "--db", str(db), "--out", str(out), "--port", str(port), "--bind", "127.0.0.1")
@@ -60,13 +61,13 @@ def test_devices_confined_to_their_topics(tmp_path: Path) -> None:
     # to its own user, which cannot read the test's temporary directory.
     conf = tmp_path / "test-broker.conf"
     conf.write_text("user root\n" + (out / "surge-broker.conf").read_text())
-    broker = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
+    broker = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
         while True:
             try:
                 import socket
+
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             except OSError:

@@ -21,8 +21,21 @@ import pytest
 from broker import Mosquitto, free_port
 from gateway.chain import AlreadyAnchored, ChainKey, open_chain
 from gw_helpers import Collector, Device
-from gw_process import (HARDHAT_KEY_0, AckPublisher, HardhatNode, gateway_log, enroll, metric_value,
-                        metrics_text, query, start_gateway, status, stop, wait_for, wait_online)
+from gw_process import (
+    HARDHAT_KEY_0,
+    AckPublisher,
+    HardhatNode,
+    gateway_log,
+    enroll,
+    metric_value,
+    metrics_text,
+    query,
+    start_gateway,
+    status,
+    stop,
+    wait_for,
+    wait_online,
+)
 
 CRASH_POINTS = ("ingest-committed", "batch-closed", "anchor-submitted", "anchor-recorded")
 
@@ -51,8 +64,9 @@ def test_kill_at_crash_point_then_restart(point: str, tmp_path: Path, broker: Mo
         sent[(d.id, d.seq - 1)] = data
 
     mport = free_port()
-    gw = start_gateway(db, broker, "--chain", node.url, env=dict(env, SURGE_CRASH_AT=point + ":2"),
-                       batch_size=3, batch_seconds=0.5)
+    gw = start_gateway(
+        db, broker, "--chain", node.url, env=dict(env, SURGE_CRASH_AT=point + ":2"), batch_size=3, batch_seconds=0.5
+    )
     try:
         wait_online(broker, gw)
         # Reports flow until the gateway kills itself.
@@ -66,15 +80,19 @@ def test_kill_at_crash_point_then_restart(point: str, tmp_path: Path, broker: Mo
         for _ in range(5):
             send_one()
 
-        gw = start_gateway(db, broker, "--chain", node.url, "--metrics-port", str(mport), env=env,
-                           batch_size=3, batch_seconds=0.5)
+        gw = start_gateway(
+            db, broker, "--chain", node.url, "--metrics-port", str(mport), env=env, batch_size=3, batch_seconds=0.5
+        )
         wait_online(broker, gw)
         for _ in range(5):
             send_one()
 
         def all_receipted() -> bool:
-            got = {(json.loads(p)["device"], json.loads(p)["seq"]) for _, p in watch.of_kind("receipt")
-                   if json.loads(p).get("status") == "confirmed"}
+            got = {
+                (json.loads(p)["device"], json.loads(p)["seq"])
+                for _, p in watch.of_kind("receipt")
+                if json.loads(p).get("status") == "confirmed"
+            }
             return set(sent) <= got
 
         wait_for(all_receipted, 90, "a receipt for every acknowledged report")
@@ -92,8 +110,11 @@ def test_kill_at_crash_point_then_restart(point: str, tmp_path: Path, broker: Mo
         # Every batch is anchored exactly once, in order, with the stored root.
         batches = query(db, "SELECT seq, root, size, state FROM batches ORDER BY seq")
         assert [b[0] for b in batches] == list(range(1, len(batches) + 1))
-        wait_for(lambda: all(s == "receipted" for (s,) in query(db, "SELECT state FROM batches")), 30,
-                 "every batch receipted")
+        wait_for(
+            lambda: all(s == "receipted" for (s,) in query(db, "SELECT state FROM batches")),
+            30,
+            "every batch receipted",
+        )
         contract = query(db, "SELECT value FROM meta WHERE key=?", ("contract:" + node.url,))[0][0]
         chain = open_chain(node.url, key=ChainKey.from_hex(HARDHAT_KEY_0), contract=contract)
         assert chain.last_seq() == len(batches)

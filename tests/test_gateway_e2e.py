@@ -31,8 +31,10 @@ def test_reports_to_receipts_and_bundles(tmp_path: Path, broker: Mosquitto) -> N
                 data = d.report()
                 pub.publish(d.topic, data, qos=1).wait_for_publish(10)
                 sent.append((d, d.seq - 1, data))
-        assert watch.wait(lambda: len(watch.of_kind("receipt")) == len(sent), 60), \
-            (db.with_suffix(".log").read_text()[-3000:], watch.messages[-5:])
+        assert watch.wait(lambda: len(watch.of_kind("receipt")) == len(sent), 60), (
+            db.with_suffix(".log").read_text()[-3000:],
+            watch.messages[-5:],
+        )
         # Each device got exactly its own receipts, with a proof of the right length.
         for topic, payload in watch.of_kind("receipt"):
             rec = json.loads(payload)
@@ -48,8 +50,11 @@ def test_reports_to_receipts_and_bundles(tmp_path: Path, broker: Mosquitto) -> N
         by_report = {(r["device"], r["seq"]): r for r in (json.loads(p) for _, p in watch.of_kind("receipt"))}
         for v in anchored:
             rec = by_report[(v["device"], v["seq"])]
-            assert (v["batch"]["leaf_index"], v["batch"]["root"], v["batch"]["tx_hash"]) == \
-                (rec["leaf_index"], rec["root"], rec["chain"]["tx_hash"])
+            assert (v["batch"]["leaf_index"], v["batch"]["root"], v["batch"]["tx_hash"]) == (
+                rec["leaf_index"],
+                rec["root"],
+                rec["chain"]["tx_hash"],
+            )
         assert watch.of_kind("batches")
         st = status(db)
         assert st["reports"]["accepted"] == len(sent) and st["rejections"] == {}
@@ -80,4 +85,3 @@ def test_reports_to_receipts_and_bundles(tmp_path: Path, broker: Mosquitto) -> N
         watch.close()
         pub.loop_stop()
         stop(gw)
-

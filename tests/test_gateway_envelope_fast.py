@@ -22,12 +22,19 @@ from firmware_shim.cose import COSEError
 from gateway import envelope
 
 scalars = st.one_of(
-    st.integers(min_value=-(2 ** 64) - 5, max_value=2 ** 64 + 5), st.booleans(), st.none(),
-    st.binary(max_size=20), st.text(max_size=10), st.floats(allow_nan=False, width=32),
+    st.integers(min_value=-(2**64) - 5, max_value=2**64 + 5),
+    st.booleans(),
+    st.none(),
+    st.binary(max_size=20),
+    st.text(max_size=10),
+    st.floats(allow_nan=False, width=32),
 )
 keys = st.one_of(st.integers(min_value=-70000, max_value=70000), st.text(max_size=4), st.binary(max_size=3))
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=5)), max_leaves=25)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=5)),
+    max_leaves=25,
+)
 claims_maps = st.dictionaries(keys, values, min_size=1, max_size=8)
 
 
@@ -60,8 +67,14 @@ def test_fast_path_agrees_with_portable_reencode(claims: dict[Any, Any], how: st
 
 def test_fast_path_takes_a_typical_report() -> None:
     # -1 sorts after 256 bytewise (0x20 > 0x19) but before it length-first.
-    claims = {6: 1795000000, 256: b"\x01" * 9, 261: 259200, 267: 12, -1: 0,
-              -65537: {1: 123456, 2: 31914983424, 3: 12345678901, 10: 300, 11: b"\x00" * 16, 12: True, 13: 0}}
+    claims = {
+        6: 1795000000,
+        256: b"\x01" * 9,
+        261: 259200,
+        267: 12,
+        -1: 0,
+        -65537: {1: 123456, 2: 31914983424, 3: 12345678901, 10: 300, 11: b"\x00" * 16, 12: True, 13: 0},
+    }
     payload = portable_cbor.dumps(claims)
     assert envelope._fast_deterministic(cbor2.loads(payload), payload)
     assert decide(payload, True) == ("ok", claims)
@@ -86,26 +99,34 @@ def _envelope(payload: bytes, kid: bytes = b"\x07" * 8) -> bytes:
 
 
 @settings(max_examples=400, deadline=None)
-@given(pad=st.integers(min_value=0, max_value=600), cut=st.integers(min_value=0, max_value=700),
-       flip=st.tuples(st.integers(min_value=0, max_value=700), st.integers(min_value=1, max_value=255)),
-       how=st.sampled_from(["as is", "flip", "truncate", "append", "long head"]))
-def test_envelope_recognised_by_bytes_exactly_when_decoding_accepts_it(pad: int, cut: int, flip: tuple[int, int],
-                                                                       how: str) -> None:
+@given(
+    pad=st.integers(min_value=0, max_value=600),
+    cut=st.integers(min_value=0, max_value=700),
+    flip=st.tuples(st.integers(min_value=0, max_value=700), st.integers(min_value=1, max_value=255)),
+    how=st.sampled_from(["as is", "flip", "truncate", "append", "long head"]),
+)
+def test_envelope_recognised_by_bytes_exactly_when_decoding_accepts_it(
+    pad: int, cut: int, flip: tuple[int, int], how: str
+) -> None:
     # Payloads under 24, under 256 and above (three head forms), then one change.
     data = _envelope(portable_cbor.dumps({261: 1, 270: "x" * pad} if pad else {261: 1}))
     if how == "flip":
         i = flip[0] % len(data)
-        data = data[:i] + bytes((data[i] ^ flip[1],)) + data[i + 1:]
+        data = data[:i] + bytes((data[i] ^ flip[1],)) + data[i + 1 :]
     elif how == "truncate":
-        data = data[:cut % len(data)]
+        data = data[: cut % len(data)]
     elif how == "append":
         data = data + b"\x00"
     elif how == "long head":  # the payload's length in a longer head than needed
         payload = portable_cbor.dumps({261: 1, 270: "x" * pad} if pad else {261: 1})
-        longer = (b"\x59" + len(payload).to_bytes(2, "big") if len(payload) < 256
-                  else b"\x5a" + len(payload).to_bytes(4, "big"))
-        data = (b"\xd2\x84\x4d\xa2\x01\x27\x04\x48" + b"\x07" * 8 + b"\xa0" + longer + payload
-                + b"\x58\x40" + b"\x5a" * 64)
+        longer = (
+            b"\x59" + len(payload).to_bytes(2, "big")
+            if len(payload) < 256
+            else b"\x5a" + len(payload).to_bytes(4, "big")
+        )
+        data = (
+            b"\xd2\x84\x4d\xa2\x01\x27\x04\x48" + b"\x07" * 8 + b"\xa0" + longer + payload + b"\x58\x40" + b"\x5a" * 64
+        )
     outcome = parse_outcome(data, True)
     assert outcome == parse_outcome(data, False)
     if how == "as is":

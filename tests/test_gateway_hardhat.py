@@ -17,9 +17,25 @@ from typing import Any
 from broker import Mosquitto, free_port
 from gateway.chain import ChainKey, open_chain
 from gw_helpers import Collector, Device
-from gw_process import (HARDHAT_KEY_0, HARDHAT_KEY_1, AckPublisher, HardhatNode, Miner, TcpProxy, enroll,
-                        gateway_log, metric_value, metrics_text, query, rpc, start_gateway, stop, surge,
-                        wait_for, wait_online)
+from gw_process import (
+    HARDHAT_KEY_0,
+    HARDHAT_KEY_1,
+    AckPublisher,
+    HardhatNode,
+    Miner,
+    TcpProxy,
+    enroll,
+    gateway_log,
+    metric_value,
+    metrics_text,
+    query,
+    rpc,
+    start_gateway,
+    stop,
+    surge,
+    wait_for,
+    wait_online,
+)
 
 K = 3  # confirmations
 
@@ -63,8 +79,11 @@ def test_anchor_confirm_and_reanchor_after_reorg(tmp_path: Path, broker: Mosquit
                 pub.send(d.topic, data)
                 sent.append((d.id, d.seq - 1))
         # Automining puts the anchor in a block at once; it is 1 deep, not K.
-        wait_for(lambda: query(db, "SELECT block_number FROM anchors WHERE batch_seq=1 AND state='mined'"),
-                 30, "the anchor to be mined")
+        wait_for(
+            lambda: query(db, "SELECT block_number FROM anchors WHERE batch_seq=1 AND state='mined'"),
+            30,
+            "the anchor to be mined",
+        )
         assert query(db, "SELECT state FROM batches WHERE seq=1") == [("anchoring",)]
         assert confirmed_receipts(watch) == []
 
@@ -74,6 +93,7 @@ def test_anchor_confirm_and_reanchor_after_reorg(tmp_path: Path, broker: Mosquit
                 if not got:
                     node.mine(1)
                 return got
+
             return wait_for(step, 60, what, interval=0.2)
 
         mine_until(lambda: len(confirmed_receipts(watch)) == len(sent), "receipts of batch 1")
@@ -97,7 +117,7 @@ def test_anchor_confirm_and_reanchor_after_reorg(tmp_path: Path, broker: Mosquit
         # Reorg: the chain goes back to before the anchor and grows again without it.
         assert rpc(node.url, "evm_revert", [snapshot]) is True
         mine_until(lambda: len(confirmed_receipts(watch)) == 2 * len(sent), "receipts re-issued after the reorg")
-        second = confirmed_receipts(watch)[len(sent):]
+        second = confirmed_receipts(watch)[len(sent) :]
         assert {(r["device"], r["seq"]) for r in second} == set(sent)
         tx2 = {r["chain"]["tx_hash"] for r in second}
         block2 = {r["chain"]["block_number"] for r in second}
@@ -106,15 +126,20 @@ def test_anchor_confirm_and_reanchor_after_reorg(tmp_path: Path, broker: Mosquit
         # transaction again); what is guaranteed is that it is in a block of the
         # new chain, and the first anchor's block is no longer canonical.
         assert len(tx2) == 1 and len(block2) == 1
-        ((old_number, old_hash),) = query(db, "SELECT block_number, block_hash FROM anchors WHERE batch_seq=1 "
-                                              "AND state='dropped'")
+        ((old_number, old_hash),) = query(
+            db, "SELECT block_number, block_hash FROM anchors WHERE batch_seq=1 AND state='dropped'"
+        )
         assert old_number == next(iter(block1))
         assert not chain.is_canonical(old_number, bytes(old_hash))
         # Same batch, same root, same proofs; only where it sits on chain changed.
         key = lambda r: (r["device"], r["seq"])  # noqa: E731
         for a, b in zip(sorted(first, key=key), sorted(second, key=key)):
-            assert (a["root"], a["proof"], a["leaf_index"], a["batch_seq"]) == \
-                   (b["root"], b["proof"], b["leaf_index"], b["batch_seq"])
+            assert (a["root"], a["proof"], a["leaf_index"], a["batch_seq"]) == (
+                b["root"],
+                b["proof"],
+                b["leaf_index"],
+                b["batch_seq"],
+            )
         assert chain.last_seq() == 1 and chain.root_of(1) == bytes(root)
         (new_tx,) = tx2
         assert chain.anchor_tx(1) == bytes.fromhex(new_tx)
@@ -149,8 +174,20 @@ def test_rpc_outage_is_ridden_out(tmp_path: Path, broker: Mosquitto, node: Hardh
     proxy = TcpProxy(node.port)
     mport = free_port()
     miner = Miner(node)
-    gw = start_gateway(db, broker, "--chain", proxy.url, "--keystore", str(keystore), "--metrics-port", str(mport),
-                       env=env, batch_size=2, batch_seconds=3600, confirmations=K)
+    gw = start_gateway(
+        db,
+        broker,
+        "--chain",
+        proxy.url,
+        "--keystore",
+        str(keystore),
+        "--metrics-port",
+        str(mport),
+        env=env,
+        batch_size=2,
+        batch_seconds=3600,
+        confirmations=K,
+    )
     watch = Collector(broker.port, "surge/v1/+/+/receipt")
     pub = AckPublisher(broker.port)
     try:
@@ -169,12 +206,18 @@ def test_rpc_outage_is_ridden_out(tmp_path: Path, broker: Mosquitto, node: Hardh
         # batch closes and waits for the chain, the rest wait behind it, unbatched
         # (they go in the next batch once it is confirmed, gateway/batcher.py).
         wait_for(lambda: query(db, "SELECT COUNT(*) FROM reports") == [(6,)], 30, "the reports stored")
-        wait_for(lambda: query(db, "SELECT seq, state FROM batches WHERE seq > 1") == [(2, "closed")], 30,
-                 "batch 2 closed during the outage")
+        wait_for(
+            lambda: query(db, "SELECT seq, state FROM batches WHERE seq > 1") == [(2, "closed")],
+            30,
+            "batch 2 closed during the outage",
+        )
         assert query(db, "SELECT COUNT(*) FROM reports WHERE batch_seq IS NULL") == [(2,)]
         # Several anchoring passes fail...
-        wait_for(lambda: metric_value(metrics_text(mport), "surge_chain_errors_total") >= errors_before + 5, 30,
-                 "failed chain passes")
+        wait_for(
+            lambda: metric_value(metrics_text(mport), "surge_chain_errors_total") >= errors_before + 5,
+            30,
+            "failed chain passes",
+        )
         assert gw.poll() is None and proxy.refused >= 1
         assert len(confirmed_receipts(watch)) == 2
         # ...and the outage is logged once, not once per pass.
@@ -195,4 +238,3 @@ def test_rpc_outage_is_ridden_out(tmp_path: Path, broker: Mosquitto, node: Hardh
         stop(gw)
         miner.stop()
         proxy.close()
-

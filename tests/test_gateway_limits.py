@@ -12,8 +12,19 @@ import pytest
 
 from broker import Mosquitto, free_port
 from gw_helpers import Device, publisher
-from gw_process import (AckPublisher, enroll, gateway_log, metric_value, metrics_text, query, start_gateway, status,
-                        stop, wait_for, wait_online)
+from gw_process import (
+    AckPublisher,
+    enroll,
+    gateway_log,
+    metric_value,
+    metrics_text,
+    query,
+    start_gateway,
+    status,
+    stop,
+    wait_for,
+    wait_online,
+)
 
 FLOOD = 3000
 BURST = 20
@@ -27,8 +38,18 @@ def test_flooding_device_cannot_starve_the_fleet(tmp_path: Path, broker: Mosquit
     for d in [flooder] + fleet:
         enroll(db, d)
     mport = free_port()
-    gw = start_gateway(db, broker, "--metrics-port", str(mport), "--rate-limit", "2", "--rate-burst", str(BURST),
-                       batch_size=1000, batch_seconds=3600)
+    gw = start_gateway(
+        db,
+        broker,
+        "--metrics-port",
+        str(mport),
+        "--rate-limit",
+        "2",
+        "--rate-burst",
+        str(BURST),
+        batch_size=1000,
+        batch_seconds=3600,
+    )
     flood_pub = publisher(broker.port)
     pub = AckPublisher(broker.port)
     try:
@@ -61,9 +82,15 @@ def test_flooding_device_cannot_starve_the_fleet(tmp_path: Path, broker: Mosquit
             return sum(query(db, "SELECT COUNT(*) FROM reports WHERE device_id=?", (d.id,))[0][0] for d in fleet)
 
         wait_for(lambda: fleet_stored() == len(honest), 60, "every fleet report accepted")
-        wait_for(lambda: sum(status(db)["rejections"].values()) + query(
-            db, "SELECT COUNT(*) FROM reports WHERE device_id=?", (flooder.id,))[0][0] >= FLOOD, 60,
-            "the whole flood processed")
+        wait_for(
+            lambda: (
+                sum(status(db)["rejections"].values())
+                + query(db, "SELECT COUNT(*) FROM reports WHERE device_id=?", (flooder.id,))[0][0]
+                >= FLOOD
+            ),
+            60,
+            "the whole flood processed",
+        )
         for data in honest:
             assert query(db, "SELECT 1 FROM reports WHERE cose=?", (data,)), "a fleet report was lost"
         st = status(db)

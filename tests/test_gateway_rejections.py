@@ -18,8 +18,19 @@ from agent import report
 from broker import Mosquitto, free_port
 from firmware_shim import cbor
 from gw_helpers import Collector, Device
-from gw_process import (AckPublisher, enroll, metric_value, metrics_text, query, start_gateway, status, stop,
-                        surge, wait_for, wait_online)
+from gw_process import (
+    AckPublisher,
+    enroll,
+    metric_value,
+    metrics_text,
+    query,
+    start_gateway,
+    status,
+    stop,
+    surge,
+    wait_for,
+    wait_online,
+)
 
 
 def forged(victim: Device, seq: int) -> bytes:
@@ -82,7 +93,7 @@ def test_each_bad_report_is_rejected_counted_and_the_gateway_carries_on(tmp_path
         rejected(big.topic, data, "oversize")
 
         # Implausible: more storage than an ESP32 board profile allows.
-        rejected(big.topic, big.report(storage=(10 ** 15, 1)), "implausible")
+        rejected(big.topic, big.report(storage=(10**15, 1)), "implausible")
         rejected(big.topic, big.report(storage=(1000, 2000)), "implausible")  # free > total
 
         # Replay: seq 0..2 accepted, seq 5 accepted (a gap), then a seq 4 that seq 5 does not follow
@@ -99,8 +110,11 @@ def test_each_bad_report_is_rejected_counted_and_the_gateway_carries_on(tmp_path
         # Exact duplicate: acknowledged, not stored again, not a rejection.
         before = counts(db)
         pub.send(replayer.topic, five)
-        wait_for(lambda: metric_value(metrics_text(mport), "surge_reports_duplicate_total") >= 1, 20,
-                 "the duplicate to be acknowledged")
+        wait_for(
+            lambda: metric_value(metrics_text(mport), "surge_reports_duplicate_total") >= 1,
+            20,
+            "the duplicate to be acknowledged",
+        )
         assert query(db, "SELECT COUNT(*) FROM reports WHERE device_id=? AND seq=5", (replayer.id,)) == [(1,)]
         assert counts(db) == before
 
@@ -113,8 +127,13 @@ def test_each_bad_report_is_rejected_counted_and_the_gateway_carries_on(tmp_path
         def next_revoked_report_refused() -> bool:
             data = revoked.report()
             pub.send(revoked.topic, data)
-            wait_for(lambda: counts(db).get("revoked_device", 0) >= 1 or
-                     query(db, "SELECT 1 FROM reports WHERE cose=?", (data,)), 20, "an outcome")
+            wait_for(
+                lambda: (
+                    counts(db).get("revoked_device", 0) >= 1 or query(db, "SELECT 1 FROM reports WHERE cose=?", (data,))
+                ),
+                20,
+                "an outcome",
+            )
             return counts(db).get("revoked_device", 0) >= 1
 
         wait_for(next_revoked_report_refused, 30, "revocation to take effect", interval=0.25)
@@ -140,12 +159,26 @@ def test_each_bad_report_is_rejected_counted_and_the_gateway_carries_on(tmp_path
 
         # The device hears about its rejection on its receipt topic.
         def told() -> set[tuple[str, str]]:
-            return {(t.split("/")[3], json.loads(p)["reason"]) for t, p in watch.of_kind("receipt")
-                    if json.loads(p).get("status") == "rejected"}
+            return {
+                (t.split("/")[3], json.loads(p)["reason"])
+                for t, p in watch.of_kind("receipt")
+                if json.loads(p).get("status") == "rejected"
+            }
 
-        wait_for(lambda: {(good.id, "bad_signature"), (big.id, "implausible"), (replayer.id, "replay"),
-                          (revoked.id, "revoked_device"), (stranger.id, "unknown_device")} <= told(), 20,
-                 "rejection receipts")
+        wait_for(
+            lambda: (
+                {
+                    (good.id, "bad_signature"),
+                    (big.id, "implausible"),
+                    (replayer.id, "replay"),
+                    (revoked.id, "revoked_device"),
+                    (stranger.id, "unknown_device"),
+                }
+                <= told()
+            ),
+            20,
+            "rejection receipts",
+        )
         assert all(len(json.loads(p)["report_sha256"]) == 64 for _, p in watch.of_kind("receipt"))
         assert gw.poll() is None
     finally:

@@ -25,16 +25,22 @@ class World:
         self.devices: dict[str, DeviceRow] = {}
         self.states: dict[str, DeviceState] = {}
         self.history: dict[tuple[str, int, int], bytes] = {}
-        self.verifier = Verifier(self.devices.get, self.states.get,
-                                 lambda d, b, s: self.history.get((d, b, s)), self._board, Limits(max_bytes=1024))
+        self.verifier = Verifier(
+            self.devices.get,
+            self.states.get,
+            lambda d, b, s: self.history.get((d, b, s)),
+            self._board,
+            Limits(max_bytes=1024),
+        )
 
     @staticmethod
     def _board(name: str) -> boards.BoardProfile | None:
         return boards.load(name)
 
     def enroll(self, dev: Device, revoked: bool = False) -> None:
-        self.devices[dev.id] = DeviceRow(dev.id, dev.key.public, dev.board, dev.fleet, "", 0.0,
-                                         1.0 if revoked else None, None)
+        self.devices[dev.id] = DeviceRow(
+            dev.id, dev.key.public, dev.board, dev.fleet, "", 0.0, 1.0 if revoked else None, None
+        )
 
     def submit(self, dev: Device, data: bytes, topic_device: str | None = None) -> Any:
         out = self.verifier.verify(topic_device or dev.id, data, NOW)
@@ -113,10 +119,14 @@ class ClusterWorld(World):
 
     def __init__(self) -> None:
         super().__init__()
-        self.verifier = Verifier(self.devices.get, self.states.get,
-                                 lambda d, b, s: self.history.get((d, b, s)), self._board, Limits(max_bytes=1024),
-                                 around=lambda d, s: {k[2]: v for k, v in self.history.items()
-                                                      if k[0] == d and s - 1 <= k[2] <= s + 1})
+        self.verifier = Verifier(
+            self.devices.get,
+            self.states.get,
+            lambda d, b, s: self.history.get((d, b, s)),
+            self._board,
+            Limits(max_bytes=1024),
+            around=lambda d, s: {k[2]: v for k, v in self.history.items() if k[0] == d and s - 1 <= k[2] <= s + 1},
+        )
 
     def submit(self, dev: Device, data: bytes, topic_device: str | None = None) -> Any:
         last = self.states.get(dev.id)
@@ -187,12 +197,15 @@ def test_bootcount_cannot_go_back(world: World) -> None:
     assert reason(world.submit(dev, dev.report())) == "replay"
 
 
-@pytest.mark.parametrize("data,expected", [
-    (b"\xd2\x84", "malformed_cbor"),
-    (b"\x5a\xff\xff\xff\xff\x00", "malformed_cbor"),  # claims 4 GiB, has 1 byte
-    (cbor2.dumps(cbor2.CBORTag(98, [])), "not_cose_sign1"),
-    (cbor2.dumps([b"", {}, b"", b"\x00" * 64]), "unsupported_alg"),
-])
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (b"\xd2\x84", "malformed_cbor"),
+        (b"\x5a\xff\xff\xff\xff\x00", "malformed_cbor"),  # claims 4 GiB, has 1 byte
+        (cbor2.dumps(cbor2.CBORTag(98, [])), "not_cose_sign1"),
+        (cbor2.dumps([b"", {}, b"", b"\x00" * 64]), "unsupported_alg"),
+    ],
+)
 def test_malformed(world: World, data: bytes, expected: str) -> None:
     dev = Device()
     world.enroll(dev)
@@ -213,7 +226,7 @@ def test_implausible_capacity(world: World) -> None:
     dev.seq = 0
     assert reason(world.submit(dev, dev.report(storage=(100, 200)))) == "implausible"
     dev.seq = 0
-    assert reason(world.submit(dev, dev.report(bw=(10 ** 12, None)))) == "implausible"
+    assert reason(world.submit(dev, dev.report(bw=(10**12, None)))) == "implausible"
 
 
 def test_clock_skew_only_when_synced(world: World) -> None:

@@ -25,9 +25,13 @@ from agent import VERSION, hass
 from agent import claims as C
 from agent import config as agent_config
 
-SENSORS = {"storage_total": ("B", "data_size"), "storage_free": ("B", "data_size"),
-           "bw_up": ("B/s", "data_rate"), "bw_down": ("B/s", "data_rate"),
-           "rssi": ("dBm", "signal_strength")}
+SENSORS = {
+    "storage_total": ("B", "data_size"),
+    "storage_free": ("B", "data_size"),
+    "bw_up": ("B/s", "data_rate"),
+    "bw_down": ("B/s", "data_rate"),
+    "rssi": ("dBm", "signal_strength"),
+}
 
 
 def retained(port: int, topic: str, settle: float = 1.0) -> dict[str, tuple[bytes, bool]]:
@@ -89,8 +93,13 @@ def test_discovery_configs_and_state_follow_the_signed_report(broker: Mosquitto,
         assert doc["state_class"] == "measurement"
         assert doc["availability_topic"] == base + "status"
         assert (doc["payload_available"], doc["payload_not_available"]) == ("online", "offline")
-        assert doc["device"] == {"identifiers": ["surge_" + dev], "name": "Surge " + dev, "manufacturer": "Surge",
-                                 "model": "rpi-4", "sw_version": VERSION}
+        assert doc["device"] == {
+            "identifiers": ["surge_" + dev],
+            "name": "Surge " + dev,
+            "manufacturer": "Surge",
+            "model": "rpi-4",
+            "sw_version": VERSION,
+        }
         unique_ids.add(doc["unique_id"])
     assert len(unique_ids) == len(SENSORS)
     assert json.loads(found["homeassistant/sensor/%s/rssi/config" % dev][0])["entity_category"] == "diagnostic"

@@ -62,15 +62,19 @@ def test_bulk_loaded_caches_decide_like_per_device_lookups(tmp_path: Path, monke
     devices = _enrolled(store, 6)
     old = devices[0]
     Ingest(GatewayConfig(db=str(template)), store, IngestMetrics(), "t").process(
-        [Publish(old.topic, old.report(), 1, False, False, 1)])
+        [Publish(old.topic, old.report(), 1, False, False, 1)]
+    )
     store.revoke(devices[5].id)
     store.close()
     stranger = Device()
     first = [Publish(d.topic, d.report(), 1, False, False, i + 1) for i, d in enumerate(devices)]
     first.append(Publish(stranger.topic, stranger.report(), 1, False, False, 50))
     replay = first[1]
-    second = [Publish(devices[1].topic, devices[1].report(), 1, False, False, 60),
-              Publish(devices[1].topic, devices[1].report(seq=7), 1, False, False, 61), replay]
+    second = [
+        Publish(devices[1].topic, devices[1].report(), 1, False, False, 60),
+        Publish(devices[1].topic, devices[1].report(seq=7), 1, False, False, 61),
+        replay,
+    ]
     outcomes = []
     for bulk in (True, False):
         db = tmp_path / ("bulk.db" if bulk else "single.db")
@@ -90,8 +94,9 @@ def test_first_reports_of_new_devices_cost_no_query_each(tmp_path: Path) -> None
     # query per report, bench group 7).
     store = Store(tmp_path / "gw.db")
     devices = _enrolled(store, 200)
-    ingest = Ingest(GatewayConfig(db=str(tmp_path / "gw.db"), rate_limit_per_s=1e6, rate_burst=10_000), store,
-                    IngestMetrics(), "t")
+    ingest = Ingest(
+        GatewayConfig(db=str(tmp_path / "gw.db"), rate_limit_per_s=1e6, rate_burst=10_000), store, IngestMetrics(), "t"
+    )
     statements: list[str] = []
     store.db.set_trace_callback(statements.append)
     ingest.process([Publish(d.topic, d.report(), 1, False, False, i + 1) for i, d in enumerate(devices)])

@@ -56,24 +56,38 @@ def test_subscriber_and_bundle_verifier_examples(tmp_path: Path, broker: Mosquit
         # Wait until something is anchored, then check its bundle with the doc's verifier.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            proc = surge("proof", "--db", str(db), "--device", devs[0].id, "--boot", "1", "--seq", "0",
-                         "--out", str(tmp_path / "proof.json"), check=False)
+            proc = surge(
+                "proof",
+                "--db",
+                str(db),
+                "--device",
+                devs[0].id,
+                "--boot",
+                "1",
+                "--seq",
+                "0",
+                "--out",
+                str(tmp_path / "proof.json"),
+                check=False,
+            )
             if proc.returncode == 0:
                 break
             time.sleep(0.5)
         assert proc.returncode == 0, proc.stderr
         verify_py = tmp_path / "verify.py"
         verify_py.write_text(example("verify-bundle"))
-        ok = subprocess.run([sys.executable, str(verify_py), str(tmp_path / "proof.json")],
-                            capture_output=True, text=True, timeout=60)
+        ok = subprocess.run(
+            [sys.executable, str(verify_py), str(tmp_path / "proof.json")], capture_output=True, text=True, timeout=60
+        )
         assert ok.returncode == 0 and ok.stdout.startswith("VALID"), ok.stdout + ok.stderr
         bundle = (tmp_path / "proof.json").read_text()
         for field in ('"report": "d2', '"root": "', '"gateway_signature": "'):
             at = bundle.index(field) + len(field) + 4
-            bad = bundle[:at] + ("0" if bundle[at] != "0" else "1") + bundle[at + 1:]
+            bad = bundle[:at] + ("0" if bundle[at] != "0" else "1") + bundle[at + 1 :]
             (tmp_path / "bad.json").write_text(bad)
-            proc = subprocess.run([sys.executable, str(verify_py), str(tmp_path / "bad.json")],
-                                  capture_output=True, text=True, timeout=60)
+            proc = subprocess.run(
+                [sys.executable, str(verify_py), str(tmp_path / "bad.json")], capture_output=True, text=True, timeout=60
+            )
             assert proc.returncode != 0, field
     finally:
         stop_pub.set()

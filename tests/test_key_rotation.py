@@ -58,8 +58,11 @@ def test_rotation_switches_once_the_announcement_is_anchored(tmp_path: Path, bro
         pub.send(dev.topic, announce)
         wait_for(lambda: stored(announce), 20, "the announcing report")
         # Recorded at once, not yet in force: the announcement is not anchored (batches of 3).
-        wait_for(lambda: query(db, "SELECT next_pubkey FROM devices WHERE device_id=?", (dev.id,))
-                 == [(new.public,)], 10, "next_pubkey recorded")
+        wait_for(
+            lambda: query(db, "SELECT next_pubkey FROM devices WHERE device_id=?", (dev.id,)) == [(new.public,)],
+            10,
+            "next_pubkey recorded",
+        )
         early = signed_by_new()
         pub.send(dev.topic, early)
         rejected("kid_mismatch", 1)
@@ -69,12 +72,20 @@ def test_rotation_switches_once_the_announcement_is_anchored(tmp_path: Path, bro
         wait_for(lambda: stored(third), 20, "the third report")
 
         def announce_receipted() -> bool:
-            return any(json.loads(p).get("status") == "confirmed" and json.loads(p)["seq"] == 1
-                       for _, p in watch.of_kind("receipt"))
+            return any(
+                json.loads(p).get("status") == "confirmed" and json.loads(p)["seq"] == 1
+                for _, p in watch.of_kind("receipt")
+            )
 
         wait_for(announce_receipted, 60, "the announcing report confirmed on chain")
-        wait_for(lambda: query(db, "SELECT pubkey, next_pubkey FROM devices WHERE device_id=?", (dev.id,))
-                 == [(new.public, None)], 20, "the switch to the new key")
+        wait_for(
+            lambda: (
+                query(db, "SELECT pubkey, next_pubkey FROM devices WHERE device_id=?", (dev.id,))
+                == [(new.public, None)]
+            ),
+            20,
+            "the switch to the new key",
+        )
 
         # Old key after the switch: refused, whatever it signs.
         old_after = dev.report()
@@ -97,8 +108,11 @@ def test_rotation_switches_once_the_announcement_is_anchored(tmp_path: Path, bro
         dev.prev = report.prev_hash(n2)
         n3 = signed_by_new()
         pub.send(dev.topic, n3)
-        wait_for(lambda: query(db, "SELECT COUNT(*) FROM batches WHERE state='receipted'") == [(2,)], 60,
-                 "the new key's batch confirmed")
+        wait_for(
+            lambda: query(db, "SELECT COUNT(*) FROM batches WHERE state='receipted'") == [(2,)],
+            60,
+            "the new key's batch confirmed",
+        )
 
         # Bundles of reports under each key verify offline, each naming the key that signed it.
         for seq, key in ((0, dev.key.public), (3, new.public)):
@@ -109,8 +123,19 @@ def test_rotation_switches_once_the_announcement_is_anchored(tmp_path: Path, bro
             assert surge("verify", str(path)).stdout.startswith("VALID")
 
         # A retired key cannot come back, not even as a new device.
-        again = surge("gateway", "enroll", "--db", str(db), "--pubkey", dev.key.public.hex(), "--board", "rpi-4",
-                      "--fleet", "demo", check=False)
+        again = surge(
+            "gateway",
+            "enroll",
+            "--db",
+            str(db),
+            "--pubkey",
+            dev.key.public.hex(),
+            "--board",
+            "rpi-4",
+            "--fleet",
+            "demo",
+            check=False,
+        )
         assert again.returncode != 0 and "retired" in (again.stdout + again.stderr)
         # Revocation still wins over everything: after it, even the new key is refused.
         surge("gateway", "revoke", "--db", str(db), dev.id)
@@ -127,8 +152,11 @@ def test_rotation_switches_once_the_announcement_is_anchored(tmp_path: Path, bro
 def _send_until_revoked(pub: AckPublisher, dev: Device, sign: object, db: Path) -> bool:
     data = sign()  # type: ignore[operator]
     pub.send(dev.topic, data)
-    wait_for(lambda: reasons(db).get("revoked_device", 0) >= 1 or query(db, "SELECT 1 FROM reports WHERE cose=?",
-                                                                          (data,)), 20, "an outcome")
+    wait_for(
+        lambda: reasons(db).get("revoked_device", 0) >= 1 or query(db, "SELECT 1 FROM reports WHERE cose=?", (data,)),
+        20,
+        "an outcome",
+    )
     if reasons(db).get("revoked_device", 0) >= 1:
         return True
     dev.seq += 1
@@ -141,8 +169,13 @@ def test_agent_refuses_a_key_file_others_can_read(tmp_path: Path) -> None:
     key = tmp_path / "agent.key"
     for mode in (0o644, 0o640, 0o604):
         os.chmod(key, mode)
-        proc = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "run", "--config", str(cfg), "--count",
-                               "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "agent", "run", "--config", str(cfg), "--count", "1"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode != 0
         assert "accessible by group or others" in proc.stderr and "chmod 600" in proc.stderr, proc.stderr
         assert json.loads(key.read_text())["secret"] not in proc.stdout + proc.stderr

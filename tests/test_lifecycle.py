@@ -18,8 +18,12 @@ def test_every_state_has_its_moves_and_dropped_is_final() -> None:
     assert set(L.BATCH_MOVES) == {L.CLOSED, L.ANCHORING, L.CONFIRMED, L.RECEIPTED}
     assert all(L.DROPPED in moves for s, moves in L.ANCHOR_MOVES.items() if s != L.DROPPED)
     assert L.ANCHOR_MOVES[L.DROPPED] == frozenset()
-    for anchor, batch in ((L.SUBMITTING, L.ANCHORING), (L.MINED, L.ANCHORING), (L.CONFIRMED, L.CONFIRMED),
-                          (L.DROPPED, L.CLOSED)):
+    for anchor, batch in (
+        (L.SUBMITTING, L.ANCHORING),
+        (L.MINED, L.ANCHORING),
+        (L.CONFIRMED, L.CONFIRMED),
+        (L.DROPPED, L.CLOSED),
+    ):
         assert L.anchored_state(anchor) == batch
     with pytest.raises(L.LifecycleError, match="from 'dropped' to 'confirmed'"):
         L.check_anchor_move(L.DROPPED, L.CONFIRMED)

@@ -87,9 +87,7 @@ def test_vector_roots_for_every_prefix() -> None:
     assert merkle.EMPTY_ROOT.hex() == v["roots"][0]
 
 
-@pytest.mark.parametrize(
-    "case", _vectors()["inclusion_proofs"], ids=lambda c: f"{c['index']}of{c['tree_size']}"
-)
+@pytest.mark.parametrize("case", _vectors()["inclusion_proofs"], ids=lambda c: f"{c['index']}of{c['tree_size']}")
 def test_vector_inclusion_paths(case: dict[str, Any]) -> None:
     v = _vectors()
     hashes = [leaf_hash(bytes.fromhex(x)) for x in v["leaves"]]
@@ -181,13 +179,9 @@ def test_random_single_bit_tamper_fails(size: int, data: st.DataObject) -> None:
         bad[j] = flip_bit(bad[j], data.draw(st.integers(0, 255), label="bit"))
         assert not verify_inclusion(hashes[i], i, size, bad, good)
     elif what == "root":
-        assert not verify_inclusion(
-            hashes[i], i, size, proof, flip_bit(good, data.draw(st.integers(0, 255)))
-        )
+        assert not verify_inclusion(hashes[i], i, size, proof, flip_bit(good, data.draw(st.integers(0, 255))))
     elif what == "leaf":
-        assert not verify_inclusion(
-            flip_bit(hashes[i], data.draw(st.integers(0, 255))), i, size, proof, good
-        )
+        assert not verify_inclusion(flip_bit(hashes[i], data.draw(st.integers(0, 255))), i, size, proof, good)
     else:
         bit = data.draw(st.integers(0, size.bit_length() + 1), label="bit")
         assert not verify_inclusion(hashes[i], i ^ (1 << bit), size, proof, good)

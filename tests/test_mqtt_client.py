@@ -24,9 +24,28 @@ from paho.mqtt.properties import Properties
 
 from broker import Mosquitto, free_port
 from gateway.mqtt_client import Connection, ConnectionLost, Incoming, Refused, backoff_delays
-from gateway.mqtt_codec import (CONNACK, DISCONNECT, SUBACK, ConnAck, Decoder, Disconnect, PingResp, ProtocolError,
-                                PubAck, Publish, SubAck, Will, decode_vbi, encode_connect, encode_puback,
-                                encode_pubacks, encode_publish, encode_subscribe, encode_vbi, reason_text)
+from gateway.mqtt_codec import (
+    CONNACK,
+    DISCONNECT,
+    SUBACK,
+    ConnAck,
+    Decoder,
+    Disconnect,
+    PingResp,
+    ProtocolError,
+    PubAck,
+    Publish,
+    SubAck,
+    Will,
+    decode_vbi,
+    encode_connect,
+    encode_puback,
+    encode_pubacks,
+    encode_publish,
+    encode_subscribe,
+    encode_vbi,
+    reason_text,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,8 +54,10 @@ VERSIONS = ["5", "3.1.1"]
 
 # -- codec --------------------------------------------------------------------
 
-@pytest.mark.parametrize("value,size", [(0, 1), (127, 1), (128, 2), (16383, 2), (16384, 3), (2097151, 3),
-                                        (2097152, 4), (268435455, 4)])
+
+@pytest.mark.parametrize(
+    "value,size", [(0, 1), (127, 1), (128, 2), (16383, 2), (16384, 3), (2097151, 3), (2097152, 4), (268435455, 4)]
+)
 def test_variable_byte_integer_boundaries(value: int, size: int) -> None:
     enc = encode_vbi(value)
     assert len(enc) == size
@@ -70,21 +91,40 @@ def _str(s: str) -> bytes:
 
 def _v5_stream() -> tuple[bytes, list[Any]]:
     """Every server-to-client packet type, v5, with properties, and what it decodes to."""
-    connack = _packet(0x20, b"\x01\x00" + _props(b"\x21\x00\x05", b"\x27\x00\x01\x00\x00", b"\x12" + _str("auto-1"),
-                                                 b"\x1f" + _str("welcome"), b"\x13\x00\x3c",
-                                                 b"\x26" + _str("k") + _str("v"), b"\x24\x01", b"\x25\x00"))
+    connack = _packet(
+        0x20,
+        b"\x01\x00"
+        + _props(
+            b"\x21\x00\x05",
+            b"\x27\x00\x01\x00\x00",
+            b"\x12" + _str("auto-1"),
+            b"\x1f" + _str("welcome"),
+            b"\x13\x00\x3c",
+            b"\x26" + _str("k") + _str("v"),
+            b"\x24\x01",
+            b"\x25\x00",
+        ),
+    )
     suback = _packet(0x90, b"\x00\x07" + _props(b"\x1f" + _str("ok")) + b"\x01\x00\x87")
     # A PUBLISH with properties (message expiry, user property, subscription id) that must be skipped.
-    pub_props = _packet(0x33, _str("a/b") + b"\x00\x09" + _props(b"\x02\x00\x00\x00\x10", b"\x26" + _str("x") +
-                                                                 _str("y"), b"\x0b\x81\x01") + b"payload")
+    pub_props = _packet(
+        0x33,
+        _str("a/b")
+        + b"\x00\x09"
+        + _props(b"\x02\x00\x00\x00\x10", b"\x26" + _str("x") + _str("y"), b"\x0b\x81\x01")
+        + b"payload",
+    )
     big = bytes(range(256)) * 80  # 20480 bytes: a 3-byte remaining length
     packets = [
-        connack, suback,
+        connack,
+        suback,
         encode_publish("t/1", b"", 0, False, False, 0, True),
         encode_publish("t/2", b"x" * 200, 1, True, True, 65535, True),
         pub_props,
         encode_publish("t/\u00e9", big, 1, False, False, 3, True),
-        b"\x40\x02\x00\x09", b"\x40\x03\x00\x0a\x10", b"\x40\x04\x00\x0b\x87\x00",
+        b"\x40\x02\x00\x09",
+        b"\x40\x03\x00\x0a\x10",
+        b"\x40\x04\x00\x0b\x87\x00",
         b"\xd0\x00",
         _packet(0xE0, b"\x8e" + _props(b"\x1f" + _str("taken over"))),
     ]
@@ -95,7 +135,9 @@ def _v5_stream() -> tuple[bytes, list[Any]]:
         Publish("t/2", b"x" * 200, 1, True, True, 65535),
         Publish("a/b", b"payload", 1, True, False, 9),
         Publish("t/\u00e9", big, 1, False, False, 3),
-        PubAck(9, 0), PubAck(10, 0x10), PubAck(11, 0x87),
+        PubAck(9, 0),
+        PubAck(10, 0x10),
+        PubAck(11, 0x87),
         PingResp(),
         Disconnect(0x8E, "taken over"),
     ]
@@ -112,40 +154,55 @@ def test_decoder_byte_by_byte_equals_all_at_once() -> None:
     d = Decoder(True)
     got: list[Any] = []
     for i in range(len(data)):
-        got += d.feed(data[i:i + 1])
+        got += d.feed(data[i : i + 1])
     assert got == expected == Decoder(True).feed(data)
     assert d.buffered() == 0
 
 
 def test_decoder_v311() -> None:
-    data = b"".join([b"\x20\x02\x00\x05", b"\x90\x04\x00\x01\x01\x80",
-                     encode_publish("x/y", b"hi", 1, False, True, 5, False), b"\x40\x02\x00\x05", b"\xd0\x00"])
-    assert Decoder(False).feed(data) == [ConnAck(False, 5), SubAck(1, [1, 0x80]),
-                                         Publish("x/y", b"hi", 1, False, True, 5), PubAck(5), PingResp()]
+    data = b"".join(
+        [
+            b"\x20\x02\x00\x05",
+            b"\x90\x04\x00\x01\x01\x80",
+            encode_publish("x/y", b"hi", 1, False, True, 5, False),
+            b"\x40\x02\x00\x05",
+            b"\xd0\x00",
+        ]
+    )
+    assert Decoder(False).feed(data) == [
+        ConnAck(False, 5),
+        SubAck(1, [1, 0x80]),
+        Publish("x/y", b"hi", 1, False, True, 5),
+        PubAck(5),
+        PingResp(),
+    ]
 
 
-@pytest.mark.parametrize("data,v5,match", [
-    (b"\x30\xff\xff\xff\xff\x01", True, "4th byte"),
-    (b"\x36\x05\x00\x01a\x00\x01", True, "QoS 3"),
-    (b"\x34\x06\x00\x01a\x00\x01\x00", True, "QoS 2 is not supported"),
-    (b"\x32\x06\x00\x01a\x00\x00\x00", True, "without a packet id"),
-    (b"\x30\x04\x00\x02\xff\xfe", False, "UTF-8"),
-    (b"\x30\x03\x00\x09a", False, "runs past"),
-    (b"\x30\x03\x00\x00\x00", True, "topic alias"),
-    (b"\x50\x02\x00\x01", True, "QoS 2 is not supported"),
-    (b"\x20\x03\x02\x00\x00", True, "reserved acknowledge flags"),
-    (b"\x20\x03\x00\x00\x00", False, "CONNACK"),
-    (b"\xd0\x01\x00", True, "PINGRESP"),
-    (b"\x20\x05\x00\x00\x02\x7f\x00", True, "unknown property identifier 0x7F"),
-    (b"\x20\x05\x00\x00\x05\x21\x00", True, "property length runs past"),
-    (b"\x90\x03\x00\x01\x00", True, "no reason codes"),
-    (b"\x00\x00", True, "unexpected reserved type 0"),
-    (b"\x10\x00", True, "unexpected CONNECT"),
-    (b"\xf0\x00", True, "AUTH"),
-    (b"\x41\x02\x00\x01", True, "malformed PUBACK"),
-    (b"\x40\x03\x00\x01\x00", False, "3.1.1 PUBACK"),
-    (b"\xe0\x01\x00", False, "3.1.1 DISCONNECT"),
-])
+@pytest.mark.parametrize(
+    "data,v5,match",
+    [
+        (b"\x30\xff\xff\xff\xff\x01", True, "4th byte"),
+        (b"\x36\x05\x00\x01a\x00\x01", True, "QoS 3"),
+        (b"\x34\x06\x00\x01a\x00\x01\x00", True, "QoS 2 is not supported"),
+        (b"\x32\x06\x00\x01a\x00\x00\x00", True, "without a packet id"),
+        (b"\x30\x04\x00\x02\xff\xfe", False, "UTF-8"),
+        (b"\x30\x03\x00\x09a", False, "runs past"),
+        (b"\x30\x03\x00\x00\x00", True, "topic alias"),
+        (b"\x50\x02\x00\x01", True, "QoS 2 is not supported"),
+        (b"\x20\x03\x02\x00\x00", True, "reserved acknowledge flags"),
+        (b"\x20\x03\x00\x00\x00", False, "CONNACK"),
+        (b"\xd0\x01\x00", True, "PINGRESP"),
+        (b"\x20\x05\x00\x00\x02\x7f\x00", True, "unknown property identifier 0x7F"),
+        (b"\x20\x05\x00\x00\x05\x21\x00", True, "property length runs past"),
+        (b"\x90\x03\x00\x01\x00", True, "no reason codes"),
+        (b"\x00\x00", True, "unexpected reserved type 0"),
+        (b"\x10\x00", True, "unexpected CONNECT"),
+        (b"\xf0\x00", True, "AUTH"),
+        (b"\x41\x02\x00\x01", True, "malformed PUBACK"),
+        (b"\x40\x03\x00\x01\x00", False, "3.1.1 PUBACK"),
+        (b"\xe0\x01\x00", False, "3.1.1 DISCONNECT"),
+    ],
+)
 def test_malformed_input_raises_protocol_error(data: bytes, v5: bool, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
         Decoder(v5).feed(data)
@@ -184,17 +241,26 @@ def test_encoders_validate() -> None:
     assert encode_pubacks([]) == b""
 
 
-publishes = st.lists(st.tuples(
-    st.text(alphabet=st.characters(exclude_characters="+#\x00", exclude_categories=["Cs"]), min_size=1,
-            max_size=30),
-    st.binary(max_size=300), st.sampled_from([0, 1]), st.booleans(), st.booleans(),
-    st.integers(1, 65535)), max_size=20)
+publishes = st.lists(
+    st.tuples(
+        st.text(
+            alphabet=st.characters(exclude_characters="+#\x00", exclude_categories=["Cs"]), min_size=1, max_size=30
+        ),
+        st.binary(max_size=300),
+        st.sampled_from([0, 1]),
+        st.booleans(),
+        st.booleans(),
+        st.integers(1, 65535),
+    ),
+    max_size=20,
+)
 
 
 @settings(max_examples=200, deadline=None)
 @given(msgs=publishes, v5=st.booleans(), cuts=st.lists(st.integers(0, 10_000), max_size=12))
-def test_publish_roundtrip_split_anywhere(msgs: list[tuple[str, bytes, int, bool, bool, int]], v5: bool,
-                                          cuts: list[int]) -> None:
+def test_publish_roundtrip_split_anywhere(
+    msgs: list[tuple[str, bytes, int, bool, bool, int]], v5: bool, cuts: list[int]
+) -> None:
     data = b"".join(encode_publish(t, p, q, r, d, pid if q else 0, v5) for t, p, q, r, d, pid in msgs)
     points = sorted({c % (len(data) + 1) for c in cuts})
     dec = Decoder(v5)
@@ -222,8 +288,9 @@ def _capture_paho(setup: Callable[[mqtt.Client, int], None], want: int, connack:
         srv.listen(1)
         port = srv.getsockname()[1]
         out: list[bytes] = []
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cid",
-                        protocol=mqtt.MQTTv5 if connack[1] == 3 else mqtt.MQTTv311)
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="cid", protocol=mqtt.MQTTv5 if connack[1] == 3 else mqtt.MQTTv311
+        )
         setup(c, port)
         s, _ = srv.accept()
         with s:
@@ -245,9 +312,18 @@ def _capture_paho(setup: Callable[[mqtt.Client, int], None], want: int, connack:
 
 @pytest.mark.timeout(20)
 def test_encodings_match_paho_byte_for_byte() -> None:
-    ours_connect = encode_connect("cid", v5=True, clean_start=False, keepalive=30, username="u", password="p",
-                                  will=Will("w/t", b"bye", 1, True), session_expiry=3600, receive_maximum=100,
-                                  max_packet_size=65536)
+    ours_connect = encode_connect(
+        "cid",
+        v5=True,
+        clean_start=False,
+        keepalive=30,
+        username="u",
+        password="p",
+        will=Will("w/t", b"bye", 1, True),
+        session_expiry=3600,
+        receive_maximum=100,
+        max_packet_size=65536,
+    )
     ours_pub = encode_publish("a/b", b"xyz", 1, False, False, 1, True)
     ours_sub = encode_subscribe(2, [("a/#", 1), ("b/+", 0)], v5=True)
 
@@ -265,9 +341,11 @@ def test_encodings_match_paho_byte_for_byte() -> None:
     got = _capture_paho(v5, len(ours_connect) + len(ours_pub) + len(ours_sub), b"\x20\x03\x00\x00\x00")
     assert got == ours_connect + ours_pub + ours_sub
 
-    ours311 = (encode_connect("cid", v5=False, clean_start=True, keepalive=15, username="u") +
-               encode_publish("x", b"1", 0, True, False, 0, False) +
-               encode_subscribe(2, [("x/#", 1)], v5=False))  # paho gave the QoS 0 publish mid 1
+    ours311 = (
+        encode_connect("cid", v5=False, clean_start=True, keepalive=15, username="u")
+        + encode_publish("x", b"1", 0, True, False, 0, False)
+        + encode_subscribe(2, [("x/#", 1)], v5=False)
+    )  # paho gave the QoS 0 publish mid 1
 
     def v311(c: mqtt.Client, port: int) -> None:
         c.username_pw_set("u")
@@ -280,6 +358,7 @@ def test_encodings_match_paho_byte_for_byte() -> None:
 
 # -- against Mosquitto ----------------------------------------------------------
 
+
 class Peer:
     """paho on the other side of the broker: publishes, and collects what it subscribed to."""
 
@@ -291,8 +370,9 @@ class Peer:
         self.lock = threading.Lock()
         self.ready = threading.Event()
         self.topics = topics or []
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="peer-%d-%d" % (os.getpid(), Peer._n),
-                             protocol=mqtt.MQTTv5)
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="peer-%d-%d" % (os.getpid(), Peer._n), protocol=mqtt.MQTTv5
+        )
         self.c.on_message = self._msg
         self.c.on_connect = self._conn
         self.c.on_subscribe = lambda *a: self.ready.set()
@@ -381,9 +461,11 @@ def test_connect_subscribe_receive_ack(broker: Mosquitto, peers: Callable[..., P
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_unacked_message_redelivered_with_dup_to_persistent_session(
-        broker: Mosquitto, peers: Callable[..., Peer], version: str) -> None:
-    conn = Connection("127.0.0.1", broker.port, "persist-" + version, version=version, clean_start=False,
-                      session_expiry=300)
+    broker: Mosquitto, peers: Callable[..., Peer], version: str
+) -> None:
+    conn = Connection(
+        "127.0.0.1", broker.port, "persist-" + version, version=version, clean_start=False, session_expiry=300
+    )
     conn.connect()
     conn.subscribe([("p/#", 1)])
     pub = peers(broker.port)
@@ -395,8 +477,7 @@ def test_unacked_message_redelivered_with_dup_to_persistent_session(
     conn.close()
     assert conn.connect() is True
     again = receive(conn, 1, ack=False)
-    assert [(m.topic, m.payload, m.dup, m.packet_id) for m in again] == [("p/2", b"not acked", True,
-                                                                           second.packet_id)]
+    assert [(m.topic, m.payload, m.dup, m.packet_id) for m in again] == [("p/2", b"not acked", True, second.packet_id)]
     conn.ack([again[0].packet_id])
     assert conn.poll(0.5) == []
     conn.close()
@@ -500,8 +581,9 @@ def test_will_on_close_not_on_disconnect(broker: Mosquitto, peers: Callable[...,
 @pytest.mark.parametrize("version", VERSIONS)
 def test_bad_credentials_refused_with_readable_reason(tmp_path: Path, version: str) -> None:
     pw = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "alice", "secret"], check=True, timeout=10,
-                   capture_output=True)
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(pw), "alice", "secret"], check=True, timeout=10, capture_output=True
+    )
     b = Mosquitto(tmp_path / "mq", extra_conf="allow_anonymous false\npassword_file %s" % pw)
     b.start()
     try:
@@ -545,8 +627,10 @@ def test_tls_with_ca_file(tmp_path: Path, peers: Callable[..., Peer]) -> None:
 
     ca, cert, key = make_pki(tmp_path / "pki")
     tls_port = free_port()
-    b = Mosquitto(tmp_path / "mq", extra_conf="listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s" % (
-        tls_port, ca, cert, key))
+    b = Mosquitto(
+        tmp_path / "mq",
+        extra_conf="listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s" % (tls_port, ca, cert, key),
+    )
     b.start()
     try:
         conn = Connection("127.0.0.1", tls_port, "tls", tls=True, ca_file=str(ca), clean_start=True)
@@ -634,11 +718,14 @@ def fake_broker(serve: Callable[[socket.socket], None]) -> tuple[int, threading.
 def test_server_disconnect_after_messages() -> None:
     """CONNACK, then a PUBLISH and a v5 DISCONNECT in one write: the message is
     returned first, the next poll() raises with the reason."""
+
     def serve(s: socket.socket) -> None:
         s.recv(1000)
         s.sendall(b"\x20\x03\x00\x00\x00")
-        s.sendall(encode_publish("f/a", b"last", 1, False, False, 7, True) +
-                  _packet(0xE0, b"\x8e" + _props(b"\x1f" + _str("bye"))))
+        s.sendall(
+            encode_publish("f/a", b"last", 1, False, False, 7, True)
+            + _packet(0xE0, b"\x8e" + _props(b"\x1f" + _str("bye")))
+        )
 
     port, t = fake_broker(serve)
     conn = Connection("127.0.0.1", port, "fake", clean_start=True)
@@ -667,8 +754,11 @@ def test_subscription_refused_by_suback(version: str) -> None:
     port, t = fake_broker(serve)
     conn = Connection("127.0.0.1", port, "fake-sub", version=version, clean_start=True)
     conn.connect(timeout=5)
-    with pytest.raises(Refused, match=r"refused the subscription to 'secret/#' \(%s\): check the broker's ACL" % (
-            r"not authorized \(0x87\)" if v5 else r"failure \(0x80\)")) as info:
+    with pytest.raises(
+        Refused,
+        match=r"refused the subscription to 'secret/#' \(%s\): check the broker's ACL"
+        % (r"not authorized \(0x87\)" if v5 else r"failure \(0x80\)"),
+    ) as info:
         conn.subscribe([("ok/#", 1), ("secret/#", 1)])
     assert info.value.reason_code == (0x87 if v5 else 0x80)
     assert conn.connected

@@ -23,14 +23,20 @@ def chunks(seq: int, total: int = 2048, nonce: bytes | None = None) -> list[byte
 
 def dropped(port: int, reason: str) -> float:
     text = metrics_text(port)
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("surge_probe_chunks_dropped_total{") and 'reason="%s"' % reason in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("surge_probe_chunks_dropped_total{") and 'reason="%s"' % reason in line
+    )
 
 
 def chunks_read(port: int) -> float:
     """Every probe chunk the gateway has read: each is either checked or dropped with a reason."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text(port).splitlines()
-               if line.startswith(("surge_probe_chunks_checked_total{", "surge_probe_chunks_dropped_total{")))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text(port).splitlines()
+        if line.startswith(("surge_probe_chunks_checked_total{", "surge_probe_chunks_dropped_total{"))
+    )
 
 
 def test_bad_probe_input_is_counted_and_never_harms_ingest(tmp_path: Path, broker: Mosquitto) -> None:
@@ -39,8 +45,20 @@ def test_bad_probe_input_is_counted_and_never_harms_ingest(tmp_path: Path, broke
     for d in devs.values():
         enroll(db, d)
     port = free_port()
-    gw = start_gateway(db, broker, "--metrics-port", str(port), "--probe-burst", "200", "--probe-rate", "20",
-                       "--rate-limit", "100", "--rate-burst", "200")
+    gw = start_gateway(
+        db,
+        broker,
+        "--metrics-port",
+        str(port),
+        "--probe-burst",
+        "200",
+        "--probe-rate",
+        "20",
+        "--rate-limit",
+        "100",
+        "--rate-burst",
+        "200",
+    )
     watch = Collector(broker.port, "surge/v1/+/+/verified")
     pub = publisher(broker.port)
 
@@ -84,7 +102,7 @@ def test_bad_probe_input_is_counted_and_never_harms_ingest(tmp_path: Path, broke
         run = chunks(0)
         probe(replayer, run)
         report(replayer)
-        probe(replayer, run)                             # the same run again, for the next report
+        probe(replayer, run)  # the same run again, for the next report
         report(replayer)
 
         c = chunks(0)
@@ -93,8 +111,8 @@ def test_bad_probe_input_is_counted_and_never_harms_ingest(tmp_path: Path, broke
         c = chunks(1)
         probe(shuffler, [c[0], c[1], c[3]])
         report(shuffler)
-        probe(shuffler, [b"\xa0" * 20000])              # over the 16384-byte limit
-        probe(Device(), chunks(0))                       # a device nobody enrolled
+        probe(shuffler, [b"\xa0" * 20000])  # over the 16384-byte limit
+        probe(Device(), chunks(0))  # a device nobody enrolled
 
         # The flood: 3000 chunks from one device, while another keeps reporting.
         flood = chunks(0, 16384)
@@ -103,8 +121,11 @@ def test_bad_probe_input_is_counted_and_never_harms_ingest(tmp_path: Path, broke
         for _ in range(20):
             report(bystander)
 
-        wait_for(lambda: len(attested(bystander)) == 20 and len(attested(replayer)) == 2
-                 and len(attested(shuffler)) == 2, 60, "every report attested")
+        wait_for(
+            lambda: len(attested(bystander)) == 20 and len(attested(replayer)) == 2 and len(attested(shuffler)) == 2,
+            60,
+            "every report attested",
+        )
         ok = attested(honest)[0]
         assert ok["bw_up"] and "bw_unverified" not in ok["flags"]  # type: ignore[operator]
         for d in (forger, borrower, replayer, shuffler):
@@ -120,12 +141,22 @@ def test_bad_probe_input_is_counted_and_never_harms_ingest(tmp_path: Path, broke
         assert "%s:0" % borrower.id not in runs and runs["%s:1" % replayer.id] == "absent"
 
         wait_for(lambda: dropped(port, "rate_limited") >= 3000 - 200 - 20 * 60, 30, "flood counted")
-        for reason in ("invalid_chunk", "foreign_nonce", "replayed", "out_of_order", "missing_chunks", "oversize",
-                       "unknown_device"):
+        for reason in (
+            "invalid_chunk",
+            "foreign_nonce",
+            "replayed",
+            "out_of_order",
+            "missing_chunks",
+            "oversize",
+            "unknown_device",
+        ):
             assert dropped(port, reason) >= 1, reason
         # The same counts reach the database, for `surge gateway status`.
-        wait_for(lambda: status(db)["probes"].get("demo", {}).get("chunks", {}).get("rate_limited", 0) > 0, 10,
-                 "counts stored")
+        wait_for(
+            lambda: status(db)["probes"].get("demo", {}).get("chunks", {}).get("rate_limited", 0) > 0,
+            10,
+            "counts stored",
+        )
         st = status(db)
         assert st["reports"]["accepted"] == 1 + 1 + 1 + 2 + 2 + 20 and st["rejections"] == {}
         assert st["probes"]["demo"]["runs"]["invalid_chunk"] >= 1

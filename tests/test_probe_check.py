@@ -104,7 +104,7 @@ def test_run_read_after_its_report_is_still_tied_to_it_within_the_slack() -> Non
     # Report 2 is read before any chunk of its run (two connections).
     assert t.claim(DEV, FLEET, 2, 2.0, boot=1).outcome == P.PENDING  # type: ignore[union-attr]
     feed_all(t, run_msgs(2), 2.001, 0.001)
-    (_, boot, r), = t.resolved
+    ((_, boot, r),) = t.resolved
     assert boot == 1 and r.outcome == P.CHECKED and r.bw_up
 
 
@@ -129,7 +129,7 @@ def test_report_arriving_mid_run_waits_for_the_run_and_orders_it_by_arrival_time
     r = t.claim(DEV, FLEET, 1, 1.002, boot=3)
     assert r is not None and r.outcome == P.PENDING and r.bw_up is None
     assert feed_all(t, msgs[2:], 1.003, 0.001) == [None, None]
-    (dev, boot, res), = t.resolved
+    ((dev, boot, res),) = t.resolved
     assert (dev, boot, res.outcome) == (DEV, 3, P.CHECKED) and res.bw_up
     t.resolved.clear()
     # The same, but the run ends well after its report: out of order, no rate.
@@ -137,7 +137,7 @@ def test_report_arriving_mid_run_waits_for_the_run_and_orders_it_by_arrival_time
     feed_all(t, msgs[:2], 2.0, 0.001)
     assert t.claim(DEV, FLEET, 2, 2.002, boot=3).outcome == P.PENDING  # type: ignore[union-attr]
     feed_all(t, msgs[2:], 2.01 + P.ORDER_SLACK_S, 0.001)
-    (_, _, res), = t.resolved
+    ((_, _, res),) = t.resolved
     assert res.outcome == "out_of_order" and res.bw_up is None
     t.resolved.clear()
     # A pending run that never completes resolves as missing_chunks when it goes stale.
@@ -145,7 +145,7 @@ def test_report_arriving_mid_run_waits_for_the_run_and_orders_it_by_arrival_time
     feed_all(t, msgs[:1], 3.0, 0.001)
     t.claim(DEV, FLEET, 3, 3.001)
     t.sweep(3.0 + P.RUN_TIMEOUT_S + 1)
-    (_, _, res), = t.resolved
+    ((_, _, res),) = t.resolved
     assert res.outcome == "missing_chunks"
     # A complete run whose last chunk came well after its report arrived.
     msgs = run_msgs(4)
@@ -181,8 +181,8 @@ def test_flood_is_rate_limited_per_device() -> None:
 
 def test_unclaimed_and_stale_runs_are_counted_once() -> None:
     t = tracker()
-    feed_all(t, run_msgs(1)[:2], 1.0, 0.001)          # abandoned midway
-    feed_all(t, run_msgs(2), 2.0, 0.001)              # complete, its report never comes
+    feed_all(t, run_msgs(1)[:2], 1.0, 0.001)  # abandoned midway
+    feed_all(t, run_msgs(2), 2.0, 0.001)  # complete, its report never comes
     t.claim(DEV, FLEET, 3, 3.0)
     feed_all(t, run_msgs(4)[:1], 4.0, 0.001)
     t.sweep(4.0 + P.RUN_TIMEOUT_S + 1)
@@ -199,10 +199,10 @@ def test_tracked_devices_are_bounded() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.lists(st.binary(max_size=600), max_size=30),
-       order=st.permutations(list(range(4))))
-def test_any_input_never_raises_and_only_an_in_order_genuine_run_is_checked(data: list[bytes],
-                                                                              order: list[int]) -> None:
+@given(data=st.lists(st.binary(max_size=600), max_size=30), order=st.permutations(list(range(4))))
+def test_any_input_never_raises_and_only_an_in_order_genuine_run_is_checked(
+    data: list[bytes], order: list[int]
+) -> None:
     t = tracker()
     for i, d in enumerate(data):
         assert t.feed(DEV, d, 1.0 + i * 0.001) in P.CHUNK_REASONS

@@ -41,8 +41,18 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _enroll(db: Path, key: Any) -> None:
-    surge("gateway", "enroll", "--db", str(db), "--pubkey", key.public.hex(), "--board", "linux-generic",
-          "--fleet", "test")
+    surge(
+        "gateway",
+        "enroll",
+        "--db",
+        str(db),
+        "--pubkey",
+        key.public.hex(),
+        "--board",
+        "linux-generic",
+        "--fleet",
+        "test",
+    )
 
 
 def _agent(cfg: Path, count: int, cheat: bool = False) -> subprocess.CompletedProcess[str]:
@@ -64,8 +74,9 @@ def nodelay_broker(tmp_path: Path):  # type: ignore[no-untyped-def]
     b.stop()
 
 
-def test_honest_agent_gets_attested_bandwidth_and_a_tampered_attestation_fails(tmp_path: Path,
-                                                                              nodelay_broker: Mosquitto) -> None:
+def test_honest_agent_gets_attested_bandwidth_and_a_tampered_attestation_fails(
+    tmp_path: Path, nodelay_broker: Mosquitto
+) -> None:
     broker = nodelay_broker
     db = tmp_path / "gw.db"
     cfg, key = write_config(tmp_path, broker.port, bw_probe_bytes=4096, interval=0.5)
@@ -80,8 +91,11 @@ def test_honest_agent_gets_attested_bandwidth_and_a_tampered_attestation_fails(t
         proc = _agent(cfg, 4)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         # Every report's first `verified` message and its anchored copy carry the attestation.
-        wait_for(lambda: len([v for v in _verified(watch, key.device_id) if v["batch"]]) >= 4, 60,
-                 "4 anchored verified messages")
+        wait_for(
+            lambda: len([v for v in _verified(watch, key.device_id) if v["batch"]]) >= 4,
+            60,
+            "4 anchored verified messages",
+        )
         first = [v for v in _verified(watch, key.device_id) if v["batch"] is None]
         assert len(first) == 4
         for v in first:
@@ -89,14 +103,17 @@ def test_honest_agent_gets_attested_bandwidth_and_a_tampered_attestation_fails(t
             assert att["device"] == key.device_id and att["seq"] == v["seq"] and att["boot"] == v["boot"]
             assert isinstance(att["bw_up"], int) and att["bw_up"] > 0, att
             assert "bw_overclaim" not in att["flags"] and "bw_unverified" not in att["flags"], (
-                v["claims"]["bw_up"], att)
+                v["claims"]["bw_up"],
+                att,
+            )
         rows = query(db, "SELECT outcome, bw_up FROM probe_runs")
         assert len(rows) == 4 and all(o == "checked" and bw for o, bw in rows)
 
         seq = first[-1]["seq"]
         bundle = tmp_path / "proof.json"
-        surge("proof", "--db", str(db), "--device", key.device_id, "--boot", "1", "--seq", str(seq),
-              "--out", str(bundle))
+        surge(
+            "proof", "--db", str(db), "--device", key.device_id, "--boot", "1", "--seq", str(seq), "--out", str(bundle)
+        )
         doc = json.loads(bundle.read_text())
         assert doc["format"] == "surge-proof-bundle/2" and doc["attested"]["bw_up"] == first[-1]["attested"]["bw_up"]
         out = surge("verify", str(bundle)).stdout
@@ -118,13 +135,23 @@ def test_honest_agent_gets_attested_bandwidth_and_a_tampered_attestation_fails(t
         path.write_text(json.dumps(tampered, indent=2))
         bad = surge("verify", str(path), check=False)
         # v2 (one signature per group): a changed body no longer leads to the signed group root.
-        assert bad.returncode == 1 and bad.stdout.startswith("INVALID: attested body is not in its signed group"), \
+        assert bad.returncode == 1 and bad.stdout.startswith("INVALID: attested body is not in its signed group"), (
             bad.stdout
+        )
 
         st = json.loads(surge("gateway", "status", "--db", str(db), "--json").stdout)
         assert st["attestations"]["reports"] == 4 and st["attestations"]["bw_measured"] == 4
-        wait_for(lambda: json.loads(surge("gateway", "status", "--db", str(db), "--json").stdout)
-                 ["probes"].get("test", {}).get("runs", {}).get("checked") == 4, 10, "4 checked runs counted")
+        wait_for(
+            lambda: (
+                json.loads(surge("gateway", "status", "--db", str(db), "--json").stdout)["probes"]
+                .get("test", {})
+                .get("runs", {})
+                .get("checked")
+                == 4
+            ),
+            10,
+            "4 checked runs counted",
+        )
     finally:
         watch.close()
         stop(gw)
@@ -143,8 +170,11 @@ def test_agent_claiming_ten_times_its_bandwidth_is_flagged_and_stored(tmp_path: 
         wait_online(broker, gw)
         proc = _agent(cfg, 3, cheat=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        wait_for(lambda: len([v for v in _verified(watch, key.device_id) if v["batch"] is None]) >= 3, 60,
-                 "3 verified messages")
+        wait_for(
+            lambda: len([v for v in _verified(watch, key.device_id) if v["batch"] is None]) >= 3,
+            60,
+            "3 verified messages",
+        )
         for v in _verified(watch, key.device_id)[:3]:
             att = v["attested"]
             assert att["flags"] == sorted(att["flags"]) and "bw_overclaim" in att["flags"], (v["claims"], att)
@@ -154,8 +184,13 @@ def test_agent_claiming_ten_times_its_bandwidth_is_flagged_and_stored(tmp_path: 
         flags = query(db, "SELECT flags FROM attestations")
         assert len(flags) == 3 and all("bw_overclaim" in f for (f,) in flags)
         # The flags are counted per fleet, in the metrics and in the status.
-        wait_for(lambda: metric_value(metrics_text(port), 'surge_attestation_flags_total{flag="bw_overclaim",'
-                                                          'fleet="test"}') >= 3, 30, "3 bw_overclaim counted")
+        wait_for(
+            lambda: (
+                metric_value(metrics_text(port), 'surge_attestation_flags_total{flag="bw_overclaim",fleet="test"}') >= 3
+            ),
+            30,
+            "3 bw_overclaim counted",
+        )
         assert metric_value(metrics_text(port), 'surge_reports_attested_total{fleet="test"}') >= 3
         st = json.loads(surge("gateway", "status", "--db", str(db), "--json").stdout)
         assert st["attestations"]["fleets"]["test"]["flags"]["bw_overclaim"] == 3

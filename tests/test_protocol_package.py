@@ -41,8 +41,9 @@ def test_topic_tree() -> None:
     assert topics.every_gateway() == "surge/v1/_gateway/#"
 
 
-@pytest.mark.parametrize("bad", ["surge/v2/demo/ab/report", "surge/v1/demo/ab", "surge/v1/demo/ab/report/x",
-                                 "other/v1/demo/ab/report", ""])
+@pytest.mark.parametrize(
+    "bad", ["surge/v2/demo/ab/report", "surge/v1/demo/ab", "surge/v1/demo/ab/report/x", "other/v1/demo/ab/report", ""]
+)
 def test_parse_refuses_what_is_not_a_device_topic(bad: str) -> None:
     assert topics.parse(bad) is None
 
@@ -54,7 +55,8 @@ def test_same_answers_on_micropython(run_micropython: MicroRun, tmp_path: Path) 
         "pub = bytes(range(32))\n"
         "print(ids.device_id(pub), ids.prev_hash(pub).hex() if hasattr(b'', 'hex') else '')\n"
         "print(topics.topic('demo', ids.device_id(pub), 'report'))\n"
-        "print(topics.parse('surge/v1/demo/ab/birth'))\n")
+        "print(topics.parse('surge/v1/demo/ab/birth'))\n"
+    )
     proc = run_micropython(script)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     pub = bytes(range(32))

@@ -103,11 +103,25 @@ def _wait(pred: Any, timeout: float, what: str, db: str) -> Any:
 def test_fleet_earns_from_real_probes_and_storage_audit(tmp_path: Path, nodelay_broker: Mosquitto) -> None:
     broker = nodelay_broker
     db = str(tmp_path / "gw.db")
-    cfg = validate(GatewayConfig(
-        broker=broker.url, db=db, chain="memory", batch_seconds=1.0, confirmations=2, pipeline_nice=0,
-        storage_audit=True, audit_plot_kib=PLOT >> 10, audit_k=16, audit_interval_s=2.0, audit_deadline_s=5.0,
-        audit_retries=1, audit_window_s=3600.0, audit_blocks_per_s=400.0,
-        rewards=RewardsConfig(formula=FORMULA, epoch_seconds=6.0, epochs_dir=str(tmp_path / "epochs"))))
+    cfg = validate(
+        GatewayConfig(
+            broker=broker.url,
+            db=db,
+            chain="memory",
+            batch_seconds=1.0,
+            confirmations=2,
+            pipeline_nice=0,
+            storage_audit=True,
+            audit_plot_kib=PLOT >> 10,
+            audit_k=16,
+            audit_interval_s=2.0,
+            audit_deadline_s=5.0,
+            audit_retries=1,
+            audit_window_s=3600.0,
+            audit_blocks_per_s=400.0,
+            rewards=RewardsConfig(formula=FORMULA, epoch_seconds=6.0, epochs_dir=str(tmp_path / "epochs")),
+        )
+    )
     # Three honest devices and one that claims 10x the bandwidth it sends.  No mounts: they claim no
     # storage of their own, so what they earn for storage is the plot they prove, and nothing flags them.
     names = {"a1": ALICE, "a2": ALICE, "b1": BOB, "cheat": BOB}
@@ -132,10 +146,24 @@ def test_fleet_earns_from_real_probes_and_storage_audit(tmp_path: Path, nodelay_
         except AssertionError:
             for name, p in procs.items():
                 logs[name] = _stop(p)
-            raise AssertionError("no earning epoch: %r\n%s\n%s" % (
-                [(e.epoch, e.state, [(d["device"], d["storage_bytes"], d["bw_up"], d["flags"])
-                                     for d in E.parse(e.file).record.body["devices"]]) for e in epochs(st)],
-                gateway_log(Path(db))[-2000:], {n: lg[-800:] for n, lg in logs.items()})) from None
+            raise AssertionError(
+                "no earning epoch: %r\n%s\n%s"
+                % (
+                    [
+                        (
+                            e.epoch,
+                            e.state,
+                            [
+                                (d["device"], d["storage_bytes"], d["bw_up"], d["flags"])
+                                for d in E.parse(e.file).record.body["devices"]
+                            ],
+                        )
+                        for e in epochs(st)
+                    ],
+                    gateway_log(Path(db))[-2000:],
+                    {n: lg[-800:] for n, lg in logs.items()},
+                )
+            ) from None
     finally:
         for name, p in procs.items():
             logs.setdefault(name, _stop(p))
@@ -180,8 +208,14 @@ def test_fleet_earns_from_real_probes_and_storage_audit(tmp_path: Path, nodelay_
     for owner, proof in proofs.items():
         summary = S.verify_proof(proof)
         assert summary["cumulative"] > 0 and proof["chain"] is not None
-        args = (summary["epoch"], owner, summary["cumulative"], summary["leaf_index"], summary["tree_size"],
-                [bytes.fromhex(p) for p in proof["proof"]])
+        args = (
+            summary["epoch"],
+            owner,
+            summary["cumulative"],
+            summary["leaf_index"],
+            summary["tree_size"],
+            [bytes.fromhex(p) for p in proof["proof"]],
+        )
         rewards.claim(claimer, *args)
         assert rewards.token_balance(owner) == rewards.claimed(owner) == summary["cumulative"]
         with pytest.raises(NothingToClaim):

@@ -67,6 +67,7 @@ def figures(devs: dict[str, Device]):  # type: ignore[no-untyped-def]
         if name == "alice":
             return (2 << 20, 4 << 30, "") if seq != 2 else None  # one report left unattested
         return (None, 8 << 30, "storage_overclaim") if name == "bob" else (1 << 20, 1 << 30, "")
+
     return fig
 
 

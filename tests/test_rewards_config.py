@@ -23,9 +23,12 @@ def test_enrollment_owner_is_an_address_or_a_label(tmp_path: Path) -> None:
     assert "earns no rewards" in out
     assert "is a label, not an EVM address" in out and "owner_not_address" in out
     # Looks like an address but is not one: refused with what is wrong, nothing enrolled.
-    for bad, reason in [(ADDR[:-1] + "5", "EIP-55 checksum that does not match"),
-                        (ADDR[:-1], "39 hex digits after 0x, not 40"), (ADDR + "0", "41 hex digits"),
-                        (ADDR[2:].lower(), "without the 0x prefix")]:
+    for bad, reason in [
+        (ADDR[:-1] + "5", "EIP-55 checksum that does not match"),
+        (ADDR[:-1], "39 hex digits after 0x, not 40"),
+        (ADDR + "0", "41 hex digits"),
+        (ADDR[2:].lower(), "without the 0x prefix"),
+    ]:
         typo = surge(*args, "--pubkey", "13" * 32, "--owner", bad, check=False)
         assert typo.returncode == 2 and reason in typo.stderr and typo.stderr.count("\n") == 1, typo.stderr
     owners = sorted(d["owner"] for d in json.loads(surge("gateway", "devices", "--db", db, "--json").stdout))
@@ -40,20 +43,28 @@ def write(tmp: Path, text: str) -> str:
 
 
 def test_rewards_table(tmp_path: Path) -> None:
-    cfg = config.load(write(tmp_path, '[gateway]\ndb = "g.db"\n[rewards]\nepoch_seconds = 60\nepochs_dir = "ep"\n'
-                                      '[rewards.formula]\nbudget = "1000000000000000000000"\n'
-                                      '[rewards.formula.caps.esp32]\nstorage_bytes = 1073741824\n'), {})
+    cfg = config.load(
+        write(
+            tmp_path,
+            '[gateway]\ndb = "g.db"\n[rewards]\nepoch_seconds = 60\nepochs_dir = "ep"\n'
+            '[rewards.formula]\nbudget = "1000000000000000000000"\n'
+            "[rewards.formula.caps.esp32]\nstorage_bytes = 1073741824\n",
+        ),
+        {},
+    )
     assert cfg.rewards.epoch_seconds == 60 and cfg.rewards.formula.budget == 10**21
     assert cfg.rewards.epochs_dir == str(tmp_path / "ep") and cfg.rewards.formula.cap("esp32").storage_bytes == 1 << 30
     # Without a [gateway] table the top level is the gateway's, and [rewards] still its own table.
     flat = config.load(write(tmp_path, 'db = "g.db"\n[rewards.formula]\nbudget = 5\n'), {})
     assert flat.rewards.formula.budget == 5 and flat.rewards.epoch_seconds == 3600
     assert config.load(write(tmp_path, 'db = "g.db"\n'), {}).rewards is None
-    for text, msg in [('[rewards]\nepoch_seconds = 0\n[rewards.formula]\nbudget = 1\n', "epoch_seconds"),
-                      ('[rewards]\nepoch_seconds = 60\n', "rewards.formula is required"),
-                      ('[rewards]\ncolour = 1\n[rewards.formula]\nbudget = 1\n', "unknown field"),
-                      ('[rewards.formula]\nbudget = 1\nflagged_permille = 1001\n', "flagged_permille must be 0..1000"),
-                      ('[rewards]\ncontract = "0x12"\n[rewards.formula]\nbudget = 1\n', "rewards.contract")]:
+    for text, msg in [
+        ("[rewards]\nepoch_seconds = 0\n[rewards.formula]\nbudget = 1\n", "epoch_seconds"),
+        ("[rewards]\nepoch_seconds = 60\n", "rewards.formula is required"),
+        ("[rewards]\ncolour = 1\n[rewards.formula]\nbudget = 1\n", "unknown field"),
+        ("[rewards.formula]\nbudget = 1\nflagged_permille = 1001\n", "flagged_permille must be 0..1000"),
+        ('[rewards]\ncontract = "0x12"\n[rewards.formula]\nbudget = 1\n', "rewards.contract"),
+    ]:
         with pytest.raises(config.ConfigError, match=msg):
             config.load(write(tmp_path, text), {})
 
@@ -64,8 +75,10 @@ def test_surge_commands_do_not_load_the_chain_stack() -> None:
     import subprocess
     import sys
 
-    code = ("import sys\nfrom agent.cli import main\ntry:\n    main(['agent', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('web3', 'eth_account') if m in sys.modules))")
+    code = (
+        "import sys\nfrom agent.cli import main\ntry:\n    main(['agent', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('web3', 'eth_account') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert out.strip().endswith("[]"), out[-300:]
 
@@ -75,8 +88,20 @@ def test_flash_checks_the_owner_before_touching_the_board(tmp_path: Path) -> Non
     before the port is opened: an address-like typo is refused, a label is warned about."""
     db = str(tmp_path / "gw.db")
     port = str(tmp_path / "no-such-port")  # nothing is there: whatever gets past the owner fails on it
-    args = ["flash", "--board", "esp32", "--port", port, "--config", str(tmp_path / "agent.json"),
-            "--gateway-db", db, "--no-board-check", "--wait", "0"]
+    args = [
+        "flash",
+        "--board",
+        "esp32",
+        "--port",
+        port,
+        "--config",
+        str(tmp_path / "agent.json"),
+        "--gateway-db",
+        db,
+        "--no-board-check",
+        "--wait",
+        "0",
+    ]
     for bad, reason in [(ADDR[:-1] + "5", "EIP-55 checksum that does not match"), ("0x1234", "4 hex digits")]:
         proc = surge(*args, "--owner", bad, check=False)
         assert proc.returncode == 2 and "--owner: " in proc.stderr and reason in proc.stderr, proc.stderr

@@ -167,9 +167,7 @@ def test_claim_pays_cumulative_minus_claimed(rc: Web3RewardsChain, owners: list[
     assert rc.token_balance(rc.contract_address) == 10_000 * TOKEN - 400
 
 
-def test_second_claim_and_older_epoch_revert_nothing_to_claim(
-    rc: Web3RewardsChain, owners: list[str]
-) -> None:
+def test_second_claim_and_older_epoch_revert_nothing_to_claim(rc: Web3RewardsChain, owners: list[str]) -> None:
     a, b, _ = owners
     e1 = RewardTree.build({a: 100, b: 1})
     e2 = RewardTree.build({a: 150, b: 1})
@@ -186,23 +184,21 @@ def test_second_claim_and_older_epoch_revert_nothing_to_claim(
     assert rc.token_balance(a) == 150
 
 
-def test_wrong_amount_proof_index_or_size_reverts_invalid_proof(
-    rc: Web3RewardsChain, owners: list[str]
-) -> None:
+def test_wrong_amount_proof_index_or_size_reverts_invalid_proof(rc: Web3RewardsChain, owners: list[str]) -> None:
     a, b, c = owners
     tree = RewardTree.build({a: 100, b: 250, c: 5})
     rc.publish(1, tree.root, tree.size, tree.total)
     sender = funded_key(rc)
     account, cumulative, index, size, proof = tree.claim_args(a)
     bad = [
-        (account, cumulative + 1, index, size, proof),                   # wrong amount
-        (b, cumulative, index, size, proof),                             # someone else's leaf
-        (account, cumulative, (index + 1) % size, size, proof),          # wrong index
-        (account, cumulative, index, size, [bytes(32)] + proof[1:]),     # wrong sibling
-        (account, cumulative, index, size, proof[:-1]),                  # short proof
-        (account, cumulative, index, size, proof + [os.urandom(32)]),    # long proof
-        (account, cumulative, index, size + 1, proof),                   # tree size mismatch
-        (account, cumulative, index, 2, proof[:1]),                      # another shape
+        (account, cumulative + 1, index, size, proof),  # wrong amount
+        (b, cumulative, index, size, proof),  # someone else's leaf
+        (account, cumulative, (index + 1) % size, size, proof),  # wrong index
+        (account, cumulative, index, size, [bytes(32)] + proof[1:]),  # wrong sibling
+        (account, cumulative, index, size, proof[:-1]),  # short proof
+        (account, cumulative, index, size, proof + [os.urandom(32)]),  # long proof
+        (account, cumulative, index, size + 1, proof),  # tree size mismatch
+        (account, cumulative, index, 2, proof[:1]),  # another shape
     ]
     for args in bad:
         with pytest.raises(InvalidProof):
@@ -353,13 +349,16 @@ def test_claimed_event(rc: Web3RewardsChain, owners: list[str]) -> None:
         address=Web3.to_checksum_address(rc.contract_address), abi=load_artifact("SurgeRewards").abi
     )
     # The token's Transfer log is in the same receipt: skip it, not warn.
-    events = contract.events.Claimed().process_receipt(
-        rc.web3.eth.get_transaction_receipt(tx), errors=DISCARD
-    )
+    events = contract.events.Claimed().process_receipt(rc.web3.eth.get_transaction_receipt(tx), errors=DISCARD)
     assert len(events) == 1
     ev = events[0]["args"]
     assert (ev["gateway"], ev["account"], ev["epoch"], ev["amount"], ev["cumulative"]) == (
-        rc.gateway_address, a, 1, 9, 9)
+        rc.gateway_address,
+        a,
+        1,
+        9,
+        9,
+    )
 
 
 def test_token_erc20_basics(rc: Web3RewardsChain) -> None:

@@ -47,14 +47,21 @@ def fleet() -> tuple[list[Device], dict[str, str]]:
 
 def figures(devs: list[Device]):  # type: ignore[no-untyped-def]
     """What the (stand-in) attestation stage says it verified, per device."""
-    table = {devs[0].id: (2 << 20, 8 << 30, ""), devs[1].id: (None, 1 << 30, ""),
-             devs[2].id: (1 << 20, 4 << 30, "bw_overclaim"), devs[3].id: (4 << 20, 64 << 30, "")}
+    table = {
+        devs[0].id: (2 << 20, 8 << 30, ""),
+        devs[1].id: (None, 1 << 30, ""),
+        devs[2].id: (1 << 20, 4 << 30, "bw_overclaim"),
+        devs[3].id: (4 << 20, 64 << 30, ""),
+    }
     return lambda device, boot, seq: None if seq == 1 and device == devs[0].id else table[device]
 
 
 def rewards_config(tmp: Path, epoch_seconds: float = 3.0) -> RewardsConfig:
-    return RewardsConfig(formula=F.Formula(budget=BUDGET, caps={"esp32": F.BoardCap(storage_bytes=1 << 29)}),
-                         epoch_seconds=epoch_seconds, epochs_dir=str(tmp / "epochs"))
+    return RewardsConfig(
+        formula=F.Formula(budget=BUDGET, caps={"esp32": F.BoardCap(storage_bytes=1 << 29)}),
+        epoch_seconds=epoch_seconds,
+        epochs_dir=str(tmp / "epochs"),
+    )
 
 
 def start(cfg: GatewayConfig, devs: list[Device], owners: dict[str, str]) -> Gateway:
@@ -99,9 +106,18 @@ def check_epochs_and_files(tmp: Path, db: str, events: Collector) -> list[bytes]
 
 def test_fleet_to_claims_on_the_in_process_chain(tmp_path: Path, broker: Mosquitto) -> None:
     devs, owners = fleet()
-    cfg = validate(GatewayConfig(broker=broker.url, db=str(tmp_path / "gw.db"), chain="memory", batch_size=4,
-                                 batch_seconds=0.5, confirmations=2, pipeline_nice=0,
-                                 rewards=rewards_config(tmp_path)))
+    cfg = validate(
+        GatewayConfig(
+            broker=broker.url,
+            db=str(tmp_path / "gw.db"),
+            chain="memory",
+            batch_size=4,
+            batch_seconds=0.5,
+            confirmations=2,
+            pipeline_nice=0,
+            rewards=rewards_config(tmp_path),
+        )
+    )
     gw = start(cfg, devs, owners)
     events = Collector(broker.port, epochs_topic(gw.gateway_id))
     pub = AckPublisher(broker.port)
@@ -113,8 +129,9 @@ def test_fleet_to_claims_on_the_in_process_chain(tmp_path: Path, broker: Mosquit
         assert set(cum) == {ALICE, BOB}  # carol's label earns nothing ...
         carol = [d for f in files for d in E.parse(f).record.body["devices"] if d["device"] == devs[3].id]
         assert carol and all(r == E.OWNER_NOT_ADDRESS for d in carol for _, _, r in d["excluded"])
-        assert sum(int(a) for f in files for _, a in E.parse(f).record.body["outputs"]["amounts"]) \
-            <= BUDGET * len(files)
+        assert sum(int(a) for f in files for _, a in E.parse(f).record.body["outputs"]["amounts"]) <= BUDGET * len(
+            files
+        )
 
         st = Store(cfg.db)
         statement = S.statement(st, ALICE)
@@ -131,8 +148,14 @@ def test_fleet_to_claims_on_the_in_process_chain(tmp_path: Path, broker: Mosquit
         for owner, proof in proofs.items():
             summary = S.verify_proof(proof)
             assert summary["cumulative"] == int(cum[owner]) and proof["chain"]["contract"] == rewards.contract_address
-            args = (summary["epoch"], owner, summary["cumulative"], summary["leaf_index"], summary["tree_size"],
-                    [bytes.fromhex(p) for p in proof["proof"]])
+            args = (
+                summary["epoch"],
+                owner,
+                summary["cumulative"],
+                summary["leaf_index"],
+                summary["tree_size"],
+                [bytes.fromhex(p) for p in proof["proof"]],
+            )
             with pytest.raises(InvalidProof):  # one unit more than earned: the contract says no
                 rewards.claim(claimer, args[0], owner, args[2] + 1, *args[3:])
             rewards.claim(claimer, *args)
@@ -146,15 +169,21 @@ def test_fleet_to_claims_on_the_in_process_chain(tmp_path: Path, broker: Mosquit
         ok = surge("rewards", "verify", str(path))
         assert ok.stdout.startswith("VALID") and ALICE in ok.stdout, ok.stdout
         raw = path.read_bytes()
-        for needle, reason in [(b'"cumulative": "', "inclusion proof"), (b'"root": "', "inclusion proof"),
-                               (b'"tx_hash": "', "chain_signature"), (b'"start": ', "epoch_signature")]:
+        for needle, reason in [
+            (b'"cumulative": "', "inclusion proof"),
+            (b'"root": "', "inclusion proof"),
+            (b'"tx_hash": "', "chain_signature"),
+            (b'"start": ', "epoch_signature"),
+        ]:
             at = raw.index(needle) + len(needle) + 1
             bad = bytearray(raw)
             bad[at] = ord("1") if bad[at] != ord("1") else ord("2")
             path.write_bytes(bytes(bad))
             proc = surge("rewards", "verify", str(path), check=False)
-            assert proc.returncode == 1 and proc.stdout.startswith("INVALID") and reason in proc.stdout, \
-                (needle, proc.stdout)
+            assert proc.returncode == 1 and proc.stdout.startswith("INVALID") and reason in proc.stdout, (
+                needle,
+                proc.stdout,
+            )
     finally:
         events.close()
         pub.close()

@@ -19,26 +19,65 @@ OWNERS = [E.checksum_owner("0x%040x" % (i * 0x1111 + 7)) for i in range(1, 9)]
 EPOCH_MS = 600_000  # 10 minutes: 10 reports expected at interval 60
 
 
-def dev(i: int, owner: str | None, storage: int = 1 << 30, bw: int | None = 1 << 20, attested: int = 10,
-        reports: int = 10, flags: tuple[str, ...] = (), failed: int = 0, board: str = "rpi-4") -> E.DeviceInputs:
+def dev(
+    i: int,
+    owner: str | None,
+    storage: int = 1 << 30,
+    bw: int | None = 1 << 20,
+    attested: int = 10,
+    reports: int = 10,
+    flags: tuple[str, ...] = (),
+    failed: int = 0,
+    board: str = "rpi-4",
+) -> E.DeviceInputs:
     excluded = tuple((1, s, E.NOT_ATTESTED) for s in range(reports - attested))
     if owner is None or E.ineligible_reason(owner):
         excluded = tuple((1, s, E.ineligible_reason(owner or "") or "") for s in range(reports))
-    return E.DeviceInputs(device="%016x" % i, owner=owner or "", board=board, reports=reports, attested=attested,
-                          interval_s=60, storage_bytes=storage, bw_up=bw, flags=flags, challenges_passed=0,
-                          challenges_failed=failed, challenges_timed_out=0, excluded=excluded)
+    return E.DeviceInputs(
+        device="%016x" % i,
+        owner=owner or "",
+        board=board,
+        reports=reports,
+        attested=attested,
+        interval_s=60,
+        storage_bytes=storage,
+        bw_up=bw,
+        flags=flags,
+        challenges_passed=0,
+        challenges_failed=failed,
+        challenges_timed_out=0,
+        excluded=excluded,
+    )
 
 
-def record(devices: list[E.DeviceInputs], budget: int = 10**21, prev: dict[str, int] | None = None,
-           f: F.Formula | None = None) -> E.EpochRecord:
-    return E.build("gw-test", KEY.address, 1, 0, EPOCH_MS, f or F.Formula(budget=budget),
-                   [{"batch_seq": 1, "root": "00" * 32, "size": len(devices)}], devices, prev or {}, E.ZERO_ROOT)
+def record(
+    devices: list[E.DeviceInputs], budget: int = 10**21, prev: dict[str, int] | None = None, f: F.Formula | None = None
+) -> E.EpochRecord:
+    return E.build(
+        "gw-test",
+        KEY.address,
+        1,
+        0,
+        EPOCH_MS,
+        f or F.Formula(budget=budget),
+        [{"batch_seq": 1, "root": "00" * 32, "size": len(devices)}],
+        devices,
+        prev or {},
+        E.ZERO_ROOT,
+    )
 
 
 def test_points_by_hand() -> None:
     f = F.Formula(budget=1000, storage_weight=2, bandwidth_weight=3, caps={"esp32": F.BoardCap(1 << 30, None)})
-    a = F.Attested("rpi-4", storage_bytes=10 * F.MIB + 5, bw_up=4 * F.KIB + 1, attested=5, interval_s=60,
-                   flagged=False, failed_challenge=False)
+    a = F.Attested(
+        "rpi-4",
+        storage_bytes=10 * F.MIB + 5,
+        bw_up=4 * F.KIB + 1,
+        attested=5,
+        interval_s=60,
+        flagged=False,
+        failed_challenge=False,
+    )
     # (2 x 10 MiB + 3 x 4 KiB/s) x coverage 5 of 10 = 32 x 0.5
     assert F.points(f, a, EPOCH_MS) == 16
     capped = F.Attested("esp32", 4 << 30, None, 10, 60, False, False)
@@ -70,22 +109,35 @@ def test_allocation_never_exceeds_budget(budget: int, pts: list[int]) -> None:
             assert abs(shares.get(o, 0) - exact) < 1.0 + exact * 1e-12  # within one unit of the exact share
 
 
-figures = st.tuples(st.integers(0, 1 << 42), st.one_of(st.none(), st.integers(0, 1 << 30)), st.integers(0, 10),
-                    st.booleans(), st.sampled_from(OWNERS[:4]))
+figures = st.tuples(
+    st.integers(0, 1 << 42),
+    st.one_of(st.none(), st.integers(0, 1 << 30)),
+    st.integers(0, 10),
+    st.booleans(),
+    st.sampled_from(OWNERS[:4]),
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(devices=st.lists(figures, min_size=1, max_size=6), which=st.integers(0, 5),
-       more_storage=st.integers(0, 1 << 40), more_bw=st.integers(0, 1 << 30), budget=st.integers(1, 10**24))
-def test_monotone_in_attested_capacity(devices: list[tuple[int, int | None, int, bool, str]], which: int,
-                                       more_storage: int, more_bw: int, budget: int) -> None:
+@given(
+    devices=st.lists(figures, min_size=1, max_size=6),
+    which=st.integers(0, 5),
+    more_storage=st.integers(0, 1 << 40),
+    more_bw=st.integers(0, 1 << 30),
+    budget=st.integers(1, 10**24),
+)
+def test_monotone_in_attested_capacity(
+    devices: list[tuple[int, int | None, int, bool, str]], which: int, more_storage: int, more_bw: int, budget: int
+) -> None:
     """More attested storage or bandwidth for one device, all else equal, never lowers its owner's amount."""
     which %= len(devices)
     f = F.Formula(budget=budget, storage_weight=3, bandwidth_weight=2, caps={"esp32": F.BoardCap(1 << 41, 1 << 29)})
 
     def amounts(ds: list[tuple[int, int | None, int, bool, str]]) -> tuple[dict[str, int], list[int]]:
-        inputs = [dev(i, o, storage=s, bw=b, attested=n, flags=("bw_overclaim",) if fl else (), board="esp32")
-                  for i, (s, b, n, fl, o) in enumerate(ds)]
+        inputs = [
+            dev(i, o, storage=s, bw=b, attested=n, flags=("bw_overclaim",) if fl else (), board="esp32")
+            for i, (s, b, n, fl, o) in enumerate(ds)
+        ]
         out = E.compute(f, inputs, {}, EPOCH_MS)
         return dict(out.amounts), [p for _, p in out.device_points]
 
@@ -100,10 +152,13 @@ def test_monotone_in_attested_capacity(devices: list[tuple[int, int | None, int,
 
 
 @settings(max_examples=50, deadline=None)
-@given(devices=st.lists(figures, min_size=1, max_size=6), prev=st.dictionaries(st.sampled_from(OWNERS),
-                                                                               st.integers(1, 10**25)))
-def test_rerun_gives_identical_bytes_and_recompute_matches(devices: list[tuple[int, int | None, int, bool, str]],
-                                                          prev: dict[str, int]) -> None:
+@given(
+    devices=st.lists(figures, min_size=1, max_size=6),
+    prev=st.dictionaries(st.sampled_from(OWNERS), st.integers(1, 10**25)),
+)
+def test_rerun_gives_identical_bytes_and_recompute_matches(
+    devices: list[tuple[int, int | None, int, bool, str]], prev: dict[str, int]
+) -> None:
     inputs = [dev(i, o, storage=s, bw=b, attested=n) for i, (s, b, n, fl, o) in enumerate(devices)]
     rec = record(inputs, prev=prev)
     if rec.header["leaves"] == 0:
@@ -119,8 +174,13 @@ def test_rerun_gives_identical_bytes_and_recompute_matches(devices: list[tuple[i
 
 
 def sealed() -> bytes:
-    devices = [dev(1, OWNERS[0]), dev(2, OWNERS[1], storage=3 << 30, attested=6), dev(3, "alice", storage=1 << 40),
-               dev(4, None), dev(5, OWNERS[0], attested=0, bw=None, storage=0)]
+    devices = [
+        dev(1, OWNERS[0]),
+        dev(2, OWNERS[1], storage=3 << 30, attested=6),
+        dev(3, "alice", storage=1 << 40),
+        dev(4, None),
+        dev(5, OWNERS[0], attested=0, bw=None, storage=0),
+    ]
     return E.seal(record(devices, prev={OWNERS[2]: 5}), KEY.sign_message)
 
 
@@ -144,13 +204,16 @@ def test_epoch_file_contents() -> None:
     assert len(E.leaf_data(OWNERS[0], 1)) == 52 and E.leaf_data(OWNERS[0], 1)[-1] == 1
 
 
-@pytest.mark.parametrize("old,new,reason", [
-    (b'"allocated":"1', b'"allocated":"2', "allocated"),
-    (b'"storage_bytes":3221225472', b'"storage_bytes":4221225472', "body_sha256"),
-    (b'"budget":"1000000000000000000000"', b'"budget":"2000000000000000000000"', "differs"),
-    (b'"gateway_id":"gw-test"', b'"gateway_id":"gw-evil"', "signature is not the gateway's"),
-    (b'"epoch":1', b'"epoch":2', "signature"),
-])
+@pytest.mark.parametrize(
+    "old,new,reason",
+    [
+        (b'"allocated":"1', b'"allocated":"2', "allocated"),
+        (b'"storage_bytes":3221225472', b'"storage_bytes":4221225472', "body_sha256"),
+        (b'"budget":"1000000000000000000000"', b'"budget":"2000000000000000000000"', "differs"),
+        (b'"gateway_id":"gw-test"', b'"gateway_id":"gw-evil"', "signature is not the gateway's"),
+        (b'"epoch":1', b'"epoch":2', "signature"),
+    ],
+)
 def test_tampered_epoch_file_is_refused_with_the_reason(old: bytes, new: bytes, reason: str) -> None:
     raw = sealed()
     assert old in raw
@@ -181,11 +244,14 @@ def test_formula_validation_names_the_field() -> None:
     ok = F.from_json({"budget": "1000000000000000000000", "caps": {"esp32": {"storage_bytes": 1 << 30}}})
     assert ok.budget == 10**21 and ok.cap("esp32").storage_bytes == 1 << 30 and ok.cap("rpi-4") == F.BoardCap()
     assert F.from_json(ok.to_json(), "formula.") == ok
-    for bad, msg in [({}, "budget must be an integer"), ({"budget": 0}, "budget must be"),
-                     ({"budget": 1, "flagged_permille": 1001}, "flagged_permille"),
-                     ({"budget": 1, "weight": 2}, "unknown formula field"),
-                     ({"budget": 1, "version": 2}, "version 2 is not supported"),
-                     ({"budget": 1, "caps": {"esp32": {"storage": 1}}}, "caps.esp32"),
-                     ({"budget": 1.5}, "budget must be an integer")]:
+    for bad, msg in [
+        ({}, "budget must be an integer"),
+        ({"budget": 0}, "budget must be"),
+        ({"budget": 1, "flagged_permille": 1001}, "flagged_permille"),
+        ({"budget": 1, "weight": 2}, "unknown formula field"),
+        ({"budget": 1, "version": 2}, "version 2 is not supported"),
+        ({"budget": 1, "caps": {"esp32": {"storage": 1}}}, "caps.esp32"),
+        ({"budget": 1.5}, "budget must be an integer"),
+    ]:
         with pytest.raises(F.FormulaError, match=msg):
             F.from_json(bad)

@@ -41,8 +41,18 @@ def chain_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def config(tmp: Path, broker: Mosquitto, node: HardhatNode) -> GatewayConfig:
-    return validate(GatewayConfig(broker=broker.url, db=str(tmp / "gw.db"), chain=node.url, batch_size=4,
-                                  batch_seconds=0.5, confirmations=K, pipeline_nice=0, rewards=rewards_config(tmp)))
+    return validate(
+        GatewayConfig(
+            broker=broker.url,
+            db=str(tmp / "gw.db"),
+            chain=node.url,
+            batch_size=4,
+            batch_seconds=0.5,
+            confirmations=K,
+            pipeline_nice=0,
+            rewards=rewards_config(tmp),
+        )
+    )
 
 
 def test_fleet_to_claims_over_json_rpc(tmp_path: Path, broker: Mosquitto, node: HardhatNode, chain_key: None) -> None:
@@ -68,8 +78,9 @@ def test_fleet_to_claims_over_json_rpc(tmp_path: Path, broker: Mosquitto, node: 
             out = surge("rewards", "claim", str(proof), "--rpc", node.url, "--keystore", str(keystore), env=env).stdout
             assert out.startswith("claimed %s for %s" % (cum[owner], owner)), out
             assert rewards.token_balance(owner) == int(cum[owner])
-            again = surge("rewards", "claim", str(proof), "--rpc", node.url, "--keystore", str(keystore),
-                          env=env, check=False)
+            again = surge(
+                "rewards", "claim", str(proof), "--rpc", node.url, "--keystore", str(keystore), env=env, check=False
+            )
             assert again.returncode == 2 and "nothing to claim" in again.stderr, again.stderr
             out = surge("rewards", "verify", str(proof), "--rpc", node.url).stdout
             assert "claimable 0" in out, out
@@ -79,8 +90,9 @@ def test_fleet_to_claims_over_json_rpc(tmp_path: Path, broker: Mosquitto, node: 
         gw.shutdown()
 
 
-def test_reorg_takes_published_epochs_away_and_they_come_back(tmp_path: Path, broker: Mosquitto,
-                                                              node: HardhatNode, chain_key: None) -> None:
+def test_reorg_takes_published_epochs_away_and_they_come_back(
+    tmp_path: Path, broker: Mosquitto, node: HardhatNode, chain_key: None
+) -> None:
     devs, owners = fleet()
     cfg = config(tmp_path, broker, node)
     gw = start(cfg, devs, owners)
@@ -92,8 +104,9 @@ def test_reorg_takes_published_epochs_away_and_they_come_back(tmp_path: Path, br
         drive_to_confirmed_epochs(gw, devs, 3, pub.send, figures(devs), mine=lambda: node.mine(1))
         st = Store(cfg.db)
         before = {e.epoch: e.file for e in epochs(st)}
-        first_blocks = {n: [(a.block_number, a.block_hash) for a in anchors(st, n) if a.state == "confirmed"]
-                        for n in before}
+        first_blocks = {
+            n: [(a.block_number, a.block_hash) for a in anchors(st, n) if a.state == "confirmed"] for n in before
+        }
         assert gw.rewards.chain.last_epoch() == max(before)
 
         assert rpc(node.url, "evm_revert", [snapshot]) is True
@@ -103,9 +116,11 @@ def test_reorg_takes_published_epochs_away_and_they_come_back(tmp_path: Path, br
             gw.step()
             node.mine(1)
             eps = epochs(st)
-            return all(e.state == "confirmed" for e in eps) and \
-                all(any(a.state == "confirmed" for a in anchors(st, e.epoch)) for e in eps) and \
-                gw.rewards.chain.last_epoch() == max(before)
+            return (
+                all(e.state == "confirmed" for e in eps)
+                and all(any(a.state == "confirmed" for a in anchors(st, e.epoch)) for e in eps)
+                and gw.rewards.chain.last_epoch() == max(before)
+            )
 
         wait_for(again, 120, "epochs published and confirmed again after the reorg", interval=0.2)
         # Same epochs, same bytes; only where they sit on chain changed.

@@ -33,9 +33,7 @@ def rc() -> Web3RewardsChain:
     return open_rewards_chain("memory", ChainKey.generate(), supply=2**190)
 
 
-def _mutations(
-    draw: st.DrawFn, tree: RewardTree, index: int
-) -> list[tuple[str, int, int, list[bytes]]]:
+def _mutations(draw: st.DrawFn, tree: RewardTree, index: int) -> list[tuple[str, int, int, list[bytes]]]:
     """(label, cumulative, index, proof) variants of the true claim."""
     owner = tree.owners[index]
     cumulative = tree.cumulative[owner]
@@ -50,7 +48,7 @@ def _mutations(
         bit = draw(st.integers(0, 255))
         flipped = bytearray(proof[k])
         flipped[bit // 8] ^= 1 << (bit % 8)
-        out.append(("flip", cumulative, index, proof[:k] + [bytes(flipped)] + proof[k + 1:]))
+        out.append(("flip", cumulative, index, proof[:k] + [bytes(flipped)] + proof[k + 1 :]))
         out.append(("drop", cumulative, index, proof[:-1]))
         if len(proof) > 1:
             out.append(("swap", cumulative, index, [proof[1], proof[0]] + proof[2:]))
@@ -71,9 +69,7 @@ def test_contract_proof_check_agrees_with_merkle_py(rc: Web3RewardsChain, data: 
     index = data.draw(st.integers(0, tree.size - 1))
     owner = tree.owners[index]
     for label, amount, at, proof in _mutations(data.draw, tree, index):
-        expected = merkle.verify_inclusion(
-            merkle.leaf_hash(leaf_data(owner, amount)), at, tree.size, proof, tree.root
-        )
+        expected = merkle.verify_inclusion(merkle.leaf_hash(leaf_data(owner, amount)), at, tree.size, proof, tree.root)
         got = rc.claimable(epoch, owner, amount, at, tree.size, proof)
         assert (got > 0) == expected, (label, tree.size, index, at, len(proof))
         if label == "true":

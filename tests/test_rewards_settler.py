@@ -46,8 +46,7 @@ def test_crash_after_send_and_drop_are_settled_once_in_order(tmp_path: Path) -> 
     e1 = epochs(st)[0]
     settler._begin(e1)
     rewards.publish(e1.epoch, e1.root, e1.leaves, e1.total)
-    restarted = Settler(st, rewards, 2, anchor.attest, lambda ev, e, a: events.append((ev, e.epoch)),
-                        drop_after_s=5)
+    restarted = Settler(st, rewards, 2, anchor.attest, lambda ev, e, a: events.append((ev, e.epoch)), drop_after_s=5)
     restarted.step(1e12)
     a = _live(st, 1)
     assert a is not None and a.state == "submitted" and a.tx_hash == rewards.epoch_tx(1)
@@ -73,8 +72,10 @@ def test_crash_after_send_and_drop_are_settled_once_in_order(tmp_path: Path) -> 
     assert all(e.state == "confirmed" for e in epochs(st))
     states = [x.state for x in anchors(st, 2)]
     assert states[0] == "dropped" and states[-1] == "confirmed", states
-    assert rewards.last_epoch() == 2 and [e for e in events if e[0] == "confirmed"] == [("confirmed", 1),
-                                                                                      ("confirmed", 2)]
+    assert rewards.last_epoch() == 2 and [e for e in events if e[0] == "confirmed"] == [
+        ("confirmed", 1),
+        ("confirmed", 2),
+    ]
     for e in epochs(st):
         assert rewards.root_of(e.epoch) == e.root
 

@@ -10,11 +10,14 @@ from gateway.rewards import epoch as E
 from gateway.rewards import statement as S
 
 
-@pytest.mark.parametrize("parse, error, name", [
-    (lambda raw: receipts.parse_bundle(raw, "b.json"), receipts.BundleError, "b.json is not JSON"),
-    (lambda raw: S.parse_proof(raw, "p.json"), S.ProofError, "p.json is not JSON"),
-    (E.parse, E.EpochError, "not JSON"),
-])
+@pytest.mark.parametrize(
+    "parse, error, name",
+    [
+        (lambda raw: receipts.parse_bundle(raw, "b.json"), receipts.BundleError, "b.json is not JSON"),
+        (lambda raw: S.parse_proof(raw, "p.json"), S.ProofError, "p.json is not JSON"),
+        (E.parse, E.EpochError, "not JSON"),
+    ],
+)
 def test_duplicates_and_non_json_refused(parse, error, name) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(error, match="duplicate field 'root'"):
         parse(b'{"a": {"root": "00", "root": "11"}}')

@@ -45,19 +45,22 @@ def test_probabilities() -> None:
     assert core.challenges_to_catch(0.01, 16, 0.99) == 29
 
 
-@pytest.mark.parametrize("payload,reason", [
-    (b"x" * 600, "oversized"),
-    (b"\xff\xfe", "malformed"),
-    (b"[1,2]", "malformed"),
-    (b'{"t":"nope"}', "malformed"),
-    (b'{"t":"stored","plot":-1,"index":0}', "malformed"),
-    (b'{"t":"stored","plot":1,"index":true}', "malformed"),
-    (b'{"t":"stored","plot":1,"index":4294967296}', "malformed"),
-    (b'{"t":"answer","plot":1,"nonce":"00","proof":"00"}', "malformed"),
-    (b'{"t":"answer","plot":1,"nonce":"' + b"zz" * 16 + b'","proof":"' + b"00" * 32 + b'"}', "malformed"),
-    (b'{"t":"answer","plot":1,"nonce":"' + b"00" * 16 + b'","proof":"' + b"00" * 31 + b'"}', "malformed"),
-    (b'{"t":"answer","plot":1,"nonce":"' + b"00" * 16 + b'","error":7}', "malformed"),
-])
+@pytest.mark.parametrize(
+    "payload,reason",
+    [
+        (b"x" * 600, "oversized"),
+        (b"\xff\xfe", "malformed"),
+        (b"[1,2]", "malformed"),
+        (b'{"t":"nope"}', "malformed"),
+        (b'{"t":"stored","plot":-1,"index":0}', "malformed"),
+        (b'{"t":"stored","plot":1,"index":true}', "malformed"),
+        (b'{"t":"stored","plot":1,"index":4294967296}', "malformed"),
+        (b'{"t":"answer","plot":1,"nonce":"00","proof":"00"}', "malformed"),
+        (b'{"t":"answer","plot":1,"nonce":"' + b"zz" * 16 + b'","proof":"' + b"00" * 32 + b'"}', "malformed"),
+        (b'{"t":"answer","plot":1,"nonce":"' + b"00" * 16 + b'","proof":"' + b"00" * 31 + b'"}', "malformed"),
+        (b'{"t":"answer","plot":1,"nonce":"' + b"00" * 16 + b'","error":7}', "malformed"),
+    ],
+)
 def test_parse_audit_rejects(payload: bytes, reason: str) -> None:
     with pytest.raises(core.AuditError) as e:
         core.parse_audit(payload)
@@ -75,16 +78,23 @@ def test_parse_audit_accepts() -> None:
 def test_plot_sizes() -> None:
     assert core.block_size_for("micropython") == 256 and core.block_size_for("cpython") == 4096
     assert core.plot_blocks(64 << 10, 256, None) == 256
-    assert core.plot_blocks(64 << 10, 256, 10_000) == 39       # capped by the free storage reported
+    assert core.plot_blocks(64 << 10, 256, 10_000) == 39  # capped by the free storage reported
     assert core.plot_blocks(64 << 10, 4096, 100) == 0
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.binary(min_size=32, max_size=32), plot=st.integers(0, 2 ** 32 - 1),
-       size=st.sampled_from([64, 256, 4096]), stored=st.integers(1, 500), k=st.integers(1, 64),
-       entropy=st.binary(min_size=8, max_size=32), flip=st.integers(0, 10 ** 6))
-def test_honest_passes_any_changed_byte_fails(seed: bytes, plot: int, size: int, stored: int, k: int,
-                                              entropy: bytes, flip: int) -> None:
+@given(
+    seed=st.binary(min_size=32, max_size=32),
+    plot=st.integers(0, 2**32 - 1),
+    size=st.sampled_from([64, 256, 4096]),
+    stored=st.integers(1, 500),
+    k=st.integers(1, 64),
+    entropy=st.binary(min_size=8, max_size=32),
+    flip=st.integers(0, 10**6),
+)
+def test_honest_passes_any_changed_byte_fails(
+    seed: bytes, plot: int, size: int, stored: int, k: int, entropy: bytes, flip: int
+) -> None:
     idx = core.choose_indices(entropy, stored, k)
     assert len(idx) == k and all(0 <= i < stored for i in idx)
     nonce = entropy[:16].ljust(16, b"\0")
@@ -95,7 +105,7 @@ def test_honest_passes_any_changed_byte_fails(seed: bytes, plot: int, size: int,
     j = flip % k
     bad = bytearray(blocks[j])
     bad[flip % size] ^= 1 + flip % 255
-    cheat = core.Answer(plot, nonce, core.proof(nonce, blocks[:j] + [bytes(bad)] + blocks[j + 1:]), None)
+    cheat = core.Answer(plot, nonce, core.proof(nonce, blocks[:j] + [bytes(bad)] + blocks[j + 1 :]), None)
     assert core.judge(cheat, seed, plot, size, nonce, idx) == core.FAILED
     # Bound to the nonce: the same blocks under another nonce fail.
     other = core.Answer(plot, nonce, core.proof(b"\x01" * 16, blocks), None)
@@ -160,10 +170,19 @@ def _setup(tmp_path: Path, board: str = "esp32", **over: Any) -> tuple[Store, Au
     dev_id = key.id
     store.enroll(dev_id, key.key.public, board, "lab", "")
     clock = Clock()
-    store.db.execute("INSERT INTO device_state(device_id, boot, seq, last_hash, last_seen) VALUES (?, 1, 1, ?, ?)",
-                     (dev_id, b"\0" * 16, clock.t))
-    s = dict(plot_bytes_small=16 * 256, k=16, interval_s=60.0, deadline_s=5.0, retries=2, window_s=3600.0,
-             blocks_per_s=1000.0)
+    store.db.execute(
+        "INSERT INTO device_state(device_id, boot, seq, last_hash, last_seen) VALUES (?, 1, 1, ?, ?)",
+        (dev_id, b"\0" * 16, clock.t),
+    )
+    s = dict(
+        plot_bytes_small=16 * 256,
+        k=16,
+        interval_s=60.0,
+        deadline_s=5.0,
+        retries=2,
+        window_s=3600.0,
+        blocks_per_s=1000.0,
+    )
     s.update(over)
     aud = Auditor(store, AuditSettings(**s))
     sim = DeviceSim(dev_id, "lab", tmp_path / "flash")
@@ -210,7 +229,7 @@ def test_device_that_lost_part_of_its_plot_is_caught(tmp_path: Path) -> None:
     # (same file size, so the device still claims every block).
     path = Path(dev.cfg.d) / "plot.bin"
     data = path.read_bytes()
-    path.write_bytes(data[:32 * 256] + os.urandom(32 * 256))
+    path.write_bytes(data[: 32 * 256] + os.urandom(32 * 256))
     outcomes = _exchange(aud, dev, clock, 400)
     # Each challenge misses with 1 - 0.5^16; the first failure voids the window.
     assert "failed" in outcomes
@@ -250,11 +269,11 @@ def test_retry_answered_in_time_passes(tmp_path: Path) -> None:
     _exchange(aud, dev, clock, 3)
     msgs = aud.tick(clock.t + 61)  # a new challenge is due; the device misses it
     clock.t += 61
-    (topic, first), = msgs
+    ((topic, first),) = msgs
     clock.t += 6
-    (_, again), = aud.tick(clock.t)  # the same challenge, resent
+    ((_, again),) = aud.tick(clock.t)  # the same challenge, resent
     assert again[9:25] == first[9:25]  # same nonce
-    (t, p), = dev.receive(again)
+    ((t, p),) = dev.receive(again)
     assert aud.on_message(t, p, clock.t) == "passed"
 
 
@@ -264,7 +283,7 @@ def test_bad_answers_are_counted_and_change_nothing(tmp_path: Path) -> None:
     topic = dev.topic("audit")
     assert storage_standing(store, dev.id, clock.t)[1] == 1
     # A challenge is open; answers to it and around it:
-    (_, cmd), = aud.tick(clock.t + 61)
+    ((_, cmd),) = aud.tick(clock.t + 61)
     clock.t += 61
     nonce = cmd[9:25].hex()
 
@@ -282,7 +301,7 @@ def test_bad_answers_are_counted_and_change_nothing(tmp_path: Path) -> None:
     assert aud.on_message(topic, answer(nonce), clock.t + 5.5) == "late"
     assert aud.ledger.challenge(bytes.fromhex(nonce)).outcome is None  # type: ignore[union-attr]
     # The retry at the deadline; the honest answer to it in time passes; a repeat is already resolved.
-    (_, again), = aud.tick(clock.t + 6)
+    ((_, again),) = aud.tick(clock.t + 6)
     good = dev.receive(again)[0][1]
     assert aud.on_message(topic, good, clock.t + 6.5) == "passed"
     assert aud.on_message(topic, good, clock.t + 6.5) == "already_resolved"
@@ -311,16 +330,18 @@ def test_answer_flood_is_rate_limited(tmp_path: Path) -> None:
     # Another device is not slowed: its own bucket.
     other = "aabbccddeeff0011"
     store.enroll(other, os.urandom(32), "esp32", "lab", "")
-    assert aud.on_message("surge/v1/lab/%s/audit" % other, b'{"t":"stored","plot":9,"index":0}',
-                          clock.t) == "ack_ignored"
+    assert (
+        aud.on_message("surge/v1/lab/%s/audit" % other, b'{"t":"stored","plot":9,"index":0}', clock.t) == "ack_ignored"
+    )
 
 
 def test_plot_capped_by_reported_free_storage_and_window_meta(tmp_path: Path) -> None:
     store, aud, dev, clock = _setup(tmp_path, board="rpi-4", plot_bytes=1 << 20)
     # The device's latest report says it has 3 blocks' worth of free storage.
-    cose = dev.key.report(storage=(10 ** 9, 3 * 4096 + 100))
-    store.db.execute("INSERT INTO reports(device_id, boot, seq, received_at, cose) VALUES (?, 1, 0, ?, ?)",
-                     (dev.id, clock.t, cose))
+    cose = dev.key.report(storage=(10**9, 3 * 4096 + 100))
+    store.db.execute(
+        "INSERT INTO reports(device_id, boot, seq, received_at, cose) VALUES (?, 1, 0, ?, ?)", (dev.id, clock.t, cose)
+    )
     aud.tick(clock.t)
     p = aud.ledger.plot(dev.id)
     assert p is not None and p.block_size == 4096 and p.blocks == 3
@@ -342,12 +363,12 @@ def test_restart_resumes_plot_and_open_challenge(tmp_path: Path) -> None:
     _exchange(aud2, dev, clock, 10)
     assert aud2.ledger.plot(dev.id).stored == 64  # type: ignore[union-attr]
     assert storage_standing(store, dev.id, clock.t)[1] == 1
-    (_, cmd), = aud2.tick(clock.t + 61)  # the next challenge; the gateway "dies" before any answer
-    clock.t += 61 + 100                  # ... and is back long after its deadline
+    ((_, cmd),) = aud2.tick(clock.t + 61)  # the next challenge; the gateway "dies" before any answer
+    clock.t += 61 + 100  # ... and is back long after its deadline
     aud3 = Auditor(Store(tmp_path / "gw.db"), aud.s)
-    (_, again), = aud3.resume(clock.t)
+    ((_, again),) = aud3.resume(clock.t)
     assert again == cmd
-    (t, p), = dev.receive(again)
+    ((t, p),) = dev.receive(again)
     assert aud3.on_message(t, p, clock.t + 1) == "passed"
     assert storage_standing(store, dev.id, clock.t + 1) == (64 * 256, 2, 0, 0)
 
@@ -372,8 +393,10 @@ def test_planning_pass_reads_the_same_rows_however_many_devices(tmp_path: Path) 
     for i in range(5):
         other = Device("lab", "esp32")
         store.enroll(other.id, other.key.public, "esp32", "lab", "")
-        store.db.execute("INSERT INTO device_state(device_id, boot, seq, last_hash, last_seen) VALUES (?, 1, 1, ?, ?)",
-                         (other.id, b"\0" * 16, clock.t))
+        store.db.execute(
+            "INSERT INTO device_state(device_id, boot, seq, last_hash, last_seen) VALUES (?, 1, 1, ?, ?)",
+            (other.id, b"\0" * 16, clock.t),
+        )
         p = aud.ledger.new_plot(other.id, bytes(32), 256, 1, clock.t)
         store.db.execute("UPDATE audit_plots SET stored=blocks WHERE device_id=?", (other.id,))
         plot = aud.ledger.plot(other.id)

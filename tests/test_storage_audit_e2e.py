@@ -23,7 +23,17 @@ from gateway.storage_audit.standing import storage_standing
 from gateway.store import Store
 from gw_helpers import Collector
 from broker import free_port
-from gw_process import gateway_log, status, wait_for, metric_value, metrics_text, start_gateway, stop, surge, wait_online
+from gw_process import (
+    gateway_log,
+    status,
+    wait_for,
+    metric_value,
+    metrics_text,
+    start_gateway,
+    stop,
+    surge,
+    wait_online,
+)
 from test_agent_harness import start_agent, write_config
 from test_agent_micropython import board_argv, board_env
 
@@ -48,8 +58,9 @@ audit_blocks_per_s = 200.0
 """
 
 
-def _gateway(tmp: Path, broker: Mosquitto, metrics_port: int | None = None,
-             audit: str = AUDIT) -> tuple[Path, subprocess.Popen[str]]:
+def _gateway(
+    tmp: Path, broker: Mosquitto, metrics_port: int | None = None, audit: str = AUDIT
+) -> tuple[Path, subprocess.Popen[str]]:
     db = tmp / "gw.db"
     conf = tmp / "gw.toml"
     conf.write_text(audit + ("metrics_port = %d\n" % metrics_port if metrics_port else ""))
@@ -119,8 +130,11 @@ def test_honest_cpython_device_proves_its_plot(tmp_path: Path, broker: Mosquitto
         assert metric_value(text, 'surge_storage_challenges_total{fleet="test",outcome="passed"}') >= 2
         assert metric_value(text, 'surge_storage_plot_blocks_total{fleet="test",kind="stored"}') == 16
         # The gateway attests the proven storage in the reports that follow (docs/protocol.md §2.8).
-        att = wait_for(lambda: _attested_with(watch, lambda a: a["storage_bytes"] == 64 * 1024), 30,
-                       "a report attested with the proven storage")
+        att = wait_for(
+            lambda: _attested_with(watch, lambda a: a["storage_bytes"] == 64 * 1024),
+            30,
+            "a report attested with the proven storage",
+        )
         assert att["challenges"]["passed"] >= 1 and att["challenges"]["failed"] == 0
         assert "challenge_failed" not in att["flags"] and "storage_unverified" not in att["flags"]
     finally:
@@ -152,7 +166,7 @@ def test_cheating_devices_are_caught(tmp_path: Path, broker: Mosquitto) -> None:
         # The cheats, on what each device holds.
         half = tmp_path / "half-state" / "plot.bin"
         data = half.read_bytes()
-        half.write_bytes(data[:len(data) // 2] + os.urandom(len(data) - len(data) // 2))
+        half.write_bytes(data[: len(data) // 2] + os.urandom(len(data) - len(data) // 2))
         (tmp_path / "gone-state" / "plot.bin").unlink()
         silent = agents["silent"][2]
         assert silent is not None
@@ -163,8 +177,11 @@ def test_cheating_devices_are_caught(tmp_path: Path, broker: Mosquitto) -> None:
         assert s[0] == 0
         # Its next reports are attested with nothing proven, and flagged.
         half_id = agents["half"][1].device_id
-        att = wait_for(lambda: _attested_with(watch, lambda a: a["device"] == half_id
-                                              and "challenge_failed" in a["flags"]), 30, "half: flagged")
+        att = wait_for(
+            lambda: _attested_with(watch, lambda a: a["device"] == half_id and "challenge_failed" in a["flags"]),
+            30,
+            "half: flagged",
+        )
         assert att["storage_bytes"] == 0 and att["challenges"]["failed"] >= 1
         s = _wait_standing(db, agents["gone"][1].device_id, lambda s: s[2] >= 1, 60, "gone: a failed challenge")
         assert s[0] == 0
@@ -172,12 +189,12 @@ def test_cheating_devices_are_caught(tmp_path: Path, broker: Mosquitto) -> None:
         s = _wait_standing(db, agents["silent"][1].device_id, lambda s: s[3] >= 1, 60, "silent: a timeout")
         assert s[0] == 0
         # The honest device beside them still passes, and nothing of its standing is lost.
-        s = _wait_standing(db, agents["honest"][1].device_id,
-                           lambda s: s[1] >= 3, 60, "honest: passes go on")
+        s = _wait_standing(db, agents["honest"][1].device_id, lambda s: s[1] >= 3, 60, "honest: passes go on")
         assert s[0] == 64 * 1024 and s[2:] == (0, 0)
         store = Store(db)
         try:
             from gateway.storage_audit.ledger import Ledger
+
             # Counted per fleet (written once a second): the two cheats' failures, the timeout and its retry.
             def counted() -> dict[str, int] | None:
                 c = Ledger(store).counts().get("test", {})
@@ -185,8 +202,9 @@ def test_cheating_devices_are_caught(tmp_path: Path, broker: Mosquitto) -> None:
                 return c if ok else None
 
             counts = wait_for(counted, 20, "the outcomes counted")
-            outcomes = store.db.execute("SELECT device_id, outcome FROM audit_challenges WHERE resolved_at>?",
-                                        (t0,)).fetchall()
+            outcomes = store.db.execute(
+                "SELECT device_id, outcome FROM audit_challenges WHERE resolved_at>?", (t0,)
+            ).fetchall()
         finally:
             store.close()
         assert counts["passed"] >= 7
@@ -212,32 +230,69 @@ def test_esp32_mpy_bundle_stores_and_answers(tmp_path: Path, broker: Mosquitto, 
     key = keyfile.generate()
     host_key = tmp_path / "esp.key.host"
     keyfile.write(str(host_key), key)
-    cfg, _ = write_config(tmp_path, broker.port, board="esp32", name="esp", mounts=["/"], net_interface="sta",
-                          bw_probe_bytes=1024, interval=1)
+    cfg, _ = write_config(
+        tmp_path,
+        broker.port,
+        board="esp32",
+        name="esp",
+        mounts=["/"],
+        net_interface="sta",
+        bw_probe_bytes=1024,
+        interval=1,
+    )
     out = tmp_path / "bundle"
-    assert surge_main(["firmware", "build", "--board", "esp32", "--config", str(cfg), "--out", str(out),
-                       "--mpy", "--with-key", str(host_key)]) == 0
+    assert (
+        surge_main(
+            [
+                "firmware",
+                "build",
+                "--board",
+                "esp32",
+                "--config",
+                str(cfg),
+                "--out",
+                str(out),
+                "--mpy",
+                "--with-key",
+                str(host_key),
+            ]
+        )
+        == 0
+    )
     # One late answer voids the hour's window, and on one loaded core (taskset -c 0) the
     # MicroPython board answered 6 of 34 challenges after a 3 s deadline: this honest
     # board gets the margin a slow board needs (the deadline itself is tested above).
     db, gw = _gateway(tmp_path, broker, audit=AUDIT.replace("audit_deadline_s = 3.0", "audit_deadline_s = 20.0"))
     _enroll(db, key, "esp32")
     wait_online(broker, gw)
-    dev = subprocess.Popen(board_argv(micropython, AUDIT_HEAP), cwd=out, env=board_env(),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    dev = subprocess.Popen(
+        board_argv(micropython, AUDIT_HEAP),
+        cwd=out,
+        env=board_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         # 4 KiB for a MicroPython board in 16 blocks of 256 bytes, then two passes.  (On a loaded
         # machine plotting can outlast audit_interval_s, and a first challenge then covers only
         # the blocks stored so far: the whole plot is proven by a later one.)
-        s = _wait_standing(db, key.device_id, lambda s: s[1] >= 2 and s[0] == 4096, 120,
-                           "esp32: two passed challenges, the whole plot proven")
+        s = _wait_standing(
+            db,
+            key.device_id,
+            lambda s: s[1] >= 2 and s[0] == 4096,
+            120,
+            "esp32: two passed challenges, the whole plot proven",
+        )
         assert s == (4096, s[1], 0, 0) and _plot_stored(db, key.device_id) == 16
         assert dev.poll() is None, "the board's agent ended"
         # Reports went on meanwhile, without a gap.
         store = Store(db)
         try:
-            seqs = [r[0] for r in store.db.execute("SELECT seq FROM reports WHERE device_id=? ORDER BY seq",
-                                                   (key.device_id,))]
+            seqs = [
+                r[0]
+                for r in store.db.execute("SELECT seq FROM reports WHERE device_id=? ORDER BY seq", (key.device_id,))
+            ]
         finally:
             store.close()
         assert len(seqs) >= 3 and seqs == list(range(seqs[0], seqs[0] + len(seqs)))

@@ -22,9 +22,26 @@ from gateway.mqtt_codec import Publish
 from gateway.store import AcceptedRow, Batch, RejectedRow, Store, StoreError
 from gw_helpers import Device
 
-TABLES = ("devices", "device_state", "reports", "rejections", "rejection_counts", "batches", "anchors", "meta",
-          "device_keys", "attestations", "probe_runs", "probe_counts", "audit_plots", "audit_challenges",
-          "audit_counts", "reward_epochs", "reward_anchors", "reward_cumulative")
+TABLES = (
+    "devices",
+    "device_state",
+    "reports",
+    "rejections",
+    "rejection_counts",
+    "batches",
+    "anchors",
+    "meta",
+    "device_keys",
+    "attestations",
+    "probe_runs",
+    "probe_counts",
+    "audit_plots",
+    "audit_challenges",
+    "audit_counts",
+    "reward_epochs",
+    "reward_anchors",
+    "reward_cumulative",
+)
 
 
 def _schema_version(store: Store) -> int:
@@ -120,8 +137,7 @@ def test_batches_and_anchors(db_target: str) -> None:
     aid = store.begin_anchor(1, 31337, "0x" + "22" * 20, "0x" + "33" * 20)
     assert store.live_anchor(1) == store.anchor(aid) and store.batch(1).state == "anchoring"  # type: ignore[union-attr]
     store.update_anchor(aid, "submitted", tx_hash=b"\x44" * 32)  # the moves of gateway/lifecycle.py
-    store.update_anchor(aid, "confirmed", block_number=7, block_hash=b"\x55" * 32,
-                        gas_used=50_000, attestation=b"sig")
+    store.update_anchor(aid, "confirmed", block_number=7, block_hash=b"\x55" * 32, gas_used=50_000, attestation=b"sig")
     a = store.confirmed_anchor(1)
     assert a is not None and a.tx_hash == b"\x44" * 32 and a.block_number == 7
     assert store.first_unconfirmed() is None and store.batch_state_counts() == {"confirmed": 1}
@@ -181,8 +197,11 @@ def test_two_ingests_out_of_order_accept_every_report_once(db_target: str) -> No
     assert b.metrics.duplicates._value.get() == 1 and a_store.report_count() == 5
 
 
-def test_reconnects_after_the_server_drops_the_connection(pg_server, pg_url: str,  # type: ignore[no-untyped-def]
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_reconnects_after_the_server_drops_the_connection(
+    pg_server,
+    pg_url: str,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store = Store(pg_url)
     d = Device()
     store.enroll(d.id, d.key.public, d.board, d.fleet, "")

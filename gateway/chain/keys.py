@@ -133,15 +133,11 @@ def load_keystore(path: str | Path, password: str | None = None) -> ChainKey:
     try:
         key_bytes = Account.decrypt(keyfile, password)
     except Exception:
-        raise ChainKeyError(
-            f"keystore {Path(path).name}: wrong password or corrupt keystore"
-        ) from None
+        raise ChainKeyError(f"keystore {Path(path).name}: wrong password or corrupt keystore") from None
     return ChainKey(Account.from_key(key_bytes))
 
 
-def load_chain_key(
-    keystore: str | Path | None = None, env: Mapping[str, str] | None = None
-) -> ChainKey:
+def load_chain_key(keystore: str | Path | None = None, env: Mapping[str, str] | None = None) -> ChainKey:
     """The gateway key from ``keystore`` if given, else from ``$SURGE_CHAIN_KEY``."""
     environ = os.environ if env is None else env
     if keystore is not None:

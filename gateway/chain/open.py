@@ -42,9 +42,7 @@ def fund_memory_account(w3: Web3, address: str, wei: int = _MEMORY_FUNDING_WEI) 
         raise ChainError("fund_memory_account needs the in-process chain")
     tester: Any = provider.ethereum_tester
     funder = tester.get_accounts()[0]
-    tester.send_transaction(
-        {"from": funder, "to": address, "value": wei, "gas": 21000, "gas_price": 10**10}
-    )
+    tester.send_transaction({"from": funder, "to": address, "value": wei, "gas": 21000, "gas_price": 10**10})
 
 
 def open_chain(
@@ -81,6 +79,4 @@ def open_chain(
             return Web3Chain.deploy(w3, gateway_key, spec)
         return Web3Chain(w3, gateway_key, contract, spec)
     # The spec may be a URL with an API key in it: show only its scheme/host.
-    raise ChainError(
-        f"unknown chain spec {redact_endpoint(spec)!r}: expected 'memory' or an http(s):// URL"
-    )
+    raise ChainError(f"unknown chain spec {redact_endpoint(spec)!r}: expected 'memory' or an http(s):// URL")

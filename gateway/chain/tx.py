@@ -260,8 +260,7 @@ class ContractClient:
     # ------------------------------------------------------------- plumbing
 
     def _raise_revert(self, what: str, exc: Exception) -> NoReturn:
-        raise ChainError(f"{what}: contract reverted (revert data {revert_data(exc)[:4].hex() or 'empty'})") \
-            from None
+        raise ChainError(f"{what}: contract reverted (revert data {revert_data(exc)[:4].hex() or 'empty'})") from None
 
     def _rpc(self, what: str, fn: Callable[[], T]) -> T:
         with translating(self._endpoint, what, self._raise_revert):
@@ -283,9 +282,7 @@ class ContractClient:
 
     def _wait(self, tx_hash: bytes) -> Any:
         """The receipt once mined, whatever its status."""
-        return self._w3.eth.wait_for_transaction_receipt(
-            HexBytes(tx_hash), timeout=RECEIPT_TIMEOUT_S, poll_latency=0.1
-        )
+        return self._w3.eth.wait_for_transaction_receipt(HexBytes(tx_hash), timeout=RECEIPT_TIMEOUT_S, poll_latency=0.1)
 
     def _mined_receipt(self, tx_hash: bytes) -> Any | None:
         """The receipt, or None while pending or when dropped/reorganised away."""

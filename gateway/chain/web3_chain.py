@@ -45,12 +45,8 @@ class Web3Chain(ContractClient):
         self._contract: Contract = w3.eth.contract(
             address=Web3.to_checksum_address(contract_address), abi=self._artifact.abi
         )
-        self._anchored_topic = HexBytes(
-            Web3.keccak(text="Anchored(address,uint64,bytes32,uint64)")
-        ).to_0x_hex()
-        self._errors = {
-            selector(e): e for e in self._artifact.abi if e.get("type") == "error"
-        }
+        self._anchored_topic = HexBytes(Web3.keccak(text="Anchored(address,uint64,bytes32,uint64)")).to_0x_hex()
+        self._errors = {selector(e): e for e in self._artifact.abi if e.get("type") == "error"}
         super().__init__(w3, key, endpoint)
 
     # ----------------------------------------------------------- construction
@@ -162,9 +158,7 @@ class Web3Chain(ContractClient):
         self._owner_call(self._contract.functions.deauthorize(Web3.to_checksum_address(gateway)))
 
     def is_authorized(self, gateway: str | None = None) -> bool:
-        fn = self._contract.functions.isAuthorized(
-            Web3.to_checksum_address(gateway or self.gateway_address)
-        )
+        fn = self._contract.functions.isAuthorized(Web3.to_checksum_address(gateway or self.gateway_address))
         return bool(self._rpc("isAuthorized", fn.call))
 
     def _owner_call(self, call: Any) -> None:
@@ -194,5 +188,3 @@ class Web3Chain(ContractClient):
             if name == "NotOwner":
                 raise NotAuthorized(f"{what}: only the contract owner may do this") from None
         raise ChainError(f"{what}: contract reverted (revert data {raw[:4].hex() or 'empty'})") from None
-
-

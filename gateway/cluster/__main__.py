@@ -25,24 +25,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("engine", choices=("rabbitmq", "nats", "demo"))
     ap.add_argument("--dir", required=True, help="data directory of the nodes (created if missing)")
     demo = ap.add_argument_group("demo (gateway/cluster/demo.py)")
-    demo.add_argument("--duration", type=float, default=60.0, metavar="S",
-                      help="seconds the devices publish (default 60; 0 = until Ctrl-C)")
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds the devices publish (default 60; 0 = until Ctrl-C)",
+    )
     demo.add_argument("--devices", type=int, default=12, metavar="N", help="simulated devices (default 12)")
-    demo.add_argument("--interval", type=float, default=1.0, metavar="S",
-                      help="seconds between a device's reports (default 1)")
+    demo.add_argument(
+        "--interval", type=float, default=1.0, metavar="S", help="seconds between a device's reports (default 1)"
+    )
     demo.add_argument("--db", metavar="URL", help="postgresql:// of a server to use instead of a temporary one")
-    demo.add_argument("--chain", metavar="URL",
-                      help="JSON-RPC endpoint instead of a hardhat node (key in $SURGE_CHAIN_KEY)")
-    demo.add_argument("--kill-leader-after", type=float, metavar="S",
-                      help="SIGKILL the leading gateway S seconds in, restart it after the takeover")
+    demo.add_argument(
+        "--chain", metavar="URL", help="JSON-RPC endpoint instead of a hardhat node (key in $SURGE_CHAIN_KEY)"
+    )
+    demo.add_argument(
+        "--kill-leader-after",
+        type=float,
+        metavar="S",
+        help="SIGKILL the leading gateway S seconds in, restart it after the takeover",
+    )
     args = ap.parse_args(argv)
     work = Path(args.dir).resolve()
     if args.engine == "demo":
         if args.devices < 1 or args.interval <= 0 or args.duration < 0:
             ap.error("--devices must be at least 1, --interval above 0 and --duration not negative")
         from gateway.cluster.demo import run
-        return run(work, args.duration, args.devices, args.interval, args.db, args.chain, args.kill_leader_after,
-                   sys.stdout)
+
+        return run(
+            work, args.duration, args.devices, args.interval, args.db, args.chain, args.kill_leader_after, sys.stdout
+        )
     stop = threading.Event()
     up = threading.Event()
 
@@ -50,23 +63,29 @@ def main(argv: list[str] | None = None) -> int:
         if not up.is_set():
             raise KeyboardInterrupt  # still starting: start() stops the nodes it started
         stop.set()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
         if args.engine == "rabbitmq":
             from gateway.cluster.rabbitmq import RabbitCluster
+
             rc = RabbitCluster(work, ports_file=work / "ports.json")
             rc.start()
             rc.declare_reports_queue(1)
             up.set()
             for n in rc.nodes:
                 print("node %d  %s  MQTT %s  AMQP %s" % (n.index, n.name, n.mqtt_url, n.amqp_url))
-            print("gateway: surge gateway run --broker %s --mqtt-version 3.1.1 --source %s"
-                  % (rc.nodes[0].mqtt_url, ",".join(rc.amqp_urls)), flush=True)
+            print(
+                "gateway: surge gateway run --broker %s --mqtt-version 3.1.1 --source %s"
+                % (rc.nodes[0].mqtt_url, ",".join(rc.amqp_urls)),
+                flush=True,
+            )
             stop.wait()
             rc.stop()
         else:
             from gateway.cluster.nats import NatsCluster
+
             nc = NatsCluster(work)
             nc.start()
             up.set()

@@ -66,9 +66,15 @@ class NodeProcess:
     def spawn(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     @property
     def running(self) -> bool:
@@ -78,13 +84,16 @@ class NodeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise ClusterError("node %s exited with status %s before %s; its log ends:\n%s"
-                                   % (self.name, self.proc.returncode, what, log_tail(self.log)))
+                raise ClusterError(
+                    "node %s exited with status %s before %s; its log ends:\n%s"
+                    % (self.name, self.proc.returncode, what, log_tail(self.log))
+                )
             if ready():
                 return
             time.sleep(0.2)
-        raise ClusterError("node %s: no %s within %.0f s; its log ends:\n%s"
-                           % (self.name, what, timeout, log_tail(self.log)))
+        raise ClusterError(
+            "node %s: no %s within %.0f s; its log ends:\n%s" % (self.name, what, timeout, log_tail(self.log))
+        )
 
     def send(self, sig: int) -> None:
         """Send ``sig`` to the node's process group without waiting."""

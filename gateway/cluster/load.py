@@ -20,14 +20,23 @@ from gateway.mqtt_client import Connection, MQTTError
 
 @dataclass
 class PublisherStats:
-    acked: list[int] = field(default_factory=list)   # indices of messages PUBACKed
+    acked: list[int] = field(default_factory=list)  # indices of messages PUBACKed
     reconnects: int = 0
     error: str | None = None
 
 
 class FailoverPublisher(threading.Thread):
-    def __init__(self, ports: list[int], first: int, client_id: str, messages: list[tuple[str, bytes]],
-                 stop: threading.Event, window: int = 50, give_up_s: float = 120.0, pause_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        ports: list[int],
+        first: int,
+        client_id: str,
+        messages: list[tuple[str, bytes]],
+        stop: threading.Event,
+        window: int = 50,
+        give_up_s: float = 120.0,
+        pause_s: float = 0.0,
+    ) -> None:
         super().__init__(name="surge-pub-%s" % client_id, daemon=True)
         self.ports = ports
         self.node = first % len(ports)
@@ -42,16 +51,25 @@ class FailoverPublisher(threading.Thread):
     def _connect(self) -> Connection:
         deadline = time.monotonic() + self.give_up_s
         while True:
-            conn = Connection("127.0.0.1", self.ports[self.node], self.client_id, version="3.1.1",
-                              clean_start=True, keepalive=10, ack_timeout=20.0, max_inflight=self.window)
+            conn = Connection(
+                "127.0.0.1",
+                self.ports[self.node],
+                self.client_id,
+                version="3.1.1",
+                clean_start=True,
+                keepalive=10,
+                ack_timeout=20.0,
+                max_inflight=self.window,
+            )
             try:
                 conn.connect(timeout=5.0)
                 return conn
             except (MQTTError, OSError) as exc:
                 conn.close()
                 if time.monotonic() > deadline:
-                    raise RuntimeError("no cluster node took the connection for %.0f s: %s"
-                                       % (self.give_up_s, exc)) from None
+                    raise RuntimeError(
+                        "no cluster node took the connection for %.0f s: %s" % (self.give_up_s, exc)
+                    ) from None
                 self.node = (self.node + 1) % len(self.ports)
                 self.stats.reconnects += 1
                 time.sleep(0.2)
@@ -67,7 +85,7 @@ class FailoverPublisher(threading.Thread):
         i = 0
         try:
             while i < len(self.messages) and not self.stop_event.is_set():
-                chunk = self.messages[i:i + self.window]
+                chunk = self.messages[i : i + self.window]
                 try:
                     conn.publish([(t, p, False) for t, p in chunk])
                     done = conn.wait_acked(20.0)

@@ -52,8 +52,9 @@ class NatsCluster:
     def __init__(self, workdir: Path, size: int = 3, start_timeout: float = 60.0) -> None:
         server = server_binary()
         if server is None:
-            raise ClusterError("nats-server is not installed: `make system-deps` installs the Debian package "
-                               "nats-server")
+            raise ClusterError(
+                "nats-server is not installed: `make system-deps` installs the Debian package nats-server"
+            )
         self.workdir = workdir
         self.start_timeout = start_timeout
         self.nodes: list[NatsNode] = []
@@ -62,9 +63,18 @@ class NatsCluster:
             base = workdir / ("node%d" % i)
             name = "n%d" % i
             conf = base / "nats.conf"
-            self.nodes.append(NatsNode(i, name, client, route, mqtt, http, base,
-                                       NodeProcess(name, [server, "-c", str(conf)], dict(os.environ),
-                                                   base / "node.log", base)))
+            self.nodes.append(
+                NatsNode(
+                    i,
+                    name,
+                    client,
+                    route,
+                    mqtt,
+                    http,
+                    base,
+                    NodeProcess(name, [server, "-c", str(conf)], dict(os.environ), base / "node.log", base),
+                )
+            )
 
     def _write_config(self, node: NatsNode) -> None:
         node.base.mkdir(parents=True, exist_ok=True)
@@ -76,8 +86,8 @@ class NatsCluster:
             'jetstream { store_dir: "%s", max_memory_store: 64MB, max_file_store: 2GB }\n'
             'cluster { name: "surge", listen: "127.0.0.1:%d", routes: [%s] }\n'
             'mqtt { listen: "127.0.0.1:%d", stream_replicas: 3 }\n'
-            % (node.name, node.client_port, node.http_port, node.base / "js", node.route_port, routes,
-               node.mqtt_port))
+            % (node.name, node.client_port, node.http_port, node.base / "js", node.route_port, routes, node.mqtt_port)
+        )
 
     def start(self) -> None:
         for node in self.nodes:
@@ -101,8 +111,10 @@ class NatsCluster:
                     return bool(r.status == 200)
             except OSError:
                 return False
-        node.process.wait_until(healthy, self.start_timeout, "healthy JetStream (client %d, MQTT %d)"
-                                % (node.client_port, node.mqtt_port))
+
+        node.process.wait_until(
+            healthy, self.start_timeout, "healthy JetStream (client %d, MQTT %d)" % (node.client_port, node.mqtt_port)
+        )
 
     def start_node(self, index: int) -> None:
         node = self.nodes[index - 1]
@@ -134,5 +146,3 @@ class NatsCluster:
     @property
     def mqtt_ports(self) -> list[int]:
         return [n.mqtt_port for n in self.nodes]
-
-

@@ -39,16 +39,19 @@ class TempPostgres:
     def __init__(self) -> None:
         found = bindir()
         if found is None:
-            raise ClusterError("PostgreSQL's server (initdb, pg_ctl) is not installed: `make system-deps` installs "
-                               "Debian's postgresql package, or pass --db postgresql://... of a server you run")
+            raise ClusterError(
+                "PostgreSQL's server (initdb, pg_ctl) is not installed: `make system-deps` installs "
+                "Debian's postgresql package, or pass --db postgresql://... of a server you run"
+            )
         self.bin = found
         self.prefix: list[str] = []
         if os.geteuid() == 0:
             try:
                 pw = pwd.getpwnam("postgres")
             except KeyError:
-                raise ClusterError("running as root and there is no `postgres` user for initdb; pass --db "
-                                   "postgresql://... instead") from None
+                raise ClusterError(
+                    "running as root and there is no `postgres` user for initdb; pass --db postgresql://... instead"
+                ) from None
             self.prefix = ["runuser", "-u", "postgres", "--"]
         self.root = Path(tempfile.mkdtemp(prefix="surge-cluster-pg-"))
         if self.prefix:
@@ -63,12 +66,23 @@ class TempPostgres:
     def start(self) -> str:
         """Start the server and create database ``surge``; its URL."""
         data = self.root / "data"
-        self._run(str(self.bin / "initdb"), "-D", str(data), "-A", "trust", "-U", SUPERUSER, "-E", "UTF8",
-                  "--no-sync")
+        self._run(str(self.bin / "initdb"), "-D", str(data), "-A", "trust", "-U", SUPERUSER, "-E", "UTF8", "--no-sync")
         opts = "-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories='' -c max_connections=100" % self.port
-        self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.root / "server.log"), "-w", "-t", "60",
-                  "-o", opts, "start")
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            opts,
+            "start",
+        )
         import psycopg
+
         with psycopg.connect(self.url("postgres"), autocommit=True) as c:
             c.execute("CREATE DATABASE surge")
         return self.url("surge")
@@ -78,6 +92,10 @@ class TempPostgres:
 
     def stop(self) -> None:
         if (self.root / "data" / "postmaster.pid").exists():
-            subprocess.run(self.prefix + [str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast",
-                                          "-w", "stop"], capture_output=True, check=False, timeout=60)
+            subprocess.run(
+                self.prefix + [str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"],
+                capture_output=True,
+                check=False,
+                timeout=60,
+            )
         shutil.rmtree(self.root, ignore_errors=True)

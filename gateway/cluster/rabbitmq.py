@@ -56,7 +56,7 @@ def ctl_binary() -> str | None:
 @dataclass
 class RabbitNode:
     index: int
-    name: str          # Erlang node name, e.g. surge3fa2n1@localhost
+    name: str  # Erlang node name, e.g. surge3fa2n1@localhost
     amqp_port: int
     mqtt_port: int
     dist_port: int
@@ -77,13 +77,15 @@ class RabbitCluster:
 
     engine = "rabbitmq"
 
-    def __init__(self, workdir: Path, size: int = 3, start_timeout: float = 120.0,
-                 ports_file: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, size: int = 3, start_timeout: float = 120.0, ports_file: Path | None = None
+    ) -> None:
         """``ports_file``: keep node names and ports there, so the same ``workdir`` starts the same nodes again."""
         server, ctl = server_binary(), ctl_binary()
         if server is None or ctl is None:
-            raise ClusterError("rabbitmq-server is not installed: `make system-deps` installs the Debian "
-                               "package rabbitmq-server")
+            raise ClusterError(
+                "rabbitmq-server is not installed: `make system-deps` installs the Debian package rabbitmq-server"
+            )
         self.server, self.ctl = server, ctl
         self.workdir = workdir
         self.start_timeout = start_timeout
@@ -100,18 +102,33 @@ class RabbitCluster:
             amqp, mqtt, dist = ports[i - 1]
             base = workdir / ("node%d" % i)
             name = "surge%sn%d@localhost" % (token, i)
-            self.nodes.append(RabbitNode(i, name, amqp, mqtt, dist, base,
-                                         NodeProcess(name, [self.server], self._env(name, amqp, dist, base),
-                                                     base / "node.log", base)))
+            self.nodes.append(
+                RabbitNode(
+                    i,
+                    name,
+                    amqp,
+                    mqtt,
+                    dist,
+                    base,
+                    NodeProcess(name, [self.server], self._env(name, amqp, dist, base), base / "node.log", base),
+                )
+            )
 
     def _env(self, name: str, amqp: int, dist: int, base: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
-        env.update(HOME=str(self.home), RABBITMQ_NODENAME=name, RABBITMQ_NODE_PORT=str(amqp),
-                   RABBITMQ_DIST_PORT=str(dist), RABBITMQ_BASE=str(base),
-                   RABBITMQ_MNESIA_BASE=str(base / "mnesia"), RABBITMQ_LOG_BASE=str(base / "log"),
-                   RABBITMQ_CONFIG_FILE=str(base / "rabbitmq.conf"),
-                   RABBITMQ_ENABLED_PLUGINS_FILE=str(base / "enabled_plugins"),
-                   RABBITMQ_PID_FILE=str(base / "pid"), RABBITMQ_LOGS="-")
+        env.update(
+            HOME=str(self.home),
+            RABBITMQ_NODENAME=name,
+            RABBITMQ_NODE_PORT=str(amqp),
+            RABBITMQ_DIST_PORT=str(dist),
+            RABBITMQ_BASE=str(base),
+            RABBITMQ_MNESIA_BASE=str(base / "mnesia"),
+            RABBITMQ_LOG_BASE=str(base / "log"),
+            RABBITMQ_CONFIG_FILE=str(base / "rabbitmq.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(base / "enabled_plugins"),
+            RABBITMQ_PID_FILE=str(base / "pid"),
+            RABBITMQ_LOGS="-",
+        )
         return env
 
     # -- configuration -----------------------------------------------------
@@ -126,8 +143,10 @@ class RabbitCluster:
             "cluster_partition_handling = pause_minority",
         ]
         if node.index > 1:  # join node 1 on first boot; later boots rejoin from the data directory
-            lines += ["cluster_formation.peer_discovery_backend = classic_config",
-                      "cluster_formation.classic_config.nodes.1 = %s" % self.nodes[0].name]
+            lines += [
+                "cluster_formation.peer_discovery_backend = classic_config",
+                "cluster_formation.classic_config.nodes.1 = %s" % self.nodes[0].name,
+            ]
         (node.base / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
         (node.base / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
 
@@ -162,9 +181,11 @@ class RabbitCluster:
             node.process.spawn()
         for node in nodes:
             # The listeners open last in a node's boot: both open means it serves.
-            node.process.wait_until(lambda: listening(node.amqp_port) and listening(node.mqtt_port),
-                                    self.start_timeout, "AMQP and MQTT listeners on ports %d, %d"
-                                    % (node.amqp_port, node.mqtt_port))
+            node.process.wait_until(
+                lambda: listening(node.amqp_port) and listening(node.mqtt_port),
+                self.start_timeout,
+                "AMQP and MQTT listeners on ports %d, %d" % (node.amqp_port, node.mqtt_port),
+            )
 
     def start_node(self, index: int) -> None:
         """Start (again) node ``index`` (1-based) and wait until it serves and is back in the cluster."""
@@ -195,19 +216,28 @@ class RabbitCluster:
     def ctl_json(self, node: RabbitNode, *args: str, timeout: float = 60.0) -> object:
         env = dict(self._env(node.name, node.amqp_port, node.dist_port, node.base))
         try:
-            out = subprocess.run([self.ctl, "-n", node.name, *args, "--formatter", "json"], env=env,
-                                 capture_output=True, timeout=timeout, check=False)
+            out = subprocess.run(
+                [self.ctl, "-n", node.name, *args, "--formatter", "json"],
+                env=env,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
-            raise ClusterError("rabbitmqctl %s on %s did not answer within %.0f s"
-                               % (" ".join(args), node.name, timeout)) from None
+            raise ClusterError(
+                "rabbitmqctl %s on %s did not answer within %.0f s" % (" ".join(args), node.name, timeout)
+            ) from None
         if out.returncode != 0:
-            raise ClusterError("rabbitmqctl %s on %s failed: %s" % (" ".join(args), node.name,
-                                                                    out.stderr.decode(errors="replace")[-500:]))
+            raise ClusterError(
+                "rabbitmqctl %s on %s failed: %s"
+                % (" ".join(args), node.name, out.stderr.decode(errors="replace")[-500:])
+            )
         return json.loads(out.stdout)
 
     def wait_clustered(self, timeout: float | None = None) -> None:
         """Every running node sees all the running nodes (bounded)."""
         import time
+
         deadline = time.monotonic() + (timeout or self.start_timeout)
         want = {n.name for n in self.running()}
         seen: object = None
@@ -220,16 +250,19 @@ class RabbitCluster:
             except ClusterError as exc:
                 seen = str(exc)
             time.sleep(1.0)
-        raise ClusterError("the RabbitMQ nodes did not form one cluster within the deadline: want %s, "
-                           "running_nodes %s" % (sorted(want), seen))
+        raise ClusterError(
+            "the RabbitMQ nodes did not form one cluster within the deadline: want %s, "
+            "running_nodes %s" % (sorted(want), seen)
+        )
 
     def declare_reports_queue(self, node: int = 1) -> None:
         """Create the reports queue through node ``node`` (its first leader), replicated on every node."""
         try:
             conn = pika.BlockingConnection(pika.URLParameters(self.nodes[node - 1].amqp_url))
         except pika.exceptions.AMQPError as exc:
-            raise ClusterError("cannot reach %s to declare %s: %r" % (self.nodes[node - 1].name, REPORTS_QUEUE,
-                                                                       exc)) from None
+            raise ClusterError(
+                "cannot reach %s to declare %s: %r" % (self.nodes[node - 1].name, REPORTS_QUEUE, exc)
+            ) from None
         try:
             declare_reports_queue(conn.channel(), len(self.nodes))
         finally:

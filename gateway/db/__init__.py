@@ -70,6 +70,8 @@ def connect(target: str) -> Connection:
     """Open and migrate the database: a SQLite file path or a postgresql:// URL."""
     if is_postgres(target):
         from gateway.db.postgres import connect as pg_connect
+
         return pg_connect(target)
     from gateway.db.sqlite import connect as sqlite_connect
+
     return sqlite_connect(target)

@@ -38,14 +38,17 @@ def check_identity(store: Store, gateway_id: str, gateway_address: str | None) -
     (``None``: the in-process chain, whose key is each process's own)."""
     recorded_id = store.meta_setdefault("gateway_id", gateway_id)
     if recorded_id != gateway_id:
-        raise StoreError("database %s belongs to gateway id %s, but this gateway is configured as %s: every "
-                         "gateway of a cluster is the same logical gateway; set gateway_id = %r (or leave it out) "
-                         "in this gateway's config" % (store.path_for_humans(), recorded_id, gateway_id,
-                                                       recorded_id))
+        raise StoreError(
+            "database %s belongs to gateway id %s, but this gateway is configured as %s: every "
+            "gateway of a cluster is the same logical gateway; set gateway_id = %r (or leave it out) "
+            "in this gateway's config" % (store.path_for_humans(), recorded_id, gateway_id, recorded_id)
+        )
     if gateway_address is None:
         return
     recorded = store.meta_setdefault("gateway_address", gateway_address)
     if recorded.lower() != gateway_address.lower():
-        raise StoreError("database %s records chain address %s, but this gateway's chain key is %s: every gateway "
-                         "of a cluster signs with the same chain key; give this gateway the cluster's keystore"
-                         % (store.path_for_humans(), recorded, gateway_address))
+        raise StoreError(
+            "database %s records chain address %s, but this gateway's chain key is %s: every gateway "
+            "of a cluster signs with the same chain key; give this gateway the cluster's keystore"
+            % (store.path_for_humans(), recorded, gateway_address)
+        )

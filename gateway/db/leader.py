@@ -19,7 +19,7 @@ from gateway.db import StoreError, is_postgres
 log = logging.getLogger("surge.gateway.leader")
 
 # pg_try_advisory_lock key of the pipeline ("surge-lead" in ASCII, 8 bytes).
-LEADER_LOCK = 0x7375726765_6c6561
+LEADER_LOCK = 0x7375726765_6C6561
 # First half of the two-int key each member holds for its node name ("surg").
 NODE_LOCK_CLASS = 0x73757267
 
@@ -36,18 +36,21 @@ class Leadership:
         self.unreachable = False  # logged once per outage
         if self.cluster:
             from gateway.db.postgres import open_raw
+
             self.conn = open_raw(target, application_name="surge-leader")
             if not self._claim_node():
                 self._drop()
                 raise StoreError(
                     "another gateway of this cluster is running as node %r: two members with one name would "
                     "share MQTT client ids and take each other's sessions; give each gateway its own --node "
-                    "(config key node)" % self.node)
+                    "(config key node)" % self.node
+                )
 
     def _claim_node(self) -> bool:
         """Hold the lock on this member's name for as long as the session lives."""
-        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
-                                (NODE_LOCK_CLASS, self.node)).fetchone()
+        row = self.conn.execute(
+            "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (NODE_LOCK_CLASS, self.node)
+        ).fetchone()
         return bool(row[0])
 
     def poll(self) -> bool:
@@ -55,13 +58,16 @@ class Leadership:
             return True
         import psycopg
         from gateway.db.postgres import open_raw, redact
+
         try:
             if self.conn is None or self.conn.closed or self.conn.broken:
                 self._drop()
                 self.conn = open_raw(self.target, application_name="surge-leader")
                 if not self._claim_node():
-                    log.error("node name %r is now held by another gateway of the cluster; give each gateway "
-                              "its own --node", self.node)
+                    log.error(
+                        "node name %r is now held by another gateway of the cluster; give each gateway its own --node",
+                        self.node,
+                    )
             if self.leading:
                 self.conn.execute("SELECT 1")  # the lock is ours as long as this session lives
             else:
@@ -74,12 +80,18 @@ class Leadership:
                 self.unreachable = False
         except psycopg.Error as exc:
             if self.leading:
-                log.warning("lost the leader lock (connection to PostgreSQL %s: %s); pipeline paused, another "
-                            "gateway takes over; this one asks again", redact(self.target),
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+                log.warning(
+                    "lost the leader lock (connection to PostgreSQL %s: %s); pipeline paused, another "
+                    "gateway takes over; this one asks again",
+                    redact(self.target),
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
+                )
             elif not self.unreachable:
-                log.warning("cannot reach PostgreSQL %s for the leader lock (%s); retrying", redact(self.target),
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+                log.warning(
+                    "cannot reach PostgreSQL %s for the leader lock (%s); retrying",
+                    redact(self.target),
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
+                )
             self.unreachable = True
             self.leading = False
             self._drop()

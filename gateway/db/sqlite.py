@@ -18,6 +18,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         from gateway.faults import db_page_limit
+
         pages = db_page_limit()  # fault injection only (SURGE_DB_MAX_PAGES): a "disk" that is full
         if pages:
             db.execute("PRAGMA max_page_count=%d" % pages)
@@ -25,8 +26,10 @@ def connect(path: str | Path) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise StoreError("cannot open gateway database %s: %s" % (path, exc)) from None
     if version > SCHEMA_VERSION:
-        raise StoreError("database %s has schema version %d, newer than this gateway (%d); "
-                         "upgrade Surge" % (path, version, SCHEMA_VERSION))
+        raise StoreError(
+            "database %s has schema version %d, newer than this gateway (%d); "
+            "upgrade Surge" % (path, version, SCHEMA_VERSION)
+        )
     for target in range(version, SCHEMA_VERSION):
         try:
             db.execute("BEGIN IMMEDIATE")

@@ -100,8 +100,13 @@ class _ChildBroker(Broker, abc.ABC):
         self._log_file = open(self.log, "ab")
         # Own session: the terminal's Ctrl-C goes to the demo only, which
         # stops the broker after agents and gateway are done with it.
-        self.proc = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -112,8 +117,10 @@ class _ChildBroker(Broker, abc.ABC):
                 return
             time.sleep(0.05)
         self.stop()
-        raise BrokerError("%s did not listen on 127.0.0.1:%d within %.0f s; see %s"
-                          % (self.kind, self.port, START_TIMEOUT_S, self.log))
+        raise BrokerError(
+            "%s did not listen on 127.0.0.1:%d within %.0f s; see %s"
+            % (self.kind, self.port, START_TIMEOUT_S, self.log)
+        )
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -146,7 +153,8 @@ class MosquittoBroker(_ChildBroker):
             "persistence true\n"
             "persistence_location %s/\n"
             "max_queued_messages 100000\n"
-            "log_dest stdout\n" % (self.port, self.workdir.resolve()))
+            "log_dest stdout\n" % (self.port, self.workdir.resolve())
+        )
         return [self.binary, "-c", str(self.conf.resolve())]
 
 
@@ -181,8 +189,10 @@ def start_broker(workdir: Path, url: str | None, embedded: bool) -> Broker:
     elif amqtt_available():
         child = EmbeddedBroker(workdir)
     else:
-        raise BrokerError("no MQTT broker: install Mosquitto (apt-get install mosquitto) or the embedded one "
-                          "(pip install 'depin-surge[demo]'), or give --broker URL")
+        raise BrokerError(
+            "no MQTT broker: install Mosquitto (apt-get install mosquitto) or the embedded one "
+            "(pip install 'depin-surge[demo]'), or give --broker URL"
+        )
     child.start()
     return child
 

@@ -76,14 +76,23 @@ def micropython_binary() -> str | None:
     return which("micropython")
 
 
-def agent_config_doc(board: str, broker_url: str, fleet: str, interval: float, hass: bool,
-                     bw_probe_bytes: int) -> dict[str, Any]:
+def agent_config_doc(
+    board: str, broker_url: str, fleet: str, interval: float, hass: bool, bw_probe_bytes: int
+) -> dict[str, Any]:
     """What `surge agent init` writes for ``board``, with the demo's pace."""
     p = boards.load(board)
     doc: dict[str, Any] = {
-        "version": 1, "board": p.name, "fleet": fleet,
-        "broker": {"url": broker_url, "username": None, "password": None, "tls": False, "ca_file": None,
-                   "keepalive": 30},
+        "version": 1,
+        "board": p.name,
+        "fleet": fleet,
+        "broker": {
+            "url": broker_url,
+            "username": None,
+            "password": None,
+            "tls": False,
+            "ca_file": None,
+            "keepalive": 30,
+        },
         "interval": interval,
         "mounts": list(p.mounts),
         "net_interface": p.net_interface,
@@ -111,8 +120,9 @@ def _write_device(directory: Path, doc: dict[str, Any]) -> tuple[Path, keyfile.D
     return config, key
 
 
-def make_sim(root: Path, index: int, broker_url: str, fleet: str, interval: float, hass: bool,
-             enrolled: bool = True) -> DemoDevice:
+def make_sim(
+    root: Path, index: int, broker_url: str, fleet: str, interval: float, hass: bool, enrolled: bool = True
+) -> DemoDevice:
     board = SIM_BOARDS[index % len(SIM_BOARDS)]
     name = "sim-%02d-%s" % (index + 1, board) if enrolled else "intruder-%s" % board
     # Slightly different paces, so reports do not arrive in lockstep.
@@ -120,8 +130,9 @@ def make_sim(root: Path, index: int, broker_url: str, fleet: str, interval: floa
     # bw_probe_bytes > 0 makes the agent run its bandwidth probe, which the
     # simulation answers with the device's simulated uplink.
     config, key = _write_device(root / name, agent_config_doc(board, broker_url, fleet, pace, hass, 4096))
-    return DemoDevice(name, "sim" if enrolled else "not enrolled", board, root / name, config,
-                      key.device_id, key.public)
+    return DemoDevice(
+        name, "sim" if enrolled else "not enrolled", board, root / name, config, key.device_id, key.public
+    )
 
 
 def make_micropython(root: Path, broker_url: str, fleet: str, interval: float) -> DemoDevice:
@@ -138,12 +149,20 @@ def make_micropython(root: Path, broker_url: str, fleet: str, interval: float) -
     try:
         # The key is made here and handed over with --with-key (a demo has no
         # serial line to read a board-made public key back from).
-        bundle.build(MICROPYTHON_BOARD, str(config), str(directory / "bundle"),
-                     with_key=str(directory / "host" / "device.key"))
+        bundle.build(
+            MICROPYTHON_BOARD, str(config), str(directory / "bundle"), with_key=str(directory / "host" / "device.key")
+        )
     except bundle.BundleError as exc:
         raise FleetError("firmware bundle: %s" % exc) from None
-    return DemoDevice("micropython-" + MICROPYTHON_BOARD, "micropython", MICROPYTHON_BOARD, directory, config,
-                      key.device_id, key.public)
+    return DemoDevice(
+        "micropython-" + MICROPYTHON_BOARD,
+        "micropython",
+        MICROPYTHON_BOARD,
+        directory,
+        config,
+        key.device_id,
+        key.public,
+    )
 
 
 def owner_address(i: int) -> str:
@@ -184,8 +203,15 @@ def start(d: DemoDevice, micropython: str | None = None) -> None:
     else:
         env = _python_env()
         cmd = [sys.executable, "-m", "gateway.demo.sim", str(d.config.resolve())]
-    d.proc = subprocess.Popen(cmd, cwd=d.directory, env=env, stdin=subprocess.DEVNULL, stdout=d._log_file,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    d.proc = subprocess.Popen(
+        cmd,
+        cwd=d.directory,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=d._log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def stop_all(devices: list[DemoDevice]) -> None:

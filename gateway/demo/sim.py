@@ -90,8 +90,18 @@ def plan(board: str, device_id: str) -> SimProfile:
     rssi = r.randint(-82, -42) if wifi else None
     mbps = None if wifi else r.choice((100, 1000, 1000, 1000))
     rx = int(up * r.uniform(0.01, 0.2))
-    return SimProfile(board=p.name, runtime=p.runtime, wifi=wifi, storage_total=total, storage_free=free, bw_up=up,
-                      rssi=rssi, link_mbps=mbps, net_rx_rate=rx, net_tx_rate=int(rx * r.uniform(0.2, 1.5)))
+    return SimProfile(
+        board=p.name,
+        runtime=p.runtime,
+        wifi=wifi,
+        storage_total=total,
+        storage_free=free,
+        bw_up=up,
+        rssi=rssi,
+        link_mbps=mbps,
+        net_rx_rate=rx,
+        net_tx_rate=int(rx * r.uniform(0.2, 1.5)),
+    )
 
 
 class SimulatedProbes:

@@ -68,8 +68,11 @@ class Watcher:
         self.lock = threading.Lock()
         self.last_anchor: dict[str, Any] | None = None
         self.fleet = fleet
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="surge-demo-view",
-                                  protocol=mqtt.MQTTv5 if mqtt_version == "5" else mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id="surge-demo-view",
+            protocol=mqtt.MQTTv5 if mqtt_version == "5" else mqtt.MQTTv311,
+        )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect_async(host, port, keepalive=30)
@@ -77,8 +80,9 @@ class Watcher:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         base = topics.fleet_base(self.fleet)
-        client.subscribe([(base + "+/verified", 1), (base + "+/status", 1), (base + "+/receipt", 1),
-                          (base + "batches", 1)])
+        client.subscribe(
+            [(base + "+/verified", 1), (base + "+/status", 1), (base + "+/receipt", 1), (base + "batches", 1)]
+        )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
@@ -87,8 +91,9 @@ class Watcher:
                 if parts[-1] == "batches":
                     doc = json.loads(msg.payload)
                     if doc.get("event") == "confirmed":
-                        self.last_anchor = dict(doc.get("chain") or {}, batch_seq=doc["batch"]["batch_seq"],
-                                                size=doc["batch"]["size"])
+                        self.last_anchor = dict(
+                            doc.get("chain") or {}, batch_seq=doc["batch"]["batch_seq"], size=doc["batch"]["size"]
+                        )
                     return
                 row = self.rows.get(parts[3]) if len(parts) == 5 else None
                 if row is None:
@@ -172,14 +177,26 @@ def _anchor(s: Snapshot) -> str:
     if not a:
         return "nothing anchored yet"
     return "last: batch %s (%s reports) in block %s, tx %s" % (
-        a.get("batch_seq"), a.get("size"), a.get("block_number"), str(a.get("tx_hash"))[:18] + "...")
+        a.get("batch_seq"),
+        a.get("size"),
+        a.get("block_number"),
+        str(a.get("tx_hash"))[:18] + "...",
+    )
 
 
 def plain_line(s: Snapshot) -> str:
     online = sum(1 for r in s.rows if r.status == "online")
-    return ("demo %s: %d/%d devices online, %d reports accepted (%.1f/s), rejected %s, %d batches, "
-            "%d anchored; %s" % (_elapsed(s), online, len(s.rows), s.accepted, s.rate, _rejections(s),
-                                 s.batches, s.anchored, _anchor(s)))
+    return "demo %s: %d/%d devices online, %d reports accepted (%.1f/s), rejected %s, %d batches, %d anchored; %s" % (
+        _elapsed(s),
+        online,
+        len(s.rows),
+        s.accepted,
+        s.rate,
+        _rejections(s),
+        s.batches,
+        s.anchored,
+        _anchor(s),
+    )
 
 
 def render(s: Snapshot) -> Any:
@@ -190,25 +207,45 @@ def render(s: Snapshot) -> Any:
     from rich.text import Text
 
     table = Table(expand=True, box=None, header_style="bold", pad_edge=False)
-    for col, just in (("device", "left"), ("board", "left"), ("agent", "left"), ("status", "left"),
-                      ("seq", "right"), ("storage free / total", "right"), ("upload", "right"),
-                      ("rssi", "right"), ("accepted", "right"), ("anchored", "right"), ("rejected", "right")):
+    for col, just in (
+        ("device", "left"),
+        ("board", "left"),
+        ("agent", "left"),
+        ("status", "left"),
+        ("seq", "right"),
+        ("storage free / total", "right"),
+        ("upload", "right"),
+        ("rssi", "right"),
+        ("accepted", "right"),
+        ("anchored", "right"),
+        ("rejected", "right"),
+    ):
         table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for r in s.rows:
         style = {"online": "green", "offline": "red"}.get(r.status, "dim")
         table.add_row(
-            r.device_id, r.board, KIND_LABELS.get(r.kind, r.kind), Text(r.status, style=style),
+            r.device_id,
+            r.board,
+            KIND_LABELS.get(r.kind, r.kind),
+            Text(r.status, style=style),
             "-" if r.seq is None else str(r.seq),
             "%s / %s" % (size(r.storage_free), size(r.storage_total)) if r.storage_total else "-",
             "-" if r.bw_up is None else size(r.bw_up) + "/s",
             "-" if r.rssi is None else "%d dBm" % r.rssi,
-            str(r.accepted), str(r.anchored),
-            Text("%d %s" % (r.rejected, r.last_reason), style="red") if r.rejected else "0")
+            str(r.accepted),
+            str(r.anchored),
+            Text("%d %s" % (r.rejected, r.last_reason), style="red") if r.rejected else "0",
+        )
     totals = Text.assemble(
-        ("reports ", "bold"), "%d accepted, %.1f/s   " % (s.accepted, s.rate),
-        ("rejected ", "bold"), _rejections(s) + "   ",
-        ("batches ", "bold"), "%d closed, %d anchored   " % (s.batches, s.anchored),
-        ("anchor ", "bold"), _anchor(s))
+        ("reports ", "bold"),
+        "%d accepted, %.1f/s   " % (s.accepted, s.rate),
+        ("rejected ", "bold"),
+        _rejections(s) + "   ",
+        ("batches ", "bold"),
+        "%d closed, %d anchored   " % (s.batches, s.anchored),
+        ("anchor ", "bold"),
+        _anchor(s),
+    )
     title = "Surge demo - %s - broker %s - chain %s" % (_elapsed(s), s.broker, s.chain)
     parts: list[Any] = [table, Text(""), totals]
     parts += [Text(n, style="yellow") for n in s.notes]
@@ -248,7 +285,7 @@ class View:
         if self.live_view is not None:
             self.live_view.update(render(s))
             return
-        for note in s.notes[self.notes_shown:]:
+        for note in s.notes[self.notes_shown :]:
             print("note: " + note, file=self.out, flush=True)
         self.notes_shown = len(s.notes)
         now = time.monotonic()

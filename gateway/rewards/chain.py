@@ -93,17 +93,13 @@ class Web3RewardsChain(ContractClient):
         super().__init__(w3, key, endpoint)
         rewards = load_artifact("SurgeRewards")
         token = load_artifact("SurgeToken")
-        self._contract: Contract = w3.eth.contract(
-            address=Web3.to_checksum_address(contract_address), abi=rewards.abi
-        )
+        self._contract: Contract = w3.eth.contract(address=Web3.to_checksum_address(contract_address), abi=rewards.abi)
         self._published_topic = HexBytes(
             Web3.keccak(text="EpochPublished(address,uint64,bytes32,uint64,uint256)")
         ).to_0x_hex()
         if token_address is None:
             token_address = str(self._rpc("token", self._contract.functions.token().call))
-        self._token: Contract = w3.eth.contract(
-            address=Web3.to_checksum_address(token_address), abi=token.abi
-        )
+        self._token: Contract = w3.eth.contract(address=Web3.to_checksum_address(token_address), abi=token.abi)
 
     # ----------------------------------------------------------- construction
 
@@ -143,9 +139,7 @@ class Web3RewardsChain(ContractClient):
 
     def attach(self, key: TxSigner) -> Web3RewardsChain:
         """Another gateway key on the same chain and contracts."""
-        return Web3RewardsChain(
-            self._w3, key, self.contract_address, self._endpoint, self.token_address
-        )
+        return Web3RewardsChain(self._w3, key, self.contract_address, self._endpoint, self.token_address)
 
     def __repr__(self) -> str:
         return (

@@ -86,8 +86,10 @@ class TotalDecreased(RewardsError):
     """publish() with a cumulative total below the gateway's previous epoch's."""
 
     def __init__(self, epoch: int, total: int, previous: int) -> None:
-        super().__init__(f"epoch {epoch}: cumulative total {total} is below the previous epoch's {previous}; "
-                         "cumulative amounts never decrease")
+        super().__init__(
+            f"epoch {epoch}: cumulative total {total} is below the previous epoch's {previous}; "
+            "cumulative amounts never decrease"
+        )
         self.epoch, self.total, self.previous = epoch, total, previous
 
 
@@ -95,9 +97,11 @@ class Underfunded(RewardsError):
     """publish() would leave the gateway owing more than the contract's token balance."""
 
     def __init__(self, outstanding: int, balance: int) -> None:
-        super().__init__(f"publishing would leave {outstanding} tokens outstanding but the rewards contract holds "
-                         f"{balance}: transfer at least {outstanding - balance} more tokens to it, then the epoch "
-                         "is published on the next pass")
+        super().__init__(
+            f"publishing would leave {outstanding} tokens outstanding but the rewards contract holds "
+            f"{balance}: transfer at least {outstanding - balance} more tokens to it, then the epoch "
+            "is published on the next pass"
+        )
         self.outstanding, self.balance = outstanding, balance
 
 
@@ -105,8 +109,10 @@ class ExceedsTotal(RewardsError):
     """claim() would pay more than the gateway's published totals leave outstanding."""
 
     def __init__(self, amount: int, outstanding: int) -> None:
-        super().__init__(f"claim of {amount} exceeds the {outstanding} the gateway's published totals leave "
-                         "outstanding: its tree holds more than its published total")
+        super().__init__(
+            f"claim of {amount} exceeds the {outstanding} the gateway's published totals leave "
+            "outstanding: its tree holds more than its published total"
+        )
         self.amount, self.outstanding = amount, outstanding
 
 
@@ -120,6 +126,7 @@ class RewardsTxReverted(RewardsError):
 
 
 # -- decoding reverts into the errors above ---------------------------------
+
 
 def contract_errors() -> dict[bytes, dict[str, Any]]:
     """ABI entries of SurgeRewards' and SurgeToken's custom errors, by selector."""
@@ -155,8 +162,7 @@ def raise_revert(what: str, exc: Exception, errors: dict[bytes, dict[str, Any]])
         raise NothingToClaim(int(args[0]), int(args[1])) from None
     if name == "TransferFailed":
         raise TransferFailed(
-            f"{what}: token transfer failed (is the rewards contract's token balance "
-            "below the amount due?)"
+            f"{what}: token transfer failed (is the rewards contract's token balance below the amount due?)"
         ) from None
     if name == "TotalDecreased":
         raise TotalDecreased(int(args[0]), int(args[1]), int(args[2])) from None
@@ -165,9 +171,7 @@ def raise_revert(what: str, exc: Exception, errors: dict[bytes, dict[str, Any]])
     if name == "ExceedsTotal":
         raise ExceedsTotal(int(args[0]), int(args[1])) from None
     if name == "NotAuthorized":
-        raise NotAuthorized(
-            f"gateway {Web3.to_checksum_address(args[0])} is not authorised to publish"
-        ) from None
+        raise NotAuthorized(f"gateway {Web3.to_checksum_address(args[0])} is not authorised to publish") from None
     if name == "NotOwner":
         raise NotAuthorized(f"{what}: only the contract owner may do this") from None
     # SurgeToken's errors (InsufficientBalance, InsufficientAllowance, InvalidReceiver).

@@ -73,8 +73,9 @@ def _close(args: argparse.Namespace) -> int:
         key: ChainKey = load_keystore(cfg.keystore) if cfg.keystore else load_chain_key()
     except ChainError as exc:
         raise CLIError(str(exc)) from None
-    closer = EpochCloser(store, gateway_id, key.address, cfg.rewards.formula, cfg.rewards.epoch_seconds,
-                         key.sign_message)
+    closer = EpochCloser(
+        store, gateway_id, key.address, cfg.rewards.formula, cfg.rewards.epoch_seconds, key.sign_message
+    )
     closed = closer.step(time.time(), limit=args.max)
     for e in closed:
         if cfg.rewards.epochs_dir:
@@ -82,22 +83,37 @@ def _close(args: argparse.Namespace) -> int:
         print("closed epoch %d: %d leaves, root %s" % (e.epoch, e.leaves, e.root.hex()))
     if not closed:
         window = closer.next_window()
-        print("no epoch is due" + ("" if window is None else
-                                   " (next window ends %s)" % time.strftime("%Y-%m-%d %H:%M:%S UTC",
-                                                                            time.gmtime(window[1] / 1000))))
+        print(
+            "no epoch is due"
+            + (
+                ""
+                if window is None
+                else " (next window ends %s)" % time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(window[1] / 1000))
+            )
+        )
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     from gateway.rewards.closer import epochs
-    
+
     store = _store(args.db)
     rows = []
     for e in epochs(store):
         h = e.header
-        rows.append({"epoch": e.epoch, "state": e.state, "start": e.start_ms, "end": e.end_ms, "leaves": e.leaves,
-                     "allocated": h["allocated"], "cumulative_total": h["cumulative_total"], "root": h["root"],
-                     "last_batch": e.last_batch})
+        rows.append(
+            {
+                "epoch": e.epoch,
+                "state": e.state,
+                "start": e.start_ms,
+                "end": e.end_ms,
+                "leaves": e.leaves,
+                "allocated": h["allocated"],
+                "cumulative_total": h["cumulative_total"],
+                "root": h["root"],
+                "last_batch": e.last_batch,
+            }
+        )
     if args.json:
         print(json.dumps({"epochs": rows}, indent=2))
         return 0
@@ -106,15 +122,23 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     print("%6s  %-9s  %-19s  %7s  %28s  %s" % ("EPOCH", "STATE", "END (UTC)", "LEAVES", "ALLOCATED", "ROOT"))
     for r in rows:
-        print("%6d  %-9s  %-19s  %7d  %28s  %s" % (r["epoch"], r["state"],
-                                                   time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["end"] / 1000)),
-                                                   r["leaves"], r["allocated"], r["root"][:16] + "..."))
+        print(
+            "%6d  %-9s  %-19s  %7d  %28s  %s"
+            % (
+                r["epoch"],
+                r["state"],
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["end"] / 1000)),
+                r["leaves"],
+                r["allocated"],
+                r["root"][:16] + "...",
+            )
+        )
     return 0
 
 
 def _epoch(args: argparse.Namespace) -> int:
     from gateway.rewards.closer import stored_epoch
-    
+
     e = stored_epoch(_store(args.db), args.epoch)
     if e is None:
         raise CLIError("no reward epoch %d in %s" % (args.epoch, args.db))
@@ -126,7 +150,7 @@ def _epoch(args: argparse.Namespace) -> int:
 
 def _statement(args: argparse.Namespace) -> int:
     from gateway.rewards import statement as S
-    
+
     try:
         st = S.statement(_store(args.db), args.owner)
     except S.ProofError as exc:
@@ -145,24 +169,40 @@ def _statement(args: argparse.Namespace) -> int:
 
 
 def format_statement(st: dict[str, Any]) -> str:
-    lines = ["owner %s at gateway %s: %d device(s) enrolled, cumulative %s"
-             % (st["owner"], st["gateway_id"] or "-", len(st["devices"]), st["cumulative"])]
+    lines = [
+        "owner %s at gateway %s: %d device(s) enrolled, cumulative %s"
+        % (st["owner"], st["gateway_id"] or "-", len(st["devices"]), st["cumulative"])
+    ]
     for ep in st["epochs"]:
-        lines.append("  epoch %d (%s): amount %s, cumulative %s" % (ep["epoch"], ep["state"], ep["amount"],
-                                                                   ep["cumulative"]))
+        lines.append(
+            "  epoch %d (%s): amount %s, cumulative %s" % (ep["epoch"], ep["state"], ep["amount"], ep["cumulative"])
+        )
         for d in ep["devices"]:
             why = ", ".join("%s %d" % kv for kv in sorted(d["excluded"].items())) or "none"
-            lines.append("    %s %-10s reports %d, attested %d, storage %d B, bw_up %s B/s, flags %s, points %d, "
-                         "excluded: %s" % (d["device"], d["board"], d["reports"], d["attested"], d["storage_bytes"],
-                                           d["bw_up"] if d["bw_up"] is not None else "-",
-                                           ",".join(d["flags"]) or "-", d["points"], why))
+            lines.append(
+                "    %s %-10s reports %d, attested %d, storage %d B, bw_up %s B/s, flags %s, points %d, "
+                "excluded: %s"
+                % (
+                    d["device"],
+                    d["board"],
+                    d["reports"],
+                    d["attested"],
+                    d["storage_bytes"],
+                    d["bw_up"] if d["bw_up"] is not None else "-",
+                    ",".join(d["flags"]) or "-",
+                    d["points"],
+                    why,
+                )
+            )
     open_ = st.get("since_last_epoch") or {}
     if open_.get("batches"):
         lines.append("  not in an epoch yet (confirmed batches %d..%d):" % tuple(open_["batches"]))
         for d in open_["devices"]:
             why = ", ".join("%s %d" % kv for kv in sorted(d["excluded"].items())) or "none"
-            lines.append("    %s %-10s reports %d, attested %d, excluded: %s" % (d["device"], d["board"], d["reports"],
-                                                                              d["attested"], why))
+            lines.append(
+                "    %s %-10s reports %d, attested %d, excluded: %s"
+                % (d["device"], d["board"], d["reports"], d["attested"], why)
+            )
     if not st["epochs"] and not open_.get("devices"):
         lines.append("  no reports of these devices in a confirmed batch yet")
     return "\n".join(lines)
@@ -170,7 +210,7 @@ def format_statement(st: dict[str, Any]) -> str:
 
 def _verify(args: argparse.Namespace) -> int:
     from gateway.rewards import statement as S
-    
+
     try:
         doc = S.load_proof(args.file)
         summary = S.verify_proof(doc)
@@ -178,18 +218,32 @@ def _verify(args: argparse.Namespace) -> int:
     except S.ProofError as exc:
         print("INVALID: %s" % exc)
         return 1
-    print("VALID: owner %s has cumulative %d in epoch %s of gateway %s (%s), leaf %d of %d, root %s"
-          % (summary["owner"], summary["cumulative"], summary["epoch"], summary["gateway_id"],
-             summary["gateway_address"], summary["leaf_index"], summary["tree_size"], summary["root"]))
+    print(
+        "VALID: owner %s has cumulative %d in epoch %s of gateway %s (%s), leaf %d of %d, root %s"
+        % (
+            summary["owner"],
+            summary["cumulative"],
+            summary["epoch"],
+            summary["gateway_id"],
+            summary["gateway_address"],
+            summary["leaf_index"],
+            summary["tree_size"],
+            summary["root"],
+        )
+    )
     if summary["chain"] is None:
         print("not yet confirmed on chain: the proof has no chain fields")
     else:
         c = summary["chain"]
-        print("published on chain %s at %s in tx %s (block %s)" % (c["chain_id"], c["contract"], c["tx_hash"],
-                                                                     c["block_number"]))
+        print(
+            "published on chain %s at %s in tx %s (block %s)"
+            % (c["chain_id"], c["contract"], c["tx_hash"], c["block_number"])
+        )
     if onchain is not None:
-        print("root matches rootOf(gateway, epoch) at %s; claimed %d, claimable %d"
-              % (args.rpc, onchain["claimed"], onchain["claimable"]))
+        print(
+            "root matches rootOf(gateway, epoch) at %s; claimed %d, claimable %d"
+            % (args.rpc, onchain["claimed"], onchain["claimable"])
+        )
     return 0
 
 
@@ -210,23 +264,33 @@ def _claim(args: argparse.Namespace) -> int:
         key = load_keystore(args.keystore)
         rewards = open_rewards_chain(args.rpc, key=key, contract=chain["contract"])
         if rewards.chain_id != chain["chain_id"]:
-            raise CLIError("%s is chain %d, the proof's epoch is on chain %d" % (args.rpc, rewards.chain_id,
-                                                                               chain["chain_id"]))
+            raise CLIError(
+                "%s is chain %d, the proof's epoch is on chain %d" % (args.rpc, rewards.chain_id, chain["chain_id"])
+            )
         before = rewards.token_balance(summary["owner"])
-        tx, gas = rewards.claim(key, int(summary["epoch"]), summary["owner"], summary["cumulative"],
-                                summary["leaf_index"], summary["tree_size"], [bytes.fromhex(p) for p in doc["proof"]],
-                                gateway=summary["gateway_address"])
+        tx, gas = rewards.claim(
+            key,
+            int(summary["epoch"]),
+            summary["owner"],
+            summary["cumulative"],
+            summary["leaf_index"],
+            summary["tree_size"],
+            [bytes.fromhex(p) for p in doc["proof"]],
+            gateway=summary["gateway_address"],
+        )
         after = rewards.token_balance(summary["owner"])
     except ChainError as exc:
         raise CLIError("claim refused: %s" % exc) from None
-    print("claimed %d for %s in tx 0x%s (%d gas); balance now %d" % (after - before, summary["owner"], tx.hex(),
-                                                                      gas, after))
+    print(
+        "claimed %d for %s in tx 0x%s (%d gas); balance now %d"
+        % (after - before, summary["owner"], tx.hex(), gas, after)
+    )
     return 0
 
 
 def _recompute(args: argparse.Namespace) -> int:
     from gateway.rewards import epoch as E
-    
+
     raw = _read(args.file)
     previous = _read(args.previous) if args.previous else None
     diffs = E.recompute(raw, previous)
@@ -236,14 +300,17 @@ def _recompute(args: argparse.Namespace) -> int:
             print("  %s" % d)
         return 1
     h = E.parse(raw).record.header
-    print("MATCHES: epoch %d of gateway %s recomputed from its inputs byte for byte: %d leaves, root %s, "
-          "allocated %s" % (h["epoch"], h["gateway_id"], h["leaves"], h["root"], h["allocated"]))
+    print(
+        "MATCHES: epoch %d of gateway %s recomputed from its inputs byte for byte: %d leaves, root %s, "
+        "allocated %s" % (h["epoch"], h["gateway_id"], h["leaves"], h["root"], h["allocated"])
+    )
     return 0
 
 
 def add_parser(sub: Any) -> None:
     rw = sub.add_parser("rewards", help="reward epochs: statements, proofs, claims, recomputation").add_subparsers(
-        dest="rewards_command", metavar="ACTION")
+        dest="rewards_command", metavar="ACTION"
+    )
 
     cl = rw.add_parser("close", help="close the epochs that are due (the running gateway does this itself)")
     cl.add_argument("--config", metavar="FILE", required=True, help="gateway TOML config with a [rewards] table")
@@ -278,8 +345,12 @@ def add_parser(sub: Any) -> None:
     cm = rw.add_parser("claim", help="send the claim of a reward proof (the tokens go to the proof's owner)")
     cm.add_argument("file", metavar="PROOF")
     cm.add_argument("--rpc", required=True, metavar="URL")
-    cm.add_argument("--keystore", required=True, metavar="FILE",
-                    help="key paying the gas (password in $SURGE_KEYSTORE_PASSWORD); any key may claim")
+    cm.add_argument(
+        "--keystore",
+        required=True,
+        metavar="FILE",
+        help="key paying the gas (password in $SURGE_KEYSTORE_PASSWORD); any key may claim",
+    )
     cm.set_defaults(func=_claim)
 
     rc = rw.add_parser("recompute", help="recompute an epoch file's outputs and root from its inputs")

@@ -68,8 +68,10 @@ def _epoch(r: Any) -> StoredEpoch:
 
 
 def epochs(store: Store, from_epoch: int = 0) -> list[StoredEpoch]:
-    return [_epoch(r) for r in store.db.execute("SELECT %s FROM reward_epochs WHERE epoch >= ? ORDER BY epoch"
-                                                % _COLS, (from_epoch,))]
+    return [
+        _epoch(r)
+        for r in store.db.execute("SELECT %s FROM reward_epochs WHERE epoch >= ? ORDER BY epoch" % _COLS, (from_epoch,))
+    ]
 
 
 def stored_epoch(store: Store, n: int) -> StoredEpoch | None:
@@ -107,8 +109,19 @@ def _interval(cose: bytes) -> int:
 
 
 class _Acc:
-    __slots__ = ("reports", "attested", "interval", "storage", "bw", "flags", "passed", "failed", "timed_out",
-                 "excluded", "keys")
+    __slots__ = (
+        "reports",
+        "attested",
+        "interval",
+        "storage",
+        "bw",
+        "flags",
+        "passed",
+        "failed",
+        "timed_out",
+        "excluded",
+        "keys",
+    )
 
     def __init__(self) -> None:
         self.reports = self.attested = self.interval = self.passed = self.failed = self.timed_out = 0
@@ -126,7 +139,8 @@ def device_inputs(store: Store, after_batch: int, last_batch: int) -> list[E.Dev
         "SELECT r.device_id, r.boot, r.seq, r.cose, a.report_id, a.storage_bytes, a.bw_up, a.flags, "
         "a.challenges_passed, a.challenges_failed, a.challenges_timed_out FROM reports r "
         "LEFT JOIN attestations a ON a.report_id = r.id WHERE r.batch_seq > ? AND r.batch_seq <= ? ORDER BY r.id",
-        (after_batch, last_batch))
+        (after_batch, last_batch),
+    )
     for dev, boot, seq, cose, att, storage, bw, flags, passed, failed, timed_out in rows:
         a = acc.get(dev)
         if a is None:
@@ -155,19 +169,32 @@ def device_inputs(store: Store, after_batch: int, last_batch: int) -> list[E.Dev
         if reason is not None:
             # Every report of the device earns nothing, for the device's reason.
             excluded = [(b, s, reason) for b, s in a.keys]
-        out.append(E.DeviceInputs(
-            device=dev, owner=owner, board=board, reports=a.reports, attested=a.attested, interval_s=a.interval,
-            storage_bytes=_lower_median(a.storage) if a.storage else 0, bw_up=_lower_median(a.bw) if a.bw else None,
-            flags=tuple(sorted(a.flags)), challenges_passed=a.passed, challenges_failed=a.failed,
-            challenges_timed_out=a.timed_out, excluded=tuple(excluded)))
+        out.append(
+            E.DeviceInputs(
+                device=dev,
+                owner=owner,
+                board=board,
+                reports=a.reports,
+                attested=a.attested,
+                interval_s=a.interval,
+                storage_bytes=_lower_median(a.storage) if a.storage else 0,
+                bw_up=_lower_median(a.bw) if a.bw else None,
+                flags=tuple(sorted(a.flags)),
+                challenges_passed=a.passed,
+                challenges_failed=a.failed,
+                challenges_timed_out=a.timed_out,
+                excluded=tuple(excluded),
+            )
+        )
     return out
 
 
 def position(store: Store) -> tuple[int, int, int, bytes]:
     """(next epoch number, earliest start ms, last batch already covered, previous root)."""
     last = last_epoch(store)
-    n, start, batch, root = (1, 0, 0, E.ZERO_ROOT) if last is None else \
-        (last.epoch + 1, last.end_ms, last.last_batch, last.root)
+    n, start, batch, root = (
+        (1, 0, 0, E.ZERO_ROOT) if last is None else (last.epoch + 1, last.end_ms, last.last_batch, last.root)
+    )
     skipped = store.meta(SKIPPED_META)
     if skipped:
         s = json.loads(skipped)
@@ -183,8 +210,16 @@ def uncovered_batches(store: Store) -> int:
 
 
 class EpochCloser:
-    def __init__(self, store: Store, gateway_id: str, gateway_address: str, formula: F.Formula,
-                 epoch_seconds: float, sign: E.Signer, grace_s: float = CLOSE_GRACE_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        gateway_id: str,
+        gateway_address: str,
+        formula: F.Formula,
+        epoch_seconds: float,
+        sign: E.Signer,
+        grace_s: float = CLOSE_GRACE_S,
+    ) -> None:
         if epoch_seconds <= 0:
             raise ValueError("epoch_seconds must be positive")
         self.store = store
@@ -208,9 +243,12 @@ class EpochCloser:
         assert b is not None
         base = _ms(b.last_at) // self.epoch_ms * self.epoch_ms
         start, end = max(earliest, base), base + self.epoch_ms
-        covered = [(seq, last_at) for seq, last_at in self.store.db.execute(
-            "SELECT seq, last_at FROM batches WHERE seq > ? AND last_at < ? ORDER BY seq",
-            (after, end / 1000 + 1))]
+        covered = [
+            (seq, last_at)
+            for seq, last_at in self.store.db.execute(
+                "SELECT seq, last_at FROM batches WHERE seq > ? AND last_at < ? ORDER BY seq", (after, end / 1000 + 1)
+            )
+        ]
         last = max((seq for seq, last_at in covered if _ms(last_at) < end), default=int(first))
         return start, end, last
 
@@ -218,22 +256,38 @@ class EpochCloser:
         start, end, last = window
         if _ms(now) < end + self.grace_ms:
             return False
-        if self.store.db.execute("SELECT 1 FROM reports WHERE batch_seq IS NULL AND received_at < ? LIMIT 1",
-                                 (end / 1000,)).fetchone():
+        if self.store.db.execute(
+            "SELECT 1 FROM reports WHERE batch_seq IS NULL AND received_at < ? LIMIT 1", (end / 1000,)
+        ).fetchone():
             return False
         _, _, after, _ = self._position()
-        waiting = self.store.db.execute("SELECT COUNT(*) FROM batches WHERE seq > ? AND seq <= ? AND state NOT IN "
-                                        "('confirmed', 'receipted')", (after, last)).fetchone()[0]
+        waiting = self.store.db.execute(
+            "SELECT COUNT(*) FROM batches WHERE seq > ? AND seq <= ? AND state NOT IN ('confirmed', 'receipted')",
+            (after, last),
+        ).fetchone()[0]
         return int(waiting) == 0
 
     def build(self, window: tuple[int, int, int]) -> E.EpochRecord:
         """The next epoch's record over ``window`` from the store (no writes)."""
         n, _, after, prev_root = self._position()
         start, end, last = window
-        batches = [{"batch_seq": b.seq, "root": b.root.hex(), "size": b.size}
-                   for b in self.store.batches(from_seq=after + 1) if b.seq <= last]
-        return E.build(self.gateway_id, self.gateway_address, n, start, end, self.formula, batches,
-                       device_inputs(self.store, after, last), cumulative(self.store), prev_root)
+        batches = [
+            {"batch_seq": b.seq, "root": b.root.hex(), "size": b.size}
+            for b in self.store.batches(from_seq=after + 1)
+            if b.seq <= last
+        ]
+        return E.build(
+            self.gateway_id,
+            self.gateway_address,
+            n,
+            start,
+            end,
+            self.formula,
+            batches,
+            device_inputs(self.store, after, last),
+            cumulative(self.store),
+            prev_root,
+        )
 
     def close(self, window: tuple[int, int, int], now: float | None = None) -> StoredEpoch | None:
         """Close the next epoch over ``window``; None when nobody has earned yet (the window is skipped)."""
@@ -248,15 +302,25 @@ class EpochCloser:
         amounts = [(o, int(a)) for o, a in rec.body["outputs"]["amounts"]]
         cum = dict((o, int(a)) for o, a in rec.body["outputs"]["cumulative"])
         with self.store._tx():
-            self.store.db.execute("INSERT INTO reward_epochs(%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'closed', ?)" % _COLS,
-                                  (rec.epoch, start, end, last, rec.root, rec.header["leaves"],
-                                   rec.header["cumulative_total"], raw, now))
+            self.store.db.execute(
+                "INSERT INTO reward_epochs(%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'closed', ?)" % _COLS,
+                (rec.epoch, start, end, last, rec.root, rec.header["leaves"], rec.header["cumulative_total"], raw, now),
+            )
             self.store.db.executemany(
                 "INSERT INTO reward_cumulative(owner, cumulative, epoch) VALUES (?, ?, ?) ON CONFLICT(owner) "
                 "DO UPDATE SET cumulative=excluded.cumulative, epoch=excluded.epoch",
-                [(o, str(cum[o]), rec.epoch) for o, _ in amounts])
-        log.info("closed reward epoch %d (%d..%d): batches to %d, %d leaves, %s allocated, root %s",
-                 rec.epoch, start, end, last, rec.header["leaves"], rec.header["allocated"], rec.header["root"])
+                [(o, str(cum[o]), rec.epoch) for o, _ in amounts],
+            )
+        log.info(
+            "closed reward epoch %d (%d..%d): batches to %d, %d leaves, %s allocated, root %s",
+            rec.epoch,
+            start,
+            end,
+            last,
+            rec.header["leaves"],
+            rec.header["allocated"],
+            rec.header["root"],
+        )
         st = stored_epoch(self.store, rec.epoch)
         assert st is not None
         return st

@@ -101,16 +101,21 @@ def enrollment_owner(owner: str) -> tuple[str, str | None]:
         raise OwnerError("owner %r is 40 hex digits without the 0x prefix: give it as 0x%s" % (owner, owner))
     if digits is not None and (digits == "" or _HEX_ONLY.fullmatch(digits)):
         if len(digits) != 40:
-            raise OwnerError("owner %r looks like an EVM address but has %d hex digits after 0x, not 40: "
-                             "check that it was copied whole" % (owner, len(digits)))
+            raise OwnerError(
+                "owner %r looks like an EVM address but has %d hex digits after 0x, not 40: "
+                "check that it was copied whole" % (owner, len(digits))
+            )
         address = checksum_owner("0x" + digits)
         if address is None:
-            raise OwnerError("owner %r has a mixed-case EIP-55 checksum that does not match (a typo?): copy the "
-                             "address again, or give it all in lower case to skip the checksum" % owner)
+            raise OwnerError(
+                "owner %r has a mixed-case EIP-55 checksum that does not match (a typo?): copy the "
+                "address again, or give it all in lower case to skip the checksum" % owner
+            )
         return address, None
-    return owner, ("owner %r is a label, not an EVM address: this device earns no rewards (every epoch lists "
-                   "its reports as excluded %s); give --owner 0x... (40 hex digits) to be paid"
-                   % (owner, OWNER_NOT_ADDRESS))
+    return owner, (
+        "owner %r is a label, not an EVM address: this device earns no rewards (every epoch lists "
+        "its reports as excluded %s); give --owner 0x... (40 hex digits) to be paid" % (owner, OWNER_NOT_ADDRESS)
+    )
 
 
 def ineligible_reason(owner: str) -> str | None:
@@ -158,29 +163,55 @@ class DeviceInputs:
         return ineligible_reason(self.owner)
 
     def attested_figures(self) -> F.Attested:
-        return F.Attested(board=self.board, storage_bytes=self.storage_bytes, bw_up=self.bw_up,
-                          attested=self.attested, interval_s=self.interval_s, flagged=bool(self.flags),
-                          failed_challenge=self.challenges_failed > 0 or "challenge_failed" in self.flags)
+        return F.Attested(
+            board=self.board,
+            storage_bytes=self.storage_bytes,
+            bw_up=self.bw_up,
+            attested=self.attested,
+            interval_s=self.interval_s,
+            flagged=bool(self.flags),
+            failed_challenge=self.challenges_failed > 0 or "challenge_failed" in self.flags,
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"device": self.device, "owner": self.owner, "board": self.board, "reports": self.reports,
-                "attested": self.attested, "interval_s": self.interval_s, "storage_bytes": self.storage_bytes,
-                "bw_up": self.bw_up, "flags": list(self.flags),
-                "challenges": {"passed": self.challenges_passed, "failed": self.challenges_failed,
-                               "timed_out": self.challenges_timed_out},
-                "excluded": [list(e) for e in self.excluded]}
+        return {
+            "device": self.device,
+            "owner": self.owner,
+            "board": self.board,
+            "reports": self.reports,
+            "attested": self.attested,
+            "interval_s": self.interval_s,
+            "storage_bytes": self.storage_bytes,
+            "bw_up": self.bw_up,
+            "flags": list(self.flags),
+            "challenges": {
+                "passed": self.challenges_passed,
+                "failed": self.challenges_failed,
+                "timed_out": self.challenges_timed_out,
+            },
+            "excluded": [list(e) for e in self.excluded],
+        }
 
     @classmethod
     def from_json(cls, d: Any) -> DeviceInputs:
         try:
             ch = d["challenges"]
             bw = d["bw_up"]
-            out = cls(device=_str(d["device"]), owner=_str(d["owner"]), board=_str(d["board"]),
-                      reports=_nat(d["reports"]), attested=_nat(d["attested"]), interval_s=_nat(d["interval_s"]),
-                      storage_bytes=_nat(d["storage_bytes"]), bw_up=None if bw is None else _nat(bw),
-                      flags=tuple(_str(x) for x in d["flags"]), challenges_passed=_nat(ch["passed"]),
-                      challenges_failed=_nat(ch["failed"]), challenges_timed_out=_nat(ch["timed_out"]),
-                      excluded=tuple((_nat(e[0]), _nat(e[1]), _str(e[2])) for e in d["excluded"]))
+            out = cls(
+                device=_str(d["device"]),
+                owner=_str(d["owner"]),
+                board=_str(d["board"]),
+                reports=_nat(d["reports"]),
+                attested=_nat(d["attested"]),
+                interval_s=_nat(d["interval_s"]),
+                storage_bytes=_nat(d["storage_bytes"]),
+                bw_up=None if bw is None else _nat(bw),
+                flags=tuple(_str(x) for x in d["flags"]),
+                challenges_passed=_nat(ch["passed"]),
+                challenges_failed=_nat(ch["failed"]),
+                challenges_timed_out=_nat(ch["timed_out"]),
+                excluded=tuple((_nat(e[0]), _nat(e[1]), _str(e[2])) for e in d["excluded"]),
+            )
         except (KeyError, TypeError, IndexError, ValueError) as exc:
             raise EpochError("device entry %r is malformed (%s)" % (str(d)[:80], exc)) from None
         if out.attested > out.reports or len(out.excluded) > out.reports:
@@ -218,14 +249,18 @@ class Outputs:
     unallocated: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"points": [[d, p] for d, p in self.device_points],
-                "amounts": [[o, str(a)] for o, a in self.amounts],
-                "cumulative": [[o, str(a)] for o, a in self.cumulative],
-                "allocated": str(self.allocated), "unallocated": str(self.unallocated)}
+        return {
+            "points": [[d, p] for d, p in self.device_points],
+            "amounts": [[o, str(a)] for o, a in self.amounts],
+            "cumulative": [[o, str(a)] for o, a in self.cumulative],
+            "allocated": str(self.allocated),
+            "unallocated": str(self.unallocated),
+        }
 
 
-def compute(f: F.Formula, devices: Sequence[DeviceInputs], prev_cumulative: Mapping[str, int],
-            epoch_ms: int) -> Outputs:
+def compute(
+    f: F.Formula, devices: Sequence[DeviceInputs], prev_cumulative: Mapping[str, int], epoch_ms: int
+) -> Outputs:
     """The outputs of an epoch from its inputs: the formula, applied."""
     device_points: list[tuple[str, int]] = []
     eligible: list[tuple[str, F.Attested]] = []
@@ -243,8 +278,13 @@ def compute(f: F.Formula, devices: Sequence[DeviceInputs], prev_cumulative: Mapp
     for o, amount in amounts.items():
         cumulative[o] = cumulative.get(o, 0) + amount
     allocated = sum(amounts.values())
-    return Outputs(tuple(device_points), tuple(sorted(amounts.items(), key=lambda kv: F.owner_key(kv[0]))),
-                   tuple(sorted_cumulative(cumulative)), allocated, f.budget - allocated)
+    return Outputs(
+        tuple(device_points),
+        tuple(sorted(amounts.items(), key=lambda kv: F.owner_key(kv[0]))),
+        tuple(sorted_cumulative(cumulative)),
+        allocated,
+        f.budget - allocated,
+    )
 
 
 @dataclass(frozen=True)
@@ -263,28 +303,58 @@ class EpochRecord:
         return bytes.fromhex(self.header["root"])
 
 
-def build(gateway_id: str, gateway_address: str, epoch: int, start_ms: int, end_ms: int, f: F.Formula,
-          batches: Sequence[Mapping[str, Any]], devices: Sequence[DeviceInputs],
-          prev_cumulative: Mapping[str, int], prev_root: bytes) -> EpochRecord:
+def build(
+    gateway_id: str,
+    gateway_address: str,
+    epoch: int,
+    start_ms: int,
+    end_ms: int,
+    f: F.Formula,
+    batches: Sequence[Mapping[str, Any]],
+    devices: Sequence[DeviceInputs],
+    prev_cumulative: Mapping[str, int],
+    prev_root: bytes,
+) -> EpochRecord:
     """Compute an epoch's outputs and header from its inputs."""
     if epoch < 1 or end_ms <= start_ms:
         raise EpochError("epoch %d: number must be >= 1 and its window non-empty" % epoch)
     devices = sorted(devices, key=lambda d: d.device)
     out = compute(f, devices, prev_cumulative, end_ms - start_ms)
-    body = {"formula": f.to_json(), "batches": [dict(b) for b in batches],
-            "devices": [d.to_json() for d in devices],
-            "prev_cumulative": [[o, str(a)] for o, a in sorted_cumulative(prev_cumulative)],
-            "outputs": out.to_json()}
+    body = {
+        "formula": f.to_json(),
+        "batches": [dict(b) for b in batches],
+        "devices": [d.to_json() for d in devices],
+        "prev_cumulative": [[o, str(a)] for o, a in sorted_cumulative(prev_cumulative)],
+        "outputs": out.to_json(),
+    }
     return EpochRecord(_header(gateway_id, gateway_address, epoch, start_ms, end_ms, out, prev_root, body), body)
 
 
-def _header(gateway_id: str, gateway_address: str, epoch: int, start_ms: int, end_ms: int, out: Outputs,
-            prev_root: bytes, body: Mapping[str, Any]) -> dict[str, Any]:
+def _header(
+    gateway_id: str,
+    gateway_address: str,
+    epoch: int,
+    start_ms: int,
+    end_ms: int,
+    out: Outputs,
+    prev_root: bytes,
+    body: Mapping[str, Any],
+) -> dict[str, Any]:
     root = tree(out.cumulative).root if out.cumulative else ZERO_ROOT
-    return {"v": 1, "gateway_id": gateway_id, "gateway_address": gateway_address, "epoch": epoch,
-            "start": start_ms, "end": end_ms, "root": root.hex(), "leaves": len(out.cumulative),
-            "allocated": str(out.allocated), "cumulative_total": str(sum(a for _, a in out.cumulative)),
-            "prev_root": prev_root.hex(), "body_sha256": hashlib.sha256(canonical(body)).hexdigest()}
+    return {
+        "v": 1,
+        "gateway_id": gateway_id,
+        "gateway_address": gateway_address,
+        "epoch": epoch,
+        "start": start_ms,
+        "end": end_ms,
+        "root": root.hex(),
+        "leaves": len(out.cumulative),
+        "allocated": str(out.allocated),
+        "cumulative_total": str(sum(a for _, a in out.cumulative)),
+        "prev_root": prev_root.hex(),
+        "body_sha256": hashlib.sha256(canonical(body)).hexdigest(),
+    }
 
 
 def check_invariants(rec: EpochRecord) -> None:
@@ -303,8 +373,10 @@ def check_invariants(rec: EpochRecord) -> None:
     if total > budget:
         raise EpochError("amounts sum to %d, more than the budget %d" % (total, budget))
     if allocated != total or allocated + unallocated != budget:
-        raise EpochError("allocated %d / unallocated %d do not add up to the amounts %d and budget %d"
-                         % (allocated, unallocated, total, budget))
+        raise EpochError(
+            "allocated %d / unallocated %d do not add up to the amounts %d and budget %d"
+            % (allocated, unallocated, total, budget)
+        )
     expected = dict(prev)
     for o, a in amounts:
         expected[o] = expected.get(o, 0) + a
@@ -324,8 +396,9 @@ Signer = Callable[[bytes], bytes]
 def seal(rec: EpochRecord, sign: Signer) -> bytes:
     """The epoch file's canonical bytes, signed; refuses a record that breaks an invariant."""
     check_invariants(rec)
-    return canonical({"format": EPOCH_FORMAT, "header": rec.header, "body": rec.body,
-                      "signature": sign(canonical(rec.header)).hex()})
+    return canonical(
+        {"format": EPOCH_FORMAT, "header": rec.header, "body": rec.body, "signature": sign(canonical(rec.header)).hex()}
+    )
 
 
 @dataclass(frozen=True)
@@ -361,15 +434,27 @@ def header_of(raw: bytes) -> dict[str, Any]:
     start, end = raw.rfind(b',"header":'), raw.rfind(b',"signature":')
     if start < 0 or end < start:
         return dict(parse(raw).record.header)
-    header: dict[str, Any] = json.loads(raw[start + 10:end])
+    header: dict[str, Any] = json.loads(raw[start + 10 : end])
     return header
 
 
 recover = recover_signer  # the gateway's EIP-191 signatures: one recovery for bundles, proofs and epochs
 
 
-_HEADER_KEYS = {"v", "gateway_id", "gateway_address", "epoch", "start", "end", "root", "leaves", "allocated",
-                "cumulative_total", "prev_root", "body_sha256"}
+_HEADER_KEYS = {
+    "v",
+    "gateway_id",
+    "gateway_address",
+    "epoch",
+    "start",
+    "end",
+    "root",
+    "leaves",
+    "allocated",
+    "cumulative_total",
+    "prev_root",
+    "body_sha256",
+}
 
 
 def recompute(raw: bytes, previous: bytes | None = None) -> list[str]:
@@ -394,9 +479,18 @@ def recompute(raw: bytes, previous: bytes | None = None) -> list[str]:
         prev = {_str(o): _amount(a) for o, a in body["prev_cumulative"]}
         if any(checksum_owner(o) != o for o in prev):
             raise EpochError("prev_cumulative owners must be EIP-55 addresses")
-        rebuilt = build(_str(header["gateway_id"]), _str(header["gateway_address"]), _nat(header["epoch"]),
-                        _nat(header["start"]), _nat(header["end"]), f, body["batches"], devices, prev,
-                        bytes.fromhex(header["prev_root"]))
+        rebuilt = build(
+            _str(header["gateway_id"]),
+            _str(header["gateway_address"]),
+            _nat(header["epoch"]),
+            _nat(header["start"]),
+            _nat(header["end"]),
+            f,
+            body["batches"],
+            devices,
+            prev,
+            bytes.fromhex(header["prev_root"]),
+        )
     except (F.FormulaError, EpochError, TypeError, ValueError, KeyError) as exc:
         return ["inputs: %s" % exc]
     if hashlib.sha256(canonical(body)).hexdigest() != header.get("body_sha256"):
@@ -414,8 +508,10 @@ def recompute(raw: bytes, previous: bytes | None = None) -> list[str]:
     signer = recover(canonical(header), ef.signature)
     if signer is None or signer.lower() != str(header["gateway_address"]).lower():
         diffs.append("signature is not the gateway's (%s) over the header" % header["gateway_address"])
-    if not diffs and canonical({"format": EPOCH_FORMAT, "header": header, "body": body,
-                                "signature": ef.signature.hex()}) != raw:
+    if (
+        not diffs
+        and canonical({"format": EPOCH_FORMAT, "header": header, "body": body, "signature": ef.signature.hex()}) != raw
+    ):
         diffs.append("the file is not in canonical form (bytes differ from the canonical JSON of its content)")
     if previous is not None:
         diffs += _against_previous(ef, previous)

@@ -70,15 +70,28 @@ class Formula:
 
     def to_json(self) -> dict[str, Any]:
         """The formula as written into epoch files (budget as a decimal string: it may exceed 2**53)."""
-        return {"version": self.version, "budget": str(self.budget), "storage_weight": self.storage_weight,
-                "bandwidth_weight": self.bandwidth_weight, "flagged_permille": self.flagged_permille,
-                "failed_challenge_permille": self.failed_challenge_permille,
-                "max_interval_s": self.max_interval_s,
-                "caps": {b: c.to_json() for b, c in sorted(self.caps.items())}}
+        return {
+            "version": self.version,
+            "budget": str(self.budget),
+            "storage_weight": self.storage_weight,
+            "bandwidth_weight": self.bandwidth_weight,
+            "flagged_permille": self.flagged_permille,
+            "failed_challenge_permille": self.failed_challenge_permille,
+            "max_interval_s": self.max_interval_s,
+            "caps": {b: c.to_json() for b, c in sorted(self.caps.items())},
+        }
 
 
-_KEYS = {"version", "budget", "storage_weight", "bandwidth_weight", "flagged_permille", "failed_challenge_permille",
-         "max_interval_s", "caps"}
+_KEYS = {
+    "version",
+    "budget",
+    "storage_weight",
+    "bandwidth_weight",
+    "flagged_permille",
+    "failed_challenge_permille",
+    "max_interval_s",
+    "caps",
+}
 
 
 def _int(doc: Mapping[str, Any], key: str, default: int | None, lo: int, hi: int, what: str) -> int:
@@ -107,8 +120,9 @@ def from_json(doc: Any, what: str = "rewards.") -> Formula:
         raise FormulaError("%s: unknown formula field(s) %s" % (what.rstrip("."), ", ".join(sorted(unknown))))
     version = _int(doc, "version", FORMULA_VERSION, 1, 1 << 31, what)
     if version != FORMULA_VERSION:
-        raise FormulaError("%sversion %d is not supported (this Surge knows version %d)"
-                           % (what, version, FORMULA_VERSION))
+        raise FormulaError(
+            "%sversion %d is not supported (this Surge knows version %d)" % (what, version, FORMULA_VERSION)
+        )
     caps_doc = doc.get("caps", {})
     if not isinstance(caps_doc, Mapping):
         raise FormulaError("%scaps must be a table of board name -> {storage_bytes, bw_up}" % what)
@@ -125,7 +139,9 @@ def from_json(doc: Any, what: str = "rewards.") -> Formula:
         flagged_permille=_int(doc, "flagged_permille", 500, 0, PERMILLE, what),
         failed_challenge_permille=_int(doc, "failed_challenge_permille", 0, 0, PERMILLE, what),
         max_interval_s=_int(doc, "max_interval_s", 3600, 1, 1 << 32, what),
-        caps=caps, version=version)
+        caps=caps,
+        version=version,
+    )
 
 
 @dataclass(frozen=True)

@@ -44,16 +44,16 @@ UNISWAP_LEAVES = 100_000
 @dataclass(frozen=True)
 class ClaimGas:
     leaves: int
-    proof_length: int          # siblings in the longest sampled proof
-    claims: int                # claims sampled per case
+    proof_length: int  # siblings in the longest sampled proof
+    claims: int  # claims sampled per case
     first_mean: float
     first_min: int
     first_max: int
     repeat_mean: float
     repeat_min: int
     repeat_max: int
-    calldata_mean: float       # calldata bytes of a first claim, mean
-    tree_seconds: float        # Python time to hash leaves and build both trees
+    calldata_mean: float  # calldata bytes of a first claim, mean
+    tree_seconds: float  # Python time to hash leaves and build both trees
     first_gas: list[int]
     repeat_gas: list[int]
 
@@ -65,8 +65,13 @@ def _tree(raw: list[bytes], amounts: list[int]) -> merkle.MerkleTree:
 
 
 def _claims(
-    rc: Web3RewardsChain, key: ChainKey, epoch: int, tree: merkle.MerkleTree,
-    owners: list[str], amounts: list[int], picks: list[int],
+    rc: Web3RewardsChain,
+    key: ChainKey,
+    epoch: int,
+    tree: merkle.MerkleTree,
+    owners: list[str],
+    amounts: list[int],
+    picks: list[int],
 ) -> tuple[list[int], list[int], int]:
     gas: list[int] = []
     calldata: list[int] = []

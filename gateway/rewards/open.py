@@ -54,9 +54,7 @@ def open_rewards_chain(
             w3 = anchor_chain.web3
         else:
             if contract is not None:
-                raise ChainError(
-                    "a fresh memory chain is empty: pass anchor_chain to attach to its contracts"
-                )
+                raise ChainError("a fresh memory chain is empty: pass anchor_chain to attach to its contracts")
             w3 = memory_web3()
         if gateway_key is None:
             gateway_key = ChainKey.generate()
@@ -77,9 +75,7 @@ def open_rewards_chain(
                 )
             )
     else:
-        raise ChainError(
-            f"unknown chain spec {redact_endpoint(spec)!r}: expected 'memory' or an http(s):// URL"
-        )
+        raise ChainError(f"unknown chain spec {redact_endpoint(spec)!r}: expected 'memory' or an http(s):// URL")
     if contract is None:
         return Web3RewardsChain.deploy(w3, gateway_key, spec, token=token, supply=supply, fund=fund)
     return Web3RewardsChain(w3, gateway_key, contract, spec, token)

@@ -83,5 +83,6 @@ def parse(doc: Any, config_path: str | None = None) -> RewardsConfig | None:
     contract, token = _address(doc, "contract"), _address(doc, "token")
     if token is not None and contract is None:
         raise RewardsConfigError("rewards.token needs rewards.contract")
-    return RewardsConfig(formula=formula, epoch_seconds=float(seconds), epochs_dir=epochs_dir, contract=contract,
-                         token=token)
+    return RewardsConfig(
+        formula=formula, epoch_seconds=float(seconds), epochs_dir=epochs_dir, contract=contract, token=token
+    )

@@ -68,8 +68,13 @@ class EpochAnchor:
     updated_at: float
 
     def chain_fields(self) -> dict[str, Any]:
-        return {"chain_id": self.chain_id, "contract": self.contract, "gateway_address": self.gateway_address,
-                "tx_hash": self.tx_hash.hex() if self.tx_hash else None, "block_number": self.block_number}
+        return {
+            "chain_id": self.chain_id,
+            "contract": self.contract,
+            "gateway_address": self.gateway_address,
+            "tx_hash": self.tx_hash.hex() if self.tx_hash else None,
+            "block_number": self.block_number,
+        }
 
 
 def confirmation_message(header: dict[str, Any], chain: dict[str, Any]) -> bytes:
@@ -77,41 +82,57 @@ def confirmation_message(header: dict[str, Any], chain: dict[str, Any]) -> bytes
     return canonical({"epoch": header, "chain": chain})
 
 
-_COLS = ("id, epoch, chain_id, contract, gateway_address, state, tx_hash, block_number, block_hash, attestation, "
-         "created_at, updated_at")
+_COLS = (
+    "id, epoch, chain_id, contract, gateway_address, state, tx_hash, block_number, block_hash, attestation, "
+    "created_at, updated_at"
+)
 
 
 def _anchor(r: Any) -> EpochAnchor:
     def b(v: Any) -> bytes | None:
         return None if v is None else bytes(v)
+
     return EpochAnchor(r[0], r[1], r[2], r[3], r[4], r[5], b(r[6]), r[7], b(r[8]), b(r[9]), r[10], r[11])
 
 
 def confirmed_anchor(store: Store, epoch: int) -> EpochAnchor | None:
-    r = store.db.execute("SELECT %s FROM reward_anchors WHERE epoch=? AND state='confirmed' ORDER BY id DESC LIMIT 1"
-                         % _COLS, (epoch,)).fetchone()
+    r = store.db.execute(
+        "SELECT %s FROM reward_anchors WHERE epoch=? AND state='confirmed' ORDER BY id DESC LIMIT 1" % _COLS, (epoch,)
+    ).fetchone()
     return None if r is None else _anchor(r)
 
 
 def anchors(store: Store, epoch: int) -> list[EpochAnchor]:
-    return [_anchor(r) for r in store.db.execute("SELECT %s FROM reward_anchors WHERE epoch=? ORDER BY id" % _COLS,
-                                                 (epoch,))]
+    return [
+        _anchor(r)
+        for r in store.db.execute("SELECT %s FROM reward_anchors WHERE epoch=? ORDER BY id" % _COLS, (epoch,))
+    ]
 
 
 def _live(store: Store, epoch: int) -> EpochAnchor | None:
-    r = store.db.execute("SELECT %s FROM reward_anchors WHERE epoch=? AND state != 'dropped' ORDER BY id DESC LIMIT 1"
-                         % _COLS, (epoch,)).fetchone()
+    r = store.db.execute(
+        "SELECT %s FROM reward_anchors WHERE epoch=? AND state != 'dropped' ORDER BY id DESC LIMIT 1" % _COLS, (epoch,)
+    ).fetchone()
     return None if r is None else _anchor(r)
 
 
-def _update(store: Store, a: EpochAnchor, state: str, tx_hash: bytes | None = None, block_number: int | None = None,
-            block_hash: bytes | None = None, attestation: bytes | None = None) -> None:
+def _update(
+    store: Store,
+    a: EpochAnchor,
+    state: str,
+    tx_hash: bytes | None = None,
+    block_number: int | None = None,
+    block_hash: bytes | None = None,
+    attestation: bytes | None = None,
+) -> None:
     with store._tx():
         (current,) = store.db.execute("SELECT state FROM reward_anchors WHERE id=?", (a.id,)).fetchone()
         L.check_anchor_move(current, state)
-        store.db.execute("UPDATE reward_anchors SET state=?, tx_hash=COALESCE(?, tx_hash), block_number=?, "
-                         "block_hash=?, attestation=?, updated_at=? WHERE id=?",
-                         (state, tx_hash, block_number, block_hash, attestation, time.time(), a.id))
+        store.db.execute(
+            "UPDATE reward_anchors SET state=?, tx_hash=COALESCE(?, tx_hash), block_number=?, "
+            "block_hash=?, attestation=?, updated_at=? WHERE id=?",
+            (state, tx_hash, block_number, block_hash, attestation, time.time(), a.id),
+        )
         store.db.execute("UPDATE reward_epochs SET state=? WHERE epoch=?", (L.epoch_state(state), a.epoch))
 
 
@@ -119,8 +140,15 @@ Event = Callable[[str, StoredEpoch, "EpochAnchor | None"], None]
 
 
 class Settler:
-    def __init__(self, store: Store, chain: EpochChain, confirmations: int, sign: Callable[[bytes], bytes],
-                 on_event: Event | None = None, drop_after_s: float = DROP_AFTER_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        chain: EpochChain,
+        confirmations: int,
+        sign: Callable[[bytes], bytes],
+        on_event: Event | None = None,
+        drop_after_s: float = DROP_AFTER_S,
+    ) -> None:
         self.store = store
         self.chain = chain
         self.confirmations = confirmations
@@ -194,8 +222,9 @@ class Settler:
 
     def _advance(self, now: float) -> None:
         while True:
-            r = self.store.db.execute("SELECT epoch FROM reward_epochs WHERE state != 'confirmed' ORDER BY epoch "
-                                      "LIMIT 1").fetchone()
+            r = self.store.db.execute(
+                "SELECT epoch FROM reward_epochs WHERE state != 'confirmed' ORDER BY epoch LIMIT 1"
+            ).fetchone()
             if r is None:
                 return
             e = stored_epoch(self.store, int(r[0]))
@@ -208,8 +237,9 @@ class Settler:
         with self.store._tx():
             rid = self.store.insert_id(
                 "INSERT INTO reward_anchors(epoch, chain_id, contract, gateway_address, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, 'submitting', ?, ?)", (e.epoch, self.chain.chain_id, self.chain.contract_address,
-                                                           self.chain.gateway_address, now, now))
+                "VALUES (?, ?, ?, ?, 'submitting', ?, ?)",
+                (e.epoch, self.chain.chain_id, self.chain.contract_address, self.chain.gateway_address, now, now),
+            )
         r = self.store.db.execute("SELECT %s FROM reward_anchors WHERE id=?" % _COLS, (rid,)).fetchone()
         return _anchor(r)
 
@@ -240,11 +270,24 @@ class Settler:
             if a.state != L.MINED or a.block_hash != rc.block_hash:
                 _update(self.store, a, L.MINED, block_number=rc.block_number, block_hash=rc.block_hash)
             return False
-        done = EpochAnchor(a.id, a.epoch, a.chain_id, a.contract, a.gateway_address, L.CONFIRMED, a.tx_hash,
-                           rc.block_number, rc.block_hash, None, a.created_at, now)
+        done = EpochAnchor(
+            a.id,
+            a.epoch,
+            a.chain_id,
+            a.contract,
+            a.gateway_address,
+            L.CONFIRMED,
+            a.tx_hash,
+            rc.block_number,
+            rc.block_hash,
+            None,
+            a.created_at,
+            now,
+        )
         signature = self.sign(confirmation_message(e.header, done.chain_fields()))
-        _update(self.store, a, L.CONFIRMED, block_number=rc.block_number, block_hash=rc.block_hash,
-                attestation=signature)
+        _update(
+            self.store, a, L.CONFIRMED, block_number=rc.block_number, block_hash=rc.block_hash, attestation=signature
+        )
         log.info("reward epoch %d confirmed in block %d (%d confirmations)", e.epoch, rc.block_number, depth)
         confirmed = confirmed_anchor(self.store, e.epoch)
         e2 = stored_epoch(self.store, e.epoch)
@@ -257,8 +300,10 @@ class Settler:
         if onchain >= e.epoch:
             # Sent before a crash (or by the attempt now being retried) and mined.
             if self.chain.root_of(e.epoch) != e.root:
-                raise ChainError("reward epoch %d is on chain with a different root: another process publishes "
-                                 "with this gateway's key; stopping" % e.epoch)
+                raise ChainError(
+                    "reward epoch %d is on chain with a different root: another process publishes "
+                    "with this gateway's key; stopping" % e.epoch
+                )
             tx = self.chain.epoch_tx(e.epoch)
             if tx is None:
                 return False

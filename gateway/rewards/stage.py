@@ -40,8 +40,12 @@ def epochs_topic(gateway_id: str) -> str:
 def event_message(event: str, e: StoredEpoch, a: EpochAnchor | None) -> bytes:
     import hashlib
 
-    body: dict[str, Any] = {"v": 1, "event": event, "epoch": e.header,
-                            "file_sha256": hashlib.sha256(e.file).hexdigest()}
+    body: dict[str, Any] = {
+        "v": 1,
+        "event": event,
+        "epoch": e.header,
+        "file_sha256": hashlib.sha256(e.file).hexdigest(),
+    }
     if a is not None:
         body["chain"] = a.chain_fields()
         if event == "confirmed":
@@ -81,19 +85,34 @@ def open_rewards(cfg: GatewayConfig, rc: RewardsConfig, store: Store, anchor_cha
     remembered = store.meta("rewards_contract:" + cfg.chain)
     contract = rc.contract or remembered
     token = rc.token or (store.meta("rewards_token:" + cfg.chain) if remembered and not rc.contract else None)
-    chain = open_rewards_chain(cfg.chain, key=key, contract=contract, token=token,
-                               anchor_chain=anchor_chain if isinstance(anchor_chain, Web3Chain) else None)
+    chain = open_rewards_chain(
+        cfg.chain,
+        key=key,
+        contract=contract,
+        token=token,
+        anchor_chain=anchor_chain if isinstance(anchor_chain, Web3Chain) else None,
+    )
     if contract is None:
         store.set_meta("rewards_contract:" + cfg.chain, chain.contract_address)
         store.set_meta("rewards_token:" + cfg.chain, chain.token_address)
-        log.info("deployed SurgeRewards at %s (token %s) on chain %d", chain.contract_address, chain.token_address,
-                 chain.chain_id)
+        log.info(
+            "deployed SurgeRewards at %s (token %s) on chain %d",
+            chain.contract_address,
+            chain.token_address,
+            chain.chain_id,
+        )
     return chain
 
 
 class RewardsStage:
-    def __init__(self, cfg: GatewayConfig, gateway_id: str, anchor_chain: ChainBackend,
-                 publish: Callable[[str, bytes], None], registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        gateway_id: str,
+        anchor_chain: ChainBackend,
+        publish: Callable[[str, bytes], None],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         rc: RewardsConfig = cfg.rewards
         self.cfg = rc
         self.store = Store(cfg.db)
@@ -103,10 +122,17 @@ class RewardsStage:
         if self.chain.gateway_address != anchor_chain.gateway_address:
             raise ValueError("the rewards publisher key must be the gateway's chain key")
         self.mine = cfg.chain == "memory"
-        self.closer = EpochCloser(self.store, gateway_id, anchor_chain.gateway_address, rc.formula,
-                                  rc.epoch_seconds, anchor_chain.attest)
-        self.settler = Settler(self.store, self.chain, cfg.confirmations, anchor_chain.attest, self._event,
-                               drop_after_s=cfg.anchor_timeout_s)
+        self.closer = EpochCloser(
+            self.store, gateway_id, anchor_chain.gateway_address, rc.formula, rc.epoch_seconds, anchor_chain.attest
+        )
+        self.settler = Settler(
+            self.store,
+            self.chain,
+            cfg.confirmations,
+            anchor_chain.attest,
+            self._event,
+            drop_after_s=cfg.anchor_timeout_s,
+        )
         self.failing = False
         r = registry or CollectorRegistry()
         self.closed = Counter("surge_reward_epochs_closed", "Reward epochs closed", registry=r)

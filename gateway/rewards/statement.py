@@ -28,8 +28,18 @@ from gateway.rewards.settler import confirmation_message, confirmed_anchor
 from gateway.store import Store
 
 PROOF_FORMAT = "surge-reward-proof/1"
-_MEMBERS = {"format", "owner", "cumulative", "leaf_index", "tree_size", "proof", "epoch", "epoch_signature",
-            "chain", "chain_signature"}
+_MEMBERS = {
+    "format",
+    "owner",
+    "cumulative",
+    "leaf_index",
+    "tree_size",
+    "proof",
+    "epoch",
+    "epoch_signature",
+    "chain",
+    "chain_signature",
+}
 
 
 class ProofError(Exception):
@@ -70,11 +80,18 @@ def reward_proof(store: Store, owner: str, epoch: int | None = None) -> dict[str
         raise ProofError("owner %s has earned nothing up to epoch %d" % (owner, e.epoch))
     tree = E.tree(cum)
     anchor = confirmed_anchor(store, e.epoch) if e.state == "confirmed" else None
-    return {"format": PROOF_FORMAT, "owner": owner, "cumulative": str(cum[index][1]), "leaf_index": index,
-            "tree_size": len(cum), "proof": [p.hex() for p in tree.proof(index)], "epoch": ef.record.header,
-            "epoch_signature": ef.signature.hex(),
-            "chain": anchor.chain_fields() if anchor else None,
-            "chain_signature": anchor.attestation.hex() if anchor and anchor.attestation else None}
+    return {
+        "format": PROOF_FORMAT,
+        "owner": owner,
+        "cumulative": str(cum[index][1]),
+        "leaf_index": index,
+        "tree_size": len(cum),
+        "proof": [p.hex() for p in tree.proof(index)],
+        "epoch": ef.record.header,
+        "epoch_signature": ef.signature.hex(),
+        "chain": anchor.chain_fields() if anchor else None,
+        "chain_signature": anchor.attestation.hex() if anchor and anchor.attestation else None,
+    }
 
 
 def statement(store: Store, owner: str) -> dict[str, Any]:
@@ -91,18 +108,43 @@ def statement(store: Store, owner: str) -> dict[str, Any]:
             reasons: dict[str, int] = {}
             for _, _, r in d["excluded"]:
                 reasons[r] = reasons.get(r, 0) + 1
-            devices.append({"device": d["device"], "board": d["board"], "reports": d["reports"],
-                            "attested": d["attested"], "storage_bytes": d["storage_bytes"], "bw_up": d["bw_up"],
-                            "flags": d["flags"], "challenges": d["challenges"], "points": points.get(d["device"], 0),
-                            "excluded": reasons})
+            devices.append(
+                {
+                    "device": d["device"],
+                    "board": d["board"],
+                    "reports": d["reports"],
+                    "attested": d["attested"],
+                    "storage_bytes": d["storage_bytes"],
+                    "bw_up": d["bw_up"],
+                    "flags": d["flags"],
+                    "challenges": d["challenges"],
+                    "points": points.get(d["device"], 0),
+                    "excluded": reasons,
+                }
+            )
         amount = dict(body["outputs"]["amounts"]).get(owner, "0")
         cumulative = dict(body["outputs"]["cumulative"]).get(owner, "0")
         if devices or amount != "0" or cumulative != "0":
-            out_epochs.append({"epoch": e.epoch, "start": e.start_ms, "end": e.end_ms, "state": e.state,
-                               "devices": devices, "amount": amount, "cumulative": cumulative})
-    return {"owner": owner, "gateway_id": store.meta("gateway_id"), "devices": _enrolled(store, owner),
-            "epochs": out_epochs, "cumulative": out_epochs[-1]["cumulative"] if out_epochs else "0",
-            "since_last_epoch": since_last_epoch(store, owner), "proof": _proof_or_none(store, owner)}
+            out_epochs.append(
+                {
+                    "epoch": e.epoch,
+                    "start": e.start_ms,
+                    "end": e.end_ms,
+                    "state": e.state,
+                    "devices": devices,
+                    "amount": amount,
+                    "cumulative": cumulative,
+                }
+            )
+    return {
+        "owner": owner,
+        "gateway_id": store.meta("gateway_id"),
+        "devices": _enrolled(store, owner),
+        "epochs": out_epochs,
+        "cumulative": out_epochs[-1]["cumulative"] if out_epochs else "0",
+        "since_last_epoch": since_last_epoch(store, owner),
+        "proof": _proof_or_none(store, owner),
+    }
 
 
 def since_last_epoch(store: Store, owner: str) -> dict[str, Any]:
@@ -112,8 +154,9 @@ def since_last_epoch(store: Store, owner: str) -> dict[str, Any]:
 
     last = last_epoch(store)
     after = last.last_batch if last is not None else 0
-    r = store.db.execute("SELECT MAX(seq) FROM batches WHERE seq > ? AND state IN ('confirmed', 'receipted')",
-                         (after,)).fetchone()
+    r = store.db.execute(
+        "SELECT MAX(seq) FROM batches WHERE seq > ? AND state IN ('confirmed', 'receipted')", (after,)
+    ).fetchone()
     upto = int(r[0]) if r[0] is not None else after
     devices = []
     for d in device_inputs(store, after, upto) if upto > after else []:
@@ -122,15 +165,27 @@ def since_last_epoch(store: Store, owner: str) -> dict[str, Any]:
         reasons: dict[str, int] = {}
         for _, _, why in d.excluded:
             reasons[why] = reasons.get(why, 0) + 1
-        devices.append({"device": d.device, "board": d.board, "reports": d.reports, "attested": d.attested,
-                        "storage_bytes": d.storage_bytes, "bw_up": d.bw_up, "flags": list(d.flags),
-                        "excluded": reasons})
+        devices.append(
+            {
+                "device": d.device,
+                "board": d.board,
+                "reports": d.reports,
+                "attested": d.attested,
+                "storage_bytes": d.storage_bytes,
+                "bw_up": d.bw_up,
+                "flags": list(d.flags),
+                "excluded": reasons,
+            }
+        )
     return {"batches": [after + 1, upto] if upto > after else None, "devices": devices}
 
 
 def _enrolled(store: Store, owner: str) -> list[dict[str, Any]]:
-    return [{"device": d.device_id, "board": d.board, "fleet": d.fleet, "active": d.active}
-            for d in store.devices() if E.checksum_owner(d.owner) == owner]
+    return [
+        {"device": d.device_id, "board": d.board, "fleet": d.fleet, "active": d.active}
+        for d in store.devices()
+        if E.checksum_owner(d.owner) == owner
+    ]
 
 
 def _proof_or_none(store: Store, owner: str) -> dict[str, Any] | None:
@@ -185,9 +240,17 @@ def verify_proof(doc: Any) -> dict[str, Any]:
             raise ProofError("chain_signature over the epoch header and chain fields is not by the gateway")
     elif doc["chain_signature"] is not None:
         raise ProofError("chain_signature without chain fields")
-    return {"owner": owner, "cumulative": int(cum), "epoch": header.get("epoch"), "root": root.hex(),
-            "leaf_index": index, "tree_size": size, "gateway_address": gateway, "gateway_id": header.get("gateway_id"),
-            "chain": chain}
+    return {
+        "owner": owner,
+        "cumulative": int(cum),
+        "epoch": header.get("epoch"),
+        "root": root.hex(),
+        "leaf_index": index,
+        "tree_size": size,
+        "gateway_address": gateway,
+        "gateway_id": header.get("gateway_id"),
+        "chain": chain,
+    }
 
 
 def check_on_chain(doc: dict[str, Any], rpc: str) -> dict[str, Any]:

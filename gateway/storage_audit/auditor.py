@@ -58,21 +58,27 @@ CountFn = Callable[[str, str, int], None]
 
 @dataclass(frozen=True)
 class AuditSettings:
-    plot_bytes: int = 4 << 20          # the slice of a CPython device (4 MiB)
-    plot_bytes_small: int = 64 << 10   # of a MicroPython board (64 KiB of flash)
-    k: int = 16                        # blocks per challenge
-    interval_s: float = 600.0          # between challenges of one device
-    deadline_s: float = 30.0           # to answer one attempt
-    retries: int = 2                   # attempts after the first, on a timeout
-    window_s: float = 3600.0           # the standing's window (standing.py)
-    blocks_per_s: float = 50.0         # plot blocks sent per second, whole gateway
-    window_blocks: int = 8             # unacknowledged plot blocks per device
-    plan_every_s: float = 1.0          # how often new plots and challenges are looked for
+    plot_bytes: int = 4 << 20  # the slice of a CPython device (4 MiB)
+    plot_bytes_small: int = 64 << 10  # of a MicroPython board (64 KiB of flash)
+    k: int = 16  # blocks per challenge
+    interval_s: float = 600.0  # between challenges of one device
+    deadline_s: float = 30.0  # to answer one attempt
+    retries: int = 2  # attempts after the first, on a timeout
+    window_s: float = 3600.0  # the standing's window (standing.py)
+    blocks_per_s: float = 50.0  # plot blocks sent per second, whole gateway
+    window_blocks: int = 8  # unacknowledged plot blocks per device
+    plan_every_s: float = 1.0  # how often new plots and challenges are looked for
 
 
 class Auditor:
-    def __init__(self, store: Store, settings: AuditSettings, on_count: CountFn | None = None,
-                 runtime_of: Callable[[str], str] | None = None, entropy: Callable[[int], bytes] = secrets.token_bytes):
+    def __init__(
+        self,
+        store: Store,
+        settings: AuditSettings,
+        on_count: CountFn | None = None,
+        runtime_of: Callable[[str], str] | None = None,
+        entropy: Callable[[int], bytes] = secrets.token_bytes,
+    ):
         self.store = store
         self.ledger = Ledger(store)
         self.s = settings
@@ -178,8 +184,12 @@ class Auditor:
             return "already_resolved"
         self._count(fleet, outcome)
         if outcome == core.FAILED:
-            log.warning("device %s failed a storage challenge on plot %d (%s); it gets a new plot", device_id,
-                        ch.plot, ans.error or "wrong answer")
+            log.warning(
+                "device %s failed a storage challenge on plot %d (%s); it gets a new plot",
+                device_id,
+                ch.plot,
+                ans.error or "wrong answer",
+            )
             if p is not None:
                 self.ledger.new_plot(device_id, self.entropy(core.SEED_BYTES), p.block_size, p.blocks, now)
                 self.inflight.pop(device_id, None)
@@ -213,7 +223,8 @@ class Auditor:
 
     def _challenge_msg(self, ch: Challenge) -> Message:
         return self._cmd_topic(ch.device_id), core.challenge_command(
-            ch.plot, ch.nonce, ch.indices, int(self.s.deadline_s * 1000))
+            ch.plot, ch.nonce, ch.indices, int(self.s.deadline_s * 1000)
+        )
 
     def _plan(self, now: float, out: list[Message]) -> None:
         self.incomplete = self.ledger_incomplete()
@@ -262,8 +273,7 @@ class Auditor:
                 self._count(fleet, "retried")
             elif self.ledger.resolve(ch.id, core.TIMED_OUT, now):
                 self._count(fleet, core.TIMED_OUT)
-                log.warning("device %s did not answer a storage challenge in %d attempts", ch.device_id,
-                            ch.attempts)
+                log.warning("device %s did not answer a storage challenge in %d attempts", ch.device_id, ch.attempts)
 
     def _plot_blocks(self, now: float, out: list[Message]) -> None:
         rate = self.s.blocks_per_s
@@ -307,16 +317,22 @@ class Auditor:
 
     def ledger_recent(self, since: float) -> list[tuple[str, str, str]]:
         """(device_id, board, fleet) of active devices that reported after ``since``."""
-        return [(str(a), str(b), str(c)) for a, b, c in self.store.db.execute(
-            "SELECT d.device_id, d.board, d.fleet FROM devices d JOIN device_state s USING (device_id) "
-            "WHERE d.revoked_at IS NULL AND s.last_seen > ? ORDER BY d.device_id", (since,))]
+        return [
+            (str(a), str(b), str(c))
+            for a, b, c in self.store.db.execute(
+                "SELECT d.device_id, d.board, d.fleet FROM devices d JOIN device_state s USING (device_id) "
+                "WHERE d.revoked_at IS NULL AND s.last_seen > ? ORDER BY d.device_id",
+                (since,),
+            )
+        ]
 
     def ledger_incomplete(self) -> set[str]:
         return {str(r[0]) for r in self.store.db.execute("SELECT device_id FROM audit_plots WHERE stored < blocks")}
 
     def _free_storage(self, device_id: str) -> int | None:
-        row = self.store.db.execute("SELECT cose FROM reports WHERE device_id=? ORDER BY id DESC LIMIT 1",
-                                    (device_id,)).fetchone()
+        row = self.store.db.execute(
+            "SELECT cose FROM reports WHERE device_id=? ORDER BY id DESC LIMIT 1", (device_id,)
+        ).fetchone()
         if row is None:
             return None
         cose = bytes(row[0])
@@ -329,6 +345,7 @@ class Auditor:
 def _board_runtime(board: str) -> str:
     try:
         import boards
+
         return str(boards.load(board).runtime)
     except Exception:  # an unknown or custom profile: a Linux machine's blocks
         return "cpython"

@@ -22,8 +22,8 @@ from typing import Sequence
 
 # Challenge outcomes (audit_challenges.outcome, the standing, the metrics).
 PASSED = "passed"
-FAILED = "failed"          # a wrong answer, or the device said it lacks a block
-TIMED_OUT = "timed_out"    # no answer in time, on the first try and every retry
+FAILED = "failed"  # a wrong answer, or the device said it lacks a block
+TIMED_OUT = "timed_out"  # no answer in time, on the first try and every retry
 
 # Block sizes by runtime: a MicroPython board receives each block as one
 # JSON command with the data in hex, and a fragmented 48 KB heap has no
@@ -119,9 +119,11 @@ def challenge_command(plot: int, nonce: bytes, indices: Sequence[int], deadline_
 
 # -- device messages (device -> gateway, on audit) ----------------------------
 
+
 @dataclass(frozen=True)
 class Stored:
     """The device wrote block ``index`` of ``plot``."""
+
     plot: int
     index: int
 
@@ -129,6 +131,7 @@ class Stored:
 @dataclass(frozen=True)
 class Answer:
     """The device's answer to the challenge with ``nonce``; ``proof`` None when it said ``error``."""
+
     plot: int
     nonce: bytes
     proof: bytes | None

@@ -35,15 +35,27 @@ POLL_S = 0.05
 
 
 def settings_from(cfg: GatewayConfig) -> AuditSettings:
-    return AuditSettings(plot_bytes=cfg.audit_plot_kib * 1024, plot_bytes_small=cfg.audit_plot_kib_small * 1024,
-                         k=cfg.audit_k, interval_s=cfg.audit_interval_s, deadline_s=cfg.audit_deadline_s,
-                         retries=cfg.audit_retries, window_s=cfg.audit_window_s,
-                         blocks_per_s=cfg.audit_blocks_per_s)
+    return AuditSettings(
+        plot_bytes=cfg.audit_plot_kib * 1024,
+        plot_bytes_small=cfg.audit_plot_kib_small * 1024,
+        k=cfg.audit_k,
+        interval_s=cfg.audit_interval_s,
+        deadline_s=cfg.audit_deadline_s,
+        retries=cfg.audit_retries,
+        window_s=cfg.audit_window_s,
+        blocks_per_s=cfg.audit_blocks_per_s,
+    )
 
 
 class AuditStage:
-    def __init__(self, cfg: GatewayConfig, gateway_id: str, on_count: CountFn | None = None,
-                 settings: AuditSettings | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        gateway_id: str,
+        on_count: CountFn | None = None,
+        settings: AuditSettings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings or settings_from(cfg)
         self.store = Store(cfg.db)
         # Every reader of the standing (the attestation, rewards) uses this window.
@@ -53,10 +65,21 @@ class AuditStage:
         host, port, tls = cfg.broker_host_port()
         self.host, self.port = host, port
         v5 = cfg.mqtt_version == "5"
-        self.conn = Connection(host, port, cfg.client_id(gateway_id, "audit"), version=cfg.mqtt_version,
-                               username=cfg.username, password=cfg.password, tls=tls, ca_file=cfg.broker_ca,
-                               keepalive=30, clean_start=False, session_expiry=SESSION_EXPIRY_S if v5 else 0,
-                               receive_maximum=100 if v5 else None, max_packet_size=4096 if v5 else None)
+        self.conn = Connection(
+            host,
+            port,
+            cfg.client_id(gateway_id, "audit"),
+            version=cfg.mqtt_version,
+            username=cfg.username,
+            password=cfg.password,
+            tls=tls,
+            ca_file=cfg.broker_ca,
+            keepalive=30,
+            clean_start=False,
+            session_expiry=SESSION_EXPIRY_S if v5 else 0,
+            receive_maximum=100 if v5 else None,
+            max_packet_size=4096 if v5 else None,
+        )
         self.stopping = threading.Event()
         self.connected = threading.Event()
         self.thread = threading.Thread(target=self._run, name="surge-audit", daemon=True)

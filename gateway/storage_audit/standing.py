@@ -39,8 +39,10 @@ def storage_standing(store: Store, device_id: str, now: float) -> tuple[int, int
     start = now - window_s(store)
     counts = {PASSED: 0, FAILED: 0, TIMED_OUT: 0}
     for outcome, n in store.db.execute(
-            "SELECT outcome, COUNT(*) FROM audit_challenges WHERE device_id=? AND resolved_at>? "
-            "AND resolved_at<=? AND outcome IS NOT NULL GROUP BY outcome", (device_id, start, now)):
+        "SELECT outcome, COUNT(*) FROM audit_challenges WHERE device_id=? AND resolved_at>? "
+        "AND resolved_at<=? AND outcome IS NOT NULL GROUP BY outcome",
+        (device_id, start, now),
+    ):
         if outcome in counts:
             counts[outcome] = int(n)
     proven = 0
@@ -48,7 +50,8 @@ def storage_standing(store: Store, device_id: str, now: float) -> tuple[int, int
         row = store.db.execute(
             "SELECT blocks * block_size FROM audit_challenges WHERE device_id=? AND outcome=? "
             "AND resolved_at>? AND resolved_at<=? ORDER BY resolved_at DESC LIMIT 1",
-            (device_id, PASSED, start, now)).fetchone()
+            (device_id, PASSED, start, now),
+        ).fetchone()
         proven = int(row[0]) if row else 0
     return proven, counts[PASSED], counts[FAILED], counts[TIMED_OUT]
 
@@ -64,10 +67,12 @@ def storage_standings(store: Store, device_ids: Sequence[str], now: float) -> di
     start = now - window_s(store)
     out: dict[str, tuple[int, int, int, int]] = {}
     for i in range(0, len(wanted), 500):
-        chunk = wanted[i:i + 500]
+        chunk = wanted[i : i + 500]
         rows = store.db.execute(
             "SELECT DISTINCT device_id FROM audit_challenges WHERE device_id IN (%s) AND resolved_at>? "
-            "AND resolved_at<=? AND outcome IS NOT NULL" % ",".join("?" * len(chunk)), (*chunk, start, now))
+            "AND resolved_at<=? AND outcome IS NOT NULL" % ",".join("?" * len(chunk)),
+            (*chunk, start, now),
+        )
         for (device_id,) in rows.fetchall():
             out[device_id] = storage_standing(store, device_id, now)
     return out
