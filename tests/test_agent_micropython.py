@@ -24,7 +24,10 @@ from test_agent_harness import Subscriber, report_chain, verify, write_config
 # issue 12's probe and storage code: 47K from .mpy, 64K from .py (no margin left);
 # after the MQTT shim's publish lost its payload copy: 47K and 63K; after
 # SHA-512 streamed parts and signing stopped joining the message: 46K from .mpy
-# (firmware_shim.sha512 loaded: ~2.1 KB, was 3.1).
+# (firmware_shim.sha512 loaded: ~2.1 KB, was 3.1).  On 2026-12-08, with the
+# bundle run from its own root (board_argv): 44-45K from .mpy, 61-62K from .py,
+# over three reports with this file's config; from a ~100-character host path
+# instead, 45-47K and 62-64K, which is how CI's paths failed at 64K from .py.
 # Where the 48K goes, from .mpy (gc.mem_free/micropython.mem_info in the run
 # loop): the loaded run-loop modules take ~36 KB (firmware_shim.ed25519 5.2,
 # firmware_shim.mqtt 5.1, agent.config 3.8, firmware_shim.sha512 3.1,
