@@ -48,7 +48,11 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--devices", type=int, default=12, metavar="N", help="simulated CPython devices (default 12)")
     p.add_argument(
-        "--duration", type=_positive, default=60.0, metavar="S", help="seconds to run (default 60; 0 = until Ctrl-C)"
+        "--duration",
+        type=_positive,
+        default=60.0,
+        metavar="S",
+        help="seconds to run from the first accepted report (default 60; 0 = until Ctrl-C)",
     )
     p.add_argument("--broker", metavar="URL", help="use this broker (mqtt://host:port) instead of starting one")
     p.add_argument(

@@ -35,6 +35,7 @@ MARKER = ".surge-demo"
 FLEET = "demo"
 SUBSCRIBE_TIMEOUT_S = 20.0
 DRAIN_TIMEOUT_S = 20.0
+FIRST_REPORT_TIMEOUT_S = 120.0
 TICK_S = 0.25
 
 log = logging.getLogger("surge.demo")
@@ -262,10 +263,26 @@ class Demo:
             raise CLIError("every device agent exited; see %s" % self.devices[0].log)
 
     def watch(self, view: View) -> None:
-        deadline = self.started + self.opts.duration if self.opts.duration > 0 else float("inf")
+        # --duration counts from the first accepted report, not from starting the agents:
+        # on a loaded machine they can take seconds to start, and a short run would
+        # otherwise end with nothing accepted and nothing to anchor or export.
+        first_by = time.monotonic() + FIRST_REPORT_TIMEOUT_S
+        deadline = float("inf")
         while not self.stop_event.is_set() and time.monotonic() < deadline:
             self._check_children()
-            view.update(self.snapshot())
+            phase = "running"
+            if deadline == float("inf") and self.opts.duration > 0:
+                if self._count("surge_reports_accepted_total"):
+                    self.started = time.monotonic()
+                    deadline = self.started + self.opts.duration
+                elif time.monotonic() > first_by:
+                    raise CLIError(
+                        "no device report was accepted within %.0f s of starting the devices (see %s and %s)"
+                        % (FIRST_REPORT_TIMEOUT_S, self.work / "demo.log", self.work / "devices")
+                    )
+                else:
+                    phase = "waiting for the first report ..."
+            view.update(self.snapshot(phase))
             self.stop_event.wait(TICK_S)
 
     # -- stop --------------------------------------------------------------
