@@ -16,7 +16,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from agent import VERSION
-from agent import claims as C
+from surge_protocol import claims as C
 from agent import keyfile
 
 

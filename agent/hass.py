@@ -20,7 +20,7 @@ import json
 from typing import Any, Callable, Protocol
 
 from agent import VERSION
-from agent import claims as C
+from surge_protocol import claims as C
 from surge_protocol import topics
 
 PREFIX = "homeassistant"  # Home Assistant's default discovery prefix

@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from agent import claims as C
+from surge_protocol import claims as C
 from firmware_shim import ed25519
 
 KEY_TYPE = "surge-ed25519"

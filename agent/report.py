@@ -2,7 +2,7 @@
 
 Self-contained on purpose: on a 64 KB board heap this module, agent.cborw,
 firmware_shim.ed25519 and sha512 are all the signing path loads (the claim
-key numbers are repeated here as const() so agent.claims, which carries
+key numbers are repeated here as const() so surge_protocol.claims, which carries
 name tables for display, stays out of device RAM).  The output is the
 COSE_Sign1 that firmware_shim.cose.sign1 produces, byte for byte.
 """
@@ -18,7 +18,7 @@ except ImportError:
     def const(x):
         return x
 
-# Claim keys: agent/claims.py is the reference (tests check they agree).
+# Claim keys: surge_protocol/claims.py is the reference (tests check they agree).
 _IAT = const(6)
 _NONCE = const(10)
 _HWMODEL = const(259)

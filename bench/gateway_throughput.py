@@ -57,7 +57,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import claims as C
+from surge_protocol import claims as C
 from agent import report
 from gateway.demo.broker import free_port
 from firmware_shim import cbor

@@ -26,7 +26,7 @@ def measure(reports: int, devices: int) -> dict[str, float]:
     sys.path.insert(0, str(ROOT / "tests"))
     from gw_helpers import Device  # tests/gw_helpers.py: signed reports as a device makes them
 
-    from agent import claims as C
+    from surge_protocol import claims as C
     from gateway import receipts
     from gateway.attest import AttestStage
     from gateway.batcher import Batcher

@@ -88,7 +88,7 @@ def honest_ratios(reports: int, size: int, nodelay: bool = True) -> tuple[list[f
     from gw_process import query, start_gateway, stop, surge, wait_for, wait_online
     from test_agent_harness import write_config
 
-    from agent import claims as C
+    from surge_protocol import claims as C
     from gateway.attest import claims_of
 
     with tempfile.TemporaryDirectory(prefix="surge-probe-bench-") as tmp_s:
@@ -177,7 +177,7 @@ def group_probe(r: Any, s: Any, work: Path, ctx: dict[str, Any]) -> None:
 def _verify_rate(gt: Any, n: int) -> float:
     import boards
 
-    from agent import claims as C
+    from surge_protocol import claims as C
     from gateway.store import Device, DeviceState
     from gateway.verify import Verifier
 

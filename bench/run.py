@@ -269,7 +269,7 @@ def _mosquitto() -> str:
 
 def bulk_enroll(db: Path, publics: list[bytes]) -> None:
     """Enroll many devices in one transaction (Store.enroll commits, and fsyncs, once per device)."""
-    from agent import claims as C
+    from surge_protocol import claims as C
     from gateway.store import Store
 
     store = Store(db)
@@ -729,7 +729,7 @@ def group_verify(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
     import cbor2
     from nacl.signing import VerifyKey
 
-    from agent import claims as C
+    from surge_protocol import claims as C
     from gateway import envelope
     from gateway.store import Device, DeviceState
     from gateway.verify import Accepted, Verifier
@@ -819,7 +819,7 @@ def group_verify(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
 
 
 def group_wire(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
-    from agent import claims as C
+    from surge_protocol import claims as C
     from gateway import envelope
 
     messages, _ = gt.presign(100, 10)
@@ -1177,7 +1177,7 @@ def group_proofs(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
 def batch_close(r: Results, n: int, work: Path) -> None:
     """Closing one batch of n stored reports (gateway/batcher.py) beside building its tree alone:
     what a catch-up batch of batch_max costs the pipeline (docs/operators.md)."""
-    from agent import claims as C
+    from surge_protocol import claims as C
     from surge_protocol import merkle
     from gateway.batcher import Batcher
     from gateway.store import AcceptedRow, Store

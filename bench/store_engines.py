@@ -44,7 +44,7 @@ def _pg_server() -> Any:
 
 
 def _enroll(url: str, publics: list[bytes]) -> None:
-    from agent import claims as C
+    from surge_protocol import claims as C
     from gateway.store import Store
 
     store = Store(url)

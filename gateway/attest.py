@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import cbor2
 
-from agent import claims as C
+from surge_protocol import claims as C
 from surge_protocol import merkle
 from gateway.envelope import payload_at
 from gateway.receipts import canonical

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import boards
-from agent import claims as C
+from surge_protocol import claims as C
 from agent import keyfile
 from agent.cli import CLIError
 from gateway import config as gwconfig

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 
 import boards
-from agent import claims as C
+from surge_protocol import claims as C
 from boards import BoardProfile
 from firmware_shim import cose
 from gateway import envelope

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterator
 
-from agent import claims as C
+from surge_protocol import claims as C
 from gateway import envelope
 from surge_protocol import merkle, topics
 from gateway.store import Anchor, Batch, Store, StoredReport

@@ -24,7 +24,7 @@ import threading
 from json.encoder import encode_basestring_ascii as _jstr
 from typing import Any, Callable, Iterable, Iterator, Mapping, Union
 
-from agent import claims as C
+from surge_protocol import claims as C
 from gateway.config import GatewayConfig
 from gateway.mqtt_client import Connection, MQTTError, backoff_delays
 from gateway.attest import attested_json, claims_of

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import cbor2
 
-from agent import claims as C
+from surge_protocol import claims as C
 from gateway.db import DB_ERRORS, INTEGRITY_ERRORS
 from gateway.store import Batch, Store
 

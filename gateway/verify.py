@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Union
 
-from agent import claims as C
+from surge_protocol import claims as C
 from boards import BoardProfile
 from firmware_shim.cose import COSEError
 from gateway import envelope

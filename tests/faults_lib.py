@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from web3 import Web3
 
-from agent import claims as C
+from surge_protocol import claims as C
 from broker import Mosquitto
 from gw_helpers import Collector, Device
 from gw_process import (

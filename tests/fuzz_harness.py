@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from agent import claims as C
+from surge_protocol import claims as C
 from agent import report
 from boards import BoardProfile
 import boards

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agent import claims as C
+from surge_protocol import claims as C
 from agent import report
 from agent.cli import main as surge
 from test_agent_harness import Subscriber, report_chain, run_agent, verify, write_config

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import claims as C
+from surge_protocol import claims as C
 from agent import report
 from agent import keyfile
 from firmware_shim import cbor, cose

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent import claims as C
+from surge_protocol import claims as C
 from agent.cli import main as surge
 from test_agent_harness import Subscriber, report_chain, verify, write_config
 

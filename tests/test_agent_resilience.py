@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import claims as C
+from surge_protocol import claims as C
 from test_agent_harness import Subscriber, report_chain, run_agent, start_agent, verify, write_config
 
 

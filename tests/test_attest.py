@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import claims as C
+from surge_protocol import claims as C
 from conftest import VECTORS
 from gateway import attest
 from gateway.chain.keys import ChainKey

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from agent import claims as C
+from surge_protocol import claims as C
 from bench.gateway_throughput import presign
 from surge_protocol import merkle
 from gateway.chain import Web3Chain, open_chain

@@ -19,7 +19,7 @@ from conftest import ROOT
 from gw_process import HardhatNode, processes_under
 
 import boards
-from agent import claims as C
+from surge_protocol import claims as C
 from agent import report
 from gateway import receipts
 from gateway.demo.sim import SimulatedProbes, plan

@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import claims as C
+from surge_protocol import claims as C
 from fuzz_harness import Crash, Harness, corpus_files, replay, save_crash, seed_claims, sign
 from gateway.verify import Accepted, Rejection
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from agent import claims as C
+from surge_protocol import claims as C
 from agent import report
 from broker import Mosquitto, free_port
 from firmware_shim import cbor

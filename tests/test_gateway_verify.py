@@ -8,7 +8,7 @@ import cbor2
 import pytest
 
 import boards
-from agent import claims as C
+from surge_protocol import claims as C
 from firmware_shim import cose
 from gateway.store import Device as DeviceRow
 from gateway.store import DeviceState

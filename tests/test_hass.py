@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_agent_harness import Subscriber, report_chain, run_agent, write_config
 
 from agent import VERSION, hass
-from agent import claims as C
+from surge_protocol import claims as C
 from agent import config as agent_config
 
 SENSORS = {

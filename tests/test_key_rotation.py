@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent import claims as C
+from surge_protocol import claims as C
 from agent import keyfile, report
 from broker import Mosquitto
 from gw_helpers import Collector, Device

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import claims as C
+from surge_protocol import claims as C
 from gateway import lifecycle as L
 from gateway.batcher import Batcher
 from gateway.store import AcceptedRow, Store

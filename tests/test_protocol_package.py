@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import claims, report
+from agent import report
 from conftest import MicroRun
 from firmware_shim.host import flash
-from surge_protocol import ids, topics
+from surge_protocol import claims, ids, topics
 
 KEYS = [bytes(32), bytes(range(32)), hashlib.sha256(b"surge").digest()]
 

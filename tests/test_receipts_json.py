@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import claims as C
+from surge_protocol import claims as C
 from gateway import receipts
 from surge_protocol import merkle
 from gateway.batcher import Batcher

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from agent import claims as C
+from surge_protocol import claims as C
 from gateway.batcher import Batcher
 from gateway.chain import ChainKey
 from gateway.rewards import closer as RC

@@ -17,7 +17,7 @@ import cbor2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import claims as C
+from surge_protocol import claims as C
 from firmware_shim import cbor as portable_cbor
 from firmware_shim import cose
 from gateway.attest import claims_of

@@ -635,7 +635,7 @@ class DbWatch:
 
 def _synced(cose: bytes) -> bool | None:
     try:
-        from agent import claims as C
+        from surge_protocol import claims as C
         from firmware_shim import cbor, cose as cose_mod
 
         claims = cbor.loads(cose_mod.parse_sign1(cose).payload)

@@ -178,7 +178,7 @@ class Member:
 
 def _devices(n: int, reports: int, interval: float) -> list[tuple[Any, str, list[tuple[str, bytes]]]]:
     """``n`` device keys and their signed report chains (boot 1, seq 0..reports-1)."""
-    from agent import claims as C
+    from surge_protocol import claims as C
     from agent import keyfile, report
 
     out = []

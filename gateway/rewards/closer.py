@@ -26,7 +26,7 @@ from typing import Any
 
 import cbor2
 
-from agent import claims as C
+from surge_protocol import claims as C
 from gateway import envelope
 from gateway import lifecycle as L
 from gateway.rewards import epoch as E

@@ -39,7 +39,7 @@ from typing import Callable
 
 import cbor2
 
-from agent import claims as C
+from surge_protocol import claims as C
 from gateway.envelope import payload_at
 from gateway.ingest import RateLimiter
 from gateway.storage_audit import core

@@ -9,7 +9,7 @@ import sys
 
 from firmware_shim import cbor
 from agent import cborw, clock, config, fsutil, report
-from agent import claims as C
+from surge_protocol import claims as C
 from agent.outbox import Outbox
 from agent.state import State
 
@@ -30,7 +30,7 @@ def check_cborw():
     for v in values:
         assert cborw.dumps(v) == cbor.dumps(v), v
     assert cborw.tagged(18, [b"p", {}, b"x", b"s"]) == cbor.dumps(cbor.Tag(18, [b"p", {}, b"x", b"s"]))
-    # Claim keys repeated in report.py agree with agent.claims.
+    # Claim keys repeated in report.py agree with surge_protocol.claims.
     s = report.build_claims(1, 2, 3, 4, iat=5, prev=b"p", storage=(6, 7), net=(8, 9), bw=(10, 11),
                             rssi=-12, link_mbps=13, dropped=14, errors={"e": "x"}, nonce=b"n")
     assert set(s) == {C.IAT, C.NONCE, C.UPTIME, C.BOOTCOUNT, C.SURGE}

@@ -10,7 +10,7 @@ import json
 import sys
 
 from firmware_shim import cbor, cose, ed25519, sha512
-from agent import claims as C
+from surge_protocol import claims as C
 from agent import report
 
 L = 2 ** 252 + 27742317777372353535851937790883648493

@@ -8,7 +8,7 @@ device and on the gateway.
 
 import binascii
 
-# Identity and chaining live in the protocol package; re-exported for callers.
+# Identity and chaining are defined in ids.py; re-exported for callers.
 from surge_protocol.ids import DEVICE_ID_BYTES, PREV_BYTES, device_id, kid, prev_hash  # noqa: F401
 
 # CWT / EAT registered claim keys (IANA "CBOR Web Token (CWT) Claims").

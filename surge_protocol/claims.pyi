@@ -1,4 +1,4 @@
-# Types of agent/claims.py (portable code stays untyped for MicroPython).
+# Types of surge_protocol/claims.py (portable code stays untyped for MicroPython).
 from typing import Any, Mapping
 
 IAT: int
