@@ -17,15 +17,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.timeout(240)
+# `make bench-smoke` stops itself after 170 s (bench/run.py).  With two test suites sharing
+# the machine, groups 1-11 took those 170 s and 12-13 never ran, failing this test.  It checks
+# that every group runs, not how fast: its own limit is generous.
+SMOKE_LIMIT_S = 800
+
+
+@pytest.mark.timeout(SMOKE_LIMIT_S + 60)
 def test_bench_smoke_runs_every_group(tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", "bench.run", "--smoke", "--limit", str(SMOKE_LIMIT_S), "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=230,
+        timeout=SMOKE_LIMIT_S + 30,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads(out.read_text())
