@@ -1331,29 +1331,33 @@ def group_scale(r: Results, s: Sizes, work: Path, ctx: dict[str, Any]) -> None:
         )
 
 
-def _children(pid: int) -> list[int]:
-    """Ids of the live child processes of ``pid`` (the brokers, gateways and helpers this run started)."""
-    kids = []
+def _descendants(pid: int) -> list[int]:
+    """Ids of the live processes below ``pid``, children first (the brokers, gateways and helpers this
+    run started, and theirs: a RabbitMQ node is the grandchild of the script that started it)."""
+    parent: dict[int, int] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except OSError:
                 continue
-            if int(fields[1]) == pid:
-                kids.append(int(d.name))
-    return kids
+    out, frontier = [], [pid]
+    while frontier:
+        frontier = [p for p, pp in parent.items() if pp in frontier]
+        out += frontier
+    return out
 
 
 def watchdog(seconds: float, write_partial: Callable[[str], None]) -> threading.Timer:
-    """Stop the whole run after ``seconds`` whatever happens: write what was measured, end our children."""
+    """Stop the whole run after ``seconds`` whatever happens: write what was measured, end every process
+    this run started."""
 
     def fire() -> None:
         print("\nbench: overall limit of %.0f s reached; stopping" % seconds, file=sys.stderr, flush=True)
         try:
             write_partial("stopped by the overall time limit of %.0f s" % seconds)
         finally:
-            for kid in _children(os.getpid()):
+            for kid in _descendants(os.getpid()):
                 try:
                     os.kill(kid, 15)
                 except OSError:
