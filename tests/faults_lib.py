@@ -492,7 +492,10 @@ def gateway_disk_full(tmp: Path, broker: Mosquitto, reports_each: int = 30) -> F
             assert "not acknowledging" in log
             disk.free()
             wait_for(lambda: stored() == len(sent), 30, "every report stored once space came back")
-            assert "resumed acknowledging" in (logdir / "gw.log").read_text()
+            # Logged just after that commit: waited for, not read at once (a race under load).
+            wait_for(
+                lambda: "resumed acknowledging" in (logdir / "gw.log").read_text(), 10, "the resumed-acknowledging log"
+            )
             # Phase 2: full again, and the gateway is killed while it holds unacknowledged reports:
             # only the broker has them now.
             disk.fill()

@@ -52,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
         type=_positive,
         default=60.0,
         metavar="S",
-        help="seconds to run from the first accepted report (default 60; 0 = until Ctrl-C)",
+        help="seconds to run once every device has reported (default 60; 0 = until Ctrl-C)",
     )
     p.add_argument("--broker", metavar="URL", help="use this broker (mqtt://host:port) instead of starting one")
     p.add_argument(
